@@ -1,0 +1,208 @@
+"""The local backup repository: one directory per committed set.
+
+``<root>/<id>.partial/`` while a set is built; renamed to ``<root>/<id>/``
+when complete. The rename is the commit: readers ignore ``.partial``.
+Directories 0700, files 0600.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import socket
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+from erp_backup.core import manifest as mf
+from erp_backup.core.errors import IntegrityError, LockError, StorageError
+from erp_backup.core.models import BackupId, Manifest
+
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+MANIFEST = "manifest.json"
+SUMS = "SHA256SUMS"
+PARTIAL = ".partial"
+LOCK = ".lock"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write a small file 0600, fsync'd."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, FILE_MODE)
+    try:
+        view = memoryview(data)
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+        os.fsync(fd)
+    except OSError as e:
+        raise StorageError(f"writing {path} failed: {e.strerror}",
+                           hint="free space in the backup directory, then run the backup again") from e
+    finally:
+        os.close(fd)
+
+
+class LocalRepository:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    # ---------------------------------------------------------------- setup & locking
+    def ensure(self) -> None:
+        try:
+            self.root.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+            os.chmod(self.root, DIR_MODE)
+        except OSError as e:
+            raise StorageError(f"cannot create backup directory {self.root}: {e.strerror}",
+                               hint="create it as root (mode 0700) or set [storage] local_dir") from e
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise StorageError(f"backup directory {self.root} is not writable",
+                               hint="run as root or fix the directory's owner")
+
+    @contextlib.contextmanager
+    def lock(self, wait_s: float = 0.0, purpose: str = "backup") -> Iterator[None]:
+        """Exclusive lock on the repository; waits up to ``wait_s`` seconds."""
+        self.ensure()
+        path = self.root / LOCK
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+        deadline = time.monotonic() + wait_s
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "unknown"
+                        raise LockError(
+                            f"another erp-backup run holds the lock on {self.root} ({holder})",
+                            hint="wait for it to finish, or raise [backup] lock_wait_s; "
+                            "if no erp-backup process is running, the lock frees itself",
+                        ) from None
+                    time.sleep(0.5)
+            info = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "purpose": purpose,
+                               "since": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")})
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, info.encode(), 0)
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+            os.close(fd)  # closing releases the flock
+
+    # ---------------------------------------------------------------- listing
+    def list_ids(self) -> list[BackupId]:
+        """Committed sets, oldest first. ``.partial`` directories are ignored."""
+        if not self.root.is_dir():
+            return []
+        try:
+            names = os.listdir(self.root)
+        except OSError as e:
+            raise StorageError(f"cannot list {self.root}: {e.strerror}", hint="run as root") from e
+        ids = [BackupId(n) for n in names if BackupId.is_valid(n) and (self.root / n / MANIFEST).is_file()]
+        return sorted(ids)
+
+    def partials(self) -> list[Path]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p for p in self.root.iterdir() if p.name.endswith(PARTIAL) and p.is_dir())
+
+    def set_dir(self, backup_id: BackupId | str) -> Path:
+        return self.root / str(backup_id)
+
+    def exists(self, backup_id: BackupId) -> bool:
+        return (self.set_dir(backup_id) / MANIFEST).is_file()
+
+    def _require(self, backup_id: BackupId) -> Path:
+        d = self.set_dir(backup_id)
+        if not (d / MANIFEST).is_file():
+            raise StorageError(f"backup set {backup_id} not found in {self.root}",
+                               hint="see `erp-backup list` for the committed sets")
+        return d
+
+    def read_manifest(self, backup_id: BackupId) -> Manifest:
+        d = self._require(backup_id)
+        try:
+            data = (d / MANIFEST).read_bytes()
+        except OSError as e:
+            raise StorageError(f"cannot read {d / MANIFEST}: {e.strerror}", hint="run as root") from e
+        m = mf.loads(data, where=f"{backup_id}/{MANIFEST}")
+        if m.id != backup_id:
+            raise IntegrityError(f"{backup_id}/{MANIFEST} describes set {m.id}",
+                                 hint="the directory was renamed or damaged; verify it")
+        return m
+
+    def read_header(self, backup_id: BackupId) -> Manifest:
+        """The manifest without its snapshot index: cheap, for listings and chains."""
+        d = self._require(backup_id)
+        head: list[str] = []
+        with open(d / MANIFEST, encoding="utf-8") as f:
+            for line in f:
+                if line.startswith(mf.FILES_MARKER):
+                    return mf.loads(mf.header_text("".join(head)), where=f"{backup_id}/{MANIFEST}")
+                head.append(line)
+        # no marker: an unusual (hand-written?) manifest; parse it whole
+        return self.read_manifest(backup_id)
+
+    def headers(self) -> list[Manifest]:
+        return [self.read_header(i) for i in self.list_ids()]
+
+    # ---------------------------------------------------------------- building a set
+    def begin(self, backup_id: BackupId) -> Path:
+        if self.set_dir(backup_id).exists():
+            raise StorageError(f"backup set {backup_id} already exists", hint="wait a second and run again")
+        partial = self.root / f"{backup_id}{PARTIAL}"
+        if partial.exists():
+            shutil.rmtree(partial)
+        try:
+            partial.mkdir(mode=DIR_MODE)
+        except OSError as e:
+            raise StorageError(f"cannot create {partial}: {e.strerror}",
+                               hint="check free space and permissions of the backup directory") from e
+        return partial
+
+    def commit(self, backup_id: BackupId) -> Path:
+        partial = self.root / f"{backup_id}{PARTIAL}"
+        final = self.set_dir(backup_id)
+        if not (partial / MANIFEST).is_file():
+            raise StorageError(f"{partial} has no manifest; refusing to commit", hint="run the backup again")
+        _fsync_dir(partial)
+        os.rename(partial, final)
+        _fsync_dir(self.root)
+        return final
+
+    def discard(self, backup_id: BackupId) -> None:
+        partial = self.root / f"{backup_id}{PARTIAL}"
+        if partial.exists():
+            shutil.rmtree(partial, ignore_errors=True)
+
+    def clean_partials(self) -> list[str]:
+        """Remove leftovers of crashed runs. Call only while holding the lock."""
+        removed = []
+        for p in self.partials():
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p.name)
+        return removed
+
+    def delete(self, backup_id: BackupId) -> None:
+        """Remove a committed set: first un-commit it (rename), then delete."""
+        d = self._require(backup_id)
+        doomed = self.root / f"{backup_id}.deleting{PARTIAL}"
+        os.rename(d, doomed)
+        _fsync_dir(self.root)
+        shutil.rmtree(doomed)
+
+    def size_of(self, backup_id: BackupId) -> int:
+        d = self.set_dir(backup_id)
+        return sum(p.stat().st_size for p in d.iterdir() if p.is_file())

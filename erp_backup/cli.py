@@ -1,0 +1,286 @@
+"""``erp-backup``: the outermost shell.
+
+Read-only commands (``list``, ``show``) answer from the manifests without
+importing Prefect. The others check their input first (one-line errors, nothing
+written, no Prefect start-up for a typo), then run their Prefect flow: under the
+ephemeral API by default, against a server when ``PREFECT_API_URL`` is set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from erp_backup.core.errors import BackupError, ConfigError
+
+for _k, _v in (("PREFECT_SERVER_ANALYTICS_ENABLED", "false"), ("DO_NOT_TRACK", "1")):
+    os.environ.setdefault(_k, _v)
+
+
+def _err(msg: str) -> None:
+    print(f"erp-backup: error: {msg}", file=sys.stderr)
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def print_table(rows: list[dict[str, Any]], out: Any = None) -> None:
+    out = out or sys.stdout
+    if not rows:
+        return
+    cols = list(rows[0])
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in cols}
+    print("  ".join(c.ljust(widths[c]) for c in cols), file=out)
+    print("  ".join("-" * widths[c] for c in cols), file=out)
+    for r in rows:
+        print("  ".join(str(r.get(c, "")).ljust(widths[c]) for c in cols), file=out)
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from erp_backup.config import DEFAULT_CONFIG, read_dotenv, render_config
+    from erp_backup.core.dburl import parse_database_url
+
+    path = Path(args.config or os.environ.get("ERP_BACKUP_CONFIG") or DEFAULT_CONFIG)
+    if path.exists() and not args.force:
+        raise ConfigError(f"{path} already exists", hint="pass --force to overwrite it")
+    root = Path(args.root).resolve()
+    url = None
+    dot = read_dotenv(root / ".env").get("DATABASE_URL")
+    note = ""
+    if dot:
+        parsed = parse_database_url(dot, key=f"DATABASE_URL in {root / '.env'}")
+        if parsed.password:
+            note = f"DATABASE_URL found in {root / '.env'} (with a password: read from there at run time)"
+        else:
+            url = dot if parsed.engine != "sqlite" else f"sqlite:///{(root / parsed.name).resolve()}" \
+                if not parsed.name.startswith("/") else dot
+            note = f"database URL taken from {root / '.env'}"
+    elif (root / "db.sqlite3").exists():
+        url = f"sqlite:///{root / 'db.sqlite3'}"
+        note = "found db.sqlite3 in the project"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(render_config(root, Path(args.local_dir), url))
+    print(f"wrote {path}" + (f" ({note})" if note else ""))
+    return 0
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from erp_backup.config import load_settings
+
+    return load_settings(args.config)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from erp_backup.adapters.storage.local import LocalRepository
+
+    s = _settings(args)
+    repo = LocalRepository(s.storage.local_dir)
+    rows = []
+    for m in repo.headers():
+        rows.append({
+            "id": m.id.value,
+            "kind": m.kind.value,
+            "tags": ",".join(m.tags),
+            "parent": m.parent.value if m.parent else None,
+            "finished_at": m.finished_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "size_bytes": m.size_bytes,
+            "files": m.stats.files_scanned,
+            "changed": m.stats.files_changed,
+            "status": "committed",
+        })
+    partials = [p.name for p in repo.partials()]
+    if args.json:
+        print(json.dumps({"sets": rows, "incomplete": partials}, indent=2))
+        return 0
+    if not rows:
+        print(f"no backup sets in {repo.root}")
+    else:
+        print_table([{**r, "parent": r["parent"] or "-", "size_bytes": _human(r["size_bytes"])} for r in rows])
+    for p in partials:
+        print(f"(incomplete, ignored: {p})")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from erp_backup.adapters.storage.local import LocalRepository
+    from erp_backup.core.models import BackupId
+
+    s = _settings(args)
+    repo = LocalRepository(s.storage.local_dir)
+    m = repo.read_manifest(BackupId(args.id))
+    if args.json:
+        print((repo.set_dir(m.id) / "manifest.json").read_text())
+        return 0
+    print(f"id           {m.id}\nkind         {m.kind.value} {' '.join(m.tags)}")
+    print(f"parent       {m.parent or '-'}\nbase         {m.base or '-'}\ndepends on   "
+          f"{', '.join(d.value for d in m.depends_on) or '-'}")
+    print(f"started      {m.started_at:%Y-%m-%dT%H:%M:%S}Z\nfinished     {m.finished_at:%Y-%m-%dT%H:%M:%S}Z")
+    print(f"host         {m.host}   tool {m.tool_version}\nsource       {m.source_root}")
+    st = m.stats
+    print(f"files        {st.files_scanned} in index, {st.files_changed} archived, {st.files_deleted} deleted")
+    print(f"bytes        {_human(st.bytes_in)} in -> {_human(st.bytes_out)} out in {st.duration_s:.2f} s")
+    if m.database:
+        d = m.database
+        print(f"database     {d.engine} {d.database} (server {d.server_version}, {d.dump_format}, "
+              f"{len(d.tables)} tables, {sum(d.tables.values())} rows)")
+    for a in m.artifacts:
+        print(f"artifact     {a.name}  {_human(a.size)}  sha256 {a.sha256[:16]}…  "
+              f"{a.compression}{'+' + a.encryption if a.encryption else ''}")
+    for p, why in m.skipped:
+        print(f"skipped      {p}: {why}")
+    return 0
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from erp_backup.backup import kind_from_cli, preflight
+
+    s = _settings(args)
+    kind, _tags = kind_from_cli(args.kind)
+    preflight(s, kind)
+    from flows.backup import FLOWS
+
+    row = FLOWS[args.kind](config=s.source)
+    print(row["id"])
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from erp_backup.adapters.storage.local import LocalRepository
+    from erp_backup.core.models import BackupId
+
+    s = _settings(args)
+    repo = LocalRepository(s.storage.local_dir)
+    for i in args.ids:
+        if not repo.exists(BackupId(i)):
+            raise BackupError(f"backup set {i} not found in {repo.root}", hint="see `erp-backup list`")
+    from flows.restore import verify_flow
+
+    rows = verify_flow(backup_ids=args.ids or None, level="quick" if args.quick else "full", config=s.source)
+    print_table(rows)
+    return 0
+
+
+def _parse_time(text: str) -> datetime:
+    try:
+        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as e:
+        raise ConfigError(f"--at {text!r} is not an ISO time", hint="e.g. 2026-11-28T14:30:00Z") from e
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from erp_backup.adapters.storage.local import LocalRepository
+    from erp_backup.core.models import BackupId
+
+    s = _settings(args)
+    at = _parse_time(args.at) if args.at else None
+    repo = LocalRepository(s.storage.local_dir)
+    if args.backup and not repo.exists(BackupId(args.backup)):
+        raise BackupError(f"backup set {args.backup} not found in {repo.root}", hint="see `erp-backup list`")
+    if args.target_dir:
+        t = Path(args.target_dir)
+        if t.exists() and any(t.iterdir()) and not args.force:
+            raise BackupError(f"target directory {t} is not empty",
+                              hint="restore into a new directory, or pass --force to write over it")
+    from flows.restore import resolve_target_database, restore_flow
+
+    try:
+        live = s.database_url()
+    except BackupError:
+        live = None
+    target = resolve_target_database(args.target_database, live)
+    if target is not None and live is not None and target.same_database(live) and not args.yes:
+        raise BackupError(f"{target.redacted()} is the live database",
+                          hint="pass --yes to overwrite the live database, or restore into another one")
+    row = restore_flow(target_dir=str(Path(args.target_dir).resolve()) if args.target_dir else None,
+                       backup_id=args.backup, at=at, target_database=args.target_database, force=args.force,
+                       yes=args.yes, jobs=args.jobs, config=s.source)
+    print_table([row])
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from erp_backup.demo import run_demo
+
+    return run_demo(Path(args.dir) if args.dir else None, keep=args.keep)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="erp-backup", description="Backup and disaster recovery for a Django ERP.")
+    p.add_argument("--config", help="config TOML (default: $ERP_BACKUP_CONFIG or /etc/erp-backup/config.toml)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sp = sub.add_parser("init", help="write a commented config file with the defaults")
+    sp.add_argument("--root", default=".", help="the Django project directory (default: .)")
+    sp.add_argument("--local-dir", default="/var/backups/django_erp", help="backup directory")
+    sp.add_argument("--force", action="store_true", help="overwrite an existing config")
+    sp.set_defaults(func=cmd_init)
+
+    sp = sub.add_parser("backup", help="run a backup flow and print the new set's id")
+    sp.add_argument("kind", choices=["full", "incremental", "differential", "monthly"])
+    sp.set_defaults(func=cmd_backup)
+
+    sp = sub.add_parser("list", help="list committed backup sets (no Prefect start-up)")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_list)
+
+    sp = sub.add_parser("show", help="show one set's manifest summary")
+    sp.add_argument("id")
+    sp.add_argument("--json", action="store_true", help="print the whole manifest.json")
+    sp.set_defaults(func=cmd_show)
+
+    sp = sub.add_parser("verify", help="verify sets (all by default): checksums, archives, key files, dumps")
+    sp.add_argument("ids", nargs="*")
+    sp.add_argument("--quick", action="store_true", help="checksums only")
+    sp.set_defaults(func=cmd_verify)
+
+    sp = sub.add_parser("restore", help="restore a set into a directory and/or a database")
+    g = sp.add_mutually_exclusive_group()
+    g.add_argument("--backup", help="set id (default: the newest)")
+    g.add_argument("--at", help="ISO time: the newest set finished at or before it")
+    sp.add_argument("--target-dir", help="directory for the files (must be empty unless --force)")
+    sp.add_argument("--target-database", help="database URL without password (SQLite: the file path URL)")
+    sp.add_argument("--force", action="store_true", help="write over a non-empty target / existing database")
+    sp.add_argument("--yes", action="store_true", help="confirm restoring into the live database")
+    sp.add_argument("--jobs", type=int, default=1, help="parallel restore jobs (PostgreSQL)")
+    sp.set_defaults(func=cmd_restore)
+
+    sp = sub.add_parser("demo", help="sample ERP: full, incremental, differential, restore each, check")
+    sp.add_argument("--dir", help="work directory (default: a new temporary directory)")
+    sp.add_argument("--keep", action="store_true", help="keep the work directory")
+    sp.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "restore" and not args.target_dir and not args.target_database:
+        _err("restore needs --target-dir and/or --target-database")
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except BackupError as e:
+        _err(str(e))
+        return e.exit_code
+    except KeyboardInterrupt:
+        _err("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,216 @@
+"""Manifest <-> JSON. Pure.
+
+The layout is meant to be read by people too: the header fields are
+pretty-printed and the snapshot index has one file per line, so
+``less manifest.json`` or ``grep settings.py manifest.json`` just work.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from erp_backup.core.errors import IntegrityError
+from erp_backup.core.models import (
+    SCHEMA_VERSION,
+    Artifact,
+    BackupId,
+    BackupKind,
+    BackupStats,
+    DatabaseInfo,
+    EntryType,
+    FileEntry,
+    Manifest,
+)
+
+FORMAT = "erp-backup-set"
+
+
+def _ts(dt: datetime) -> str:
+    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_ts(text: str) -> datetime:
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+
+
+def entry_to_dict(e: FileEntry) -> dict[str, Any]:
+    d: dict[str, Any] = {"path": e.path, "type": e.type.value, "mode": f"{e.mode:04o}", "mtime_ns": e.mtime_ns}
+    if e.type is EntryType.FILE:
+        d.update(size=e.size, sha256=e.sha256, holder=e.holder)
+    if e.type is EntryType.SYMLINK:
+        d["target"] = e.target
+    d.update(uid=e.uid, gid=e.gid, ino=e.ino)
+    return d
+
+
+def entry_from_dict(d: dict[str, Any]) -> FileEntry:
+    return FileEntry(
+        path=d["path"],
+        type=EntryType(d["type"]),
+        mode=int(d["mode"], 8),
+        mtime_ns=int(d["mtime_ns"]),
+        size=int(d.get("size", 0)),
+        uid=int(d.get("uid", 0)),
+        gid=int(d.get("gid", 0)),
+        ino=int(d.get("ino", 0)),
+        sha256=d.get("sha256"),
+        holder=d.get("holder"),
+        target=d.get("target"),
+    )
+
+
+def _header(m: Manifest) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "schema": m.schema,
+        "id": m.id.value,
+        "kind": m.kind.value,
+        "tags": list(m.tags),
+        "parent": m.parent.value if m.parent else None,
+        "base": m.base.value if m.base else None,
+        "depends_on": [d.value for d in m.depends_on],
+        "started_at": _ts(m.started_at),
+        "finished_at": _ts(m.finished_at),
+        "host": m.host,
+        "tool_version": m.tool_version,
+        "source_root": m.source_root,
+        "stats": {
+            "files_scanned": m.stats.files_scanned,
+            "files_changed": m.stats.files_changed,
+            "files_deleted": m.stats.files_deleted,
+            "bytes_in": m.stats.bytes_in,
+            "bytes_out": m.stats.bytes_out,
+            "duration_s": round(m.stats.duration_s, 3),
+        },
+        "database": None
+        if m.database is None
+        else {
+            "engine": m.database.engine,
+            "database": m.database.database,
+            "server_version": m.database.server_version,
+            "dump_tool": m.database.dump_tool,
+            "dump_format": m.database.dump_format,
+            "raw_size": m.database.raw_size,
+            "tables": dict(sorted(m.database.tables.items())),
+        },
+        "artifacts": [
+            {
+                "name": a.name,
+                "role": a.role,
+                "size": a.size,
+                "sha256": a.sha256,
+                "compression": a.compression,
+                "encryption": a.encryption,
+            }
+            for a in m.artifacts
+        ],
+        "deleted": list(m.deleted),
+        "skipped": [{"path": p, "reason": r} for p, r in m.skipped],
+    }
+
+
+def dumps(m: Manifest) -> str:
+    head = json.dumps(_header(m), indent=2, ensure_ascii=False)
+    lines = [json.dumps(entry_to_dict(e), ensure_ascii=False, separators=(",", ":")) for e in m.files]
+    body = ",\n    ".join(lines)
+    files = f'"files": [\n    {body}\n  ]' if lines else '"files": []'
+    return head[:-2] + ",\n  " + files + "\n}\n"
+
+
+FILES_MARKER = '  "files": ['
+
+
+def header_text(head: str) -> str:
+    """Turn the text before the snapshot index into a parseable manifest without files.
+
+    ``head`` is everything up to (not including) the FILES_MARKER line."""
+    return head.rstrip().rstrip(",") + ',\n  "files": []\n}\n'
+
+
+def loads(text: str | bytes, *, where: str = "manifest.json") -> Manifest:
+    try:
+        d = json.loads(text)
+    except ValueError as e:
+        raise IntegrityError(f"{where} is not valid JSON ({e})",
+                             hint="the set is damaged: verify it and restore from another set") from e
+    if not isinstance(d, dict) or d.get("format") != FORMAT:
+        raise IntegrityError(f"{where} is not an erp-backup manifest", hint="check the backup directory")
+    schema = d.get("schema")
+    if schema != SCHEMA_VERSION:
+        raise IntegrityError(
+            f"{where} has schema version {schema}; this erp-backup reads version {SCHEMA_VERSION}",
+            hint="use the erp-backup release that wrote it, or restore by hand (README: manual restore)",
+        )
+    try:
+        db = d.get("database")
+        st = d.get("stats") or {}
+        return Manifest(
+            id=BackupId(d["id"]),
+            kind=BackupKind(d["kind"]),
+            tags=tuple(d.get("tags", ())),
+            parent=BackupId(d["parent"]) if d.get("parent") else None,
+            base=BackupId(d["base"]) if d.get("base") else None,
+            started_at=parse_ts(d["started_at"]),
+            finished_at=parse_ts(d["finished_at"]),
+            host=d.get("host", ""),
+            tool_version=d.get("tool_version", ""),
+            source_root=d.get("source_root", ""),
+            stats=BackupStats(
+                files_scanned=int(st.get("files_scanned", 0)),
+                files_changed=int(st.get("files_changed", 0)),
+                files_deleted=int(st.get("files_deleted", 0)),
+                bytes_in=int(st.get("bytes_in", 0)),
+                bytes_out=int(st.get("bytes_out", 0)),
+                duration_s=float(st.get("duration_s", 0.0)),
+            ),
+            database=None
+            if db is None
+            else DatabaseInfo(
+                engine=db["engine"],
+                database=db["database"],
+                server_version=db["server_version"],
+                dump_tool=db["dump_tool"],
+                dump_format=db["dump_format"],
+                raw_size=int(db.get("raw_size", 0)),
+                tables={k: int(v) for k, v in db.get("tables", {}).items()},
+            ),
+            artifacts=tuple(
+                Artifact(
+                    name=a["name"],
+                    role=a["role"],
+                    size=int(a["size"]),
+                    sha256=a["sha256"],
+                    compression=a.get("compression", "zstd"),
+                    encryption=a.get("encryption"),
+                )
+                for a in d.get("artifacts", [])
+            ),
+            files=tuple(entry_from_dict(e) for e in d.get("files", [])),
+            deleted=tuple(d.get("deleted", [])),
+            depends_on=tuple(BackupId(x) for x in d.get("depends_on", [])),
+            skipped=tuple((s["path"], s["reason"]) for s in d.get("skipped", [])),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise IntegrityError(f"{where} is incomplete or malformed ({e!r})",
+                             hint="the set is damaged: verify it and restore from another set") from e
+
+
+def sha256sums(artifacts: tuple[Artifact, ...] | list[Artifact]) -> str:
+    """The ``SHA256SUMS`` text, ``sha256sum -c`` compatible (two spaces, text mode)."""
+    return "".join(f"{a.sha256}  {a.name}\n" for a in sorted(artifacts, key=lambda a: a.name))
+
+
+def parse_sha256sums(text: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        digest, sep, name = line.partition("  ")
+        if not sep:
+            digest, sep, name = line.partition(" *")
+        if not sep or len(digest) != 64:
+            raise IntegrityError(f"SHA256SUMS line {n} is malformed", hint="the set is damaged")
+        out[name] = digest.lower()
+    return out

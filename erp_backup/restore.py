@@ -1,0 +1,272 @@
+"""Restore a committed set (files and database) into a target.
+
+The snapshot index of the chosen set says which set holds each file's bytes;
+each holder's archive is read once, in one pass, and only the members the index
+wants are written. Nothing is written outside the target directory:
+
+* every index path is validated (relative, no ``..``, no NUL, no empty part);
+* parent directories are created by us and never followed if they are links;
+* files are opened with ``O_NOFOLLOW``; symlinks are created last, so no write
+  ever goes through one;
+* the tar member names themselves are only used as lookup keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path, PurePosixPath
+
+from erp_backup.adapters import archive
+from erp_backup.adapters.databases.base import adapter_for
+from erp_backup.adapters.storage.local import LocalRepository
+from erp_backup.core import chain
+from erp_backup.core.dburl import DatabaseUrl
+from erp_backup.core.errors import ChainError, IntegrityError, RestoreError, UnsafeArchiveError
+from erp_backup.core.models import BackupId, EntryType, FileEntry, Manifest
+
+IS_ROOT = os.geteuid() == 0
+
+
+@dataclass
+class RestoreReport:
+    set_id: str
+    target_dir: str
+    sets_read: list[str] = field(default_factory=list)
+    files: int = 0
+    dirs: int = 0
+    symlinks: int = 0
+    bytes: int = 0
+    database: str | None = None
+    db_tables: dict[str, int] = field(default_factory=dict)
+    duration_s: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+def check_rel(path: str) -> str:
+    """Validate a path from an index or archive: relative, inside, normalised."""
+    if not path or "\x00" in path:
+        raise UnsafeArchiveError(f"refusing empty or NUL-containing path {path!r}",
+                                 hint="the backup set is damaged or malicious; restore from another set")
+    p = PurePosixPath(path)
+    if p.is_absolute() or any(part in ("..", "") for part in p.parts) or path.startswith("/"):
+        raise UnsafeArchiveError(f"refusing path {path!r}: it would leave the restore target",
+                                 hint="the backup set is damaged or malicious; restore from another set")
+    if p.as_posix() != path.rstrip("/") or "." in p.parts:
+        raise UnsafeArchiveError(f"refusing non-normalised path {path!r}",
+                                 hint="the backup set is damaged or malicious; restore from another set")
+    return path
+
+
+class SafeTarget:
+    """Creates things under ``root`` without ever following a link."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(os.path.abspath(root))
+
+    def _ensure_dirs(self, rel: str) -> str:
+        """Make every directory of ``rel``'s parent; return the absolute parent path."""
+        cur = str(self.root)
+        for part in PurePosixPath(rel).parts[:-1]:
+            cur = os.path.join(cur, part)
+            try:
+                st = os.lstat(cur)
+            except FileNotFoundError:
+                os.mkdir(cur, 0o700)
+                continue
+            if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+                os.unlink(cur)  # a link or file where a directory must be: replace it, never follow
+                os.mkdir(cur, 0o700)
+        return cur
+
+    def path(self, rel: str) -> str:
+        return os.path.join(str(self.root), check_rel(rel))
+
+    def mkdir(self, rel: str) -> None:
+        self._ensure_dirs(check_rel(rel))
+        full = self.path(rel)
+        try:
+            st = os.lstat(full)
+            if not stat.S_ISDIR(st.st_mode):
+                os.unlink(full)
+                os.mkdir(full, 0o700)
+        except FileNotFoundError:
+            os.mkdir(full, 0o700)
+
+    def open_file(self, rel: str) -> int:
+        self._ensure_dirs(check_rel(rel))
+        full = self.path(rel)
+        try:
+            st = os.lstat(full)
+            if not stat.S_ISREG(st.st_mode):
+                if stat.S_ISDIR(st.st_mode):
+                    raise RestoreError(f"{full} is a directory; cannot restore a file there",
+                                       hint="restore into an empty directory")
+                os.unlink(full)
+        except FileNotFoundError:
+            pass
+        return os.open(full, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+
+    def symlink(self, rel: str, target: str) -> None:
+        self._ensure_dirs(check_rel(rel))
+        full = self.path(rel)
+        if os.path.lexists(full):
+            if os.path.isdir(full) and not os.path.islink(full):
+                raise RestoreError(f"{full} is a directory; cannot restore a link there",
+                                   hint="restore into an empty directory")
+            os.unlink(full)
+        os.symlink(target, full)
+
+
+def _apply_meta(full: str, e: FileEntry) -> None:
+    if IS_ROOT:
+        os.lchown(full, e.uid, e.gid)
+    if e.type is not EntryType.SYMLINK:
+        os.chmod(full, e.mode, follow_symlinks=False)
+    os.utime(full, ns=(e.mtime_ns, e.mtime_ns), follow_symlinks=False)
+
+
+def _pick_set(repo: LocalRepository, backup_id: str | None, at: datetime | None) -> Manifest:
+    if backup_id:
+        return repo.read_manifest(BackupId(backup_id))
+    headers = repo.headers()
+    if at is None:
+        if not headers:
+            raise ChainError(f"there is no committed backup set in {repo.root}",
+                             hint="check [storage] local_dir, or run a backup first")
+        return repo.read_manifest(max(headers, key=lambda m: m.finished_at).id)
+    return repo.read_manifest(chain.select_for_time(headers, at).id)
+
+
+def _target_empty(target: Path) -> bool:
+    return not target.exists() or (target.is_dir() and not any(target.iterdir()))
+
+
+def restore_files(repo: LocalRepository, m: Manifest, target: Path, *, force: bool = False,
+                  report: RestoreReport | None = None) -> RestoreReport:
+    rep = report or RestoreReport(m.id.value, str(target))
+    if not _target_empty(target) and not force:
+        raise RestoreError(f"target directory {target} is not empty",
+                           hint="restore into a new directory, or pass --force to write over it")
+    missing = [d for d in m.depends_on if not repo.exists(d)]
+    if missing:
+        raise ChainError(f"set {m.id} needs set {missing[0]}, which is not in {repo.root}",
+                         hint="pick another set (`erp-backup list`) or fetch the missing set from remote storage")
+    for e in m.files:
+        check_rel(e.path)
+    target.mkdir(parents=True, exist_ok=True, mode=0o700)
+    safe = SafeTarget(target)
+    dirs = [e for e in m.files if e.type is EntryType.DIR]
+    for d in dirs:
+        safe.mkdir(d.path)
+    groups = chain.files_by_holder(m.files)
+    for holder in sorted(groups):
+        wanted = {e.path: e for e in groups[holder]}
+        hm = m if holder == m.id.value else repo.read_header(BackupId(holder))
+        art = hm.artifact("files")
+        if art is None:
+            raise IntegrityError(f"set {holder} has no files archive but holds {len(wanted)} files",
+                                 hint="verify the chain; restore from another set")
+        apath = repo.set_dir(holder) / art.name
+        rep.sets_read.append(holder)
+        with archive.open_decompressed(apath) as r:
+            for member, tf in archive.iter_tar(r, f"{holder}/{art.name}"):
+                e = wanted.pop(member.name, None)
+                if e is None or not member.isfile():
+                    if e is not None:
+                        raise IntegrityError(f"{holder}/{art.name}: {member.name} is not a regular file",
+                                             hint="verify the set")
+                    continue
+                src = tf.extractfile(member)
+                assert src is not None
+                fd = safe.open_file(e.path)
+                h = hashlib.sha256()
+                try:
+                    while chunk := src.read(archive.CHUNK):
+                        h.update(chunk)
+                        _write_all(fd, chunk)
+                finally:
+                    os.close(fd)
+                if e.sha256 and h.hexdigest() != e.sha256:
+                    raise IntegrityError(f"{holder}/{art.name}: {e.path} does not match its checksum",
+                                         hint="verify the set; restore from another one")
+                rep.files += 1
+                rep.bytes += e.size
+                _apply_meta(safe.path(e.path), e)
+                if not wanted:
+                    break
+        if wanted:
+            first = next(iter(wanted))
+            raise IntegrityError(f"{holder}/{art.name} lacks {len(wanted)} file(s) of the index, e.g. {first}",
+                                 hint="verify the set; restore from another one")
+    for e in m.files:
+        if e.type is EntryType.SYMLINK:
+            safe.symlink(e.path, e.target or "")
+            _apply_meta(safe.path(e.path), e)
+            rep.symlinks += 1
+    for d in sorted(dirs, key=lambda e: e.path.count("/"), reverse=True):
+        _apply_meta(safe.path(d.path), d)
+        rep.dirs += 1
+    return rep
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def restore_database(repo: LocalRepository, m: Manifest, target_db: DatabaseUrl, *, live_db: DatabaseUrl | None,
+                     replace: bool, yes: bool, jobs: int = 1) -> dict[str, int]:
+    if m.database is None or m.artifact("database") is None:
+        raise RestoreError(f"set {m.id} has no database dump", hint="pick another set")
+    if target_db.engine != m.database.engine:
+        raise RestoreError(f"set {m.id} holds a {m.database.engine} dump; cannot restore it into "
+                           f"{target_db.engine}", hint="give a --target-database of the same engine")
+    if live_db is not None and target_db.same_database(live_db) and not yes:
+        raise RestoreError(f"{target_db.redacted()} is the live database",
+                           hint="pass --yes to overwrite the live database, or restore into another one")
+    art = m.artifact("database")
+    assert art is not None
+    adapter = adapter_for(target_db)
+    work = repo.root / f".restore-{m.id}-{os.getpid()}"
+    work.mkdir(mode=0o700, exist_ok=True)
+    try:
+        chunks: Iterable[bytes] = archive.iter_decompressed(repo.set_dir(m.id) / art.name)
+        counts = adapter.restore(chunks, m.database, target_db, replace=replace or yes, workdir=work, jobs=jobs)
+    finally:
+        for p in work.iterdir():
+            p.unlink()
+        work.rmdir()
+    diff = {t: (n, counts.get(t)) for t, n in m.database.tables.items() if counts.get(t) != n}
+    if diff:
+        t, (want, got) = next(iter(diff.items()))
+        raise IntegrityError(f"restored database differs from the manifest: {t} has {got} rows, expected {want}",
+                             hint="the dump may be damaged; verify the set")
+    return counts
+
+
+def restore(repo: LocalRepository, *, target_dir: Path | None, backup_id: str | None = None,
+            at: datetime | None = None, target_db: DatabaseUrl | None = None, live_db: DatabaseUrl | None = None,
+            force: bool = False, yes: bool = False, jobs: int = 1) -> RestoreReport:
+    t0 = time.monotonic()
+    m = _pick_set(repo, backup_id, at)
+    rep = RestoreReport(m.id.value, str(target_dir or ""))
+    if target_dir is not None:
+        restore_files(repo, m, Path(target_dir), force=force, report=rep)
+    if target_db is None and m.database is not None and m.database.engine == "sqlite" and target_dir is not None \
+            and not os.path.isabs(m.database.database):
+        target_db = DatabaseUrl("sqlite", str(Path(target_dir) / check_rel(m.database.database)))
+    if target_db is not None:
+        rep.db_tables = restore_database(repo, m, target_db, live_db=live_db, replace=force, yes=yes, jobs=jobs)
+        rep.database = target_db.redacted()
+    elif m.database is not None:
+        rep.notes.append("database not restored: pass --target-database URL")
+    rep.duration_s = time.monotonic() - t0
+    return rep

@@ -1,0 +1,156 @@
+"""Verification of a backup set (committed, or still ``.partial`` before commit).
+
+quick: every artifact's size and SHA-256 against the manifest and ``SHA256SUMS``.
+full:  quick + decompression of every artifact to its end, the tar structure,
+       the SHA-256 of every file this set holds against the snapshot index,
+       the key files present, the database dump complete (engine-specific check),
+       and every set this one depends on still committed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tarfile
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from erp_backup.adapters import archive
+from erp_backup.adapters.databases.base import adapter_for
+from erp_backup.adapters.storage.local import MANIFEST, SUMS, LocalRepository
+from erp_backup.core import manifest as mf
+from erp_backup.core.dburl import DatabaseUrl
+from erp_backup.core.errors import BackupError, IntegrityError
+from erp_backup.core.models import EntryType, Manifest
+
+
+@dataclass
+class VerifyReport:
+    set_id: str
+    level: str
+    problems: list[str] = field(default_factory=list)
+    files_checked: int = 0
+    bytes_checked: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def raise_if_bad(self) -> None:
+        if self.problems:
+            more = f" (+{len(self.problems) - 1} more)" if len(self.problems) > 1 else ""
+            raise IntegrityError(f"verification of {self.set_id} failed: {self.problems[0]}{more}",
+                                 hint="do not rely on this set; run a new full backup and "
+                                 "restore from another set if needed")
+
+
+def _check_artifacts(set_dir: Path, m: Manifest, rep: VerifyReport) -> None:
+    sid = m.id.value
+    try:
+        sums = mf.parse_sha256sums((set_dir / SUMS).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        rep.problems.append(f"{sid}/{SUMS} is missing")
+        sums = {}
+    except BackupError as e:
+        rep.problems.append(f"{sid}/{SUMS}: {e.message}")
+        sums = {}
+    for a in m.artifacts:
+        p = set_dir / a.name
+        if not p.is_file():
+            rep.problems.append(f"{sid}/{a.name} is missing")
+            continue
+        if sums.get(a.name) != a.sha256:
+            rep.problems.append(f"{sid}/{a.name}: {SUMS} and the manifest disagree")
+        size = p.stat().st_size
+        if size != a.size:
+            rep.problems.append(f"{sid}/{a.name}: size {size} bytes, manifest says {a.size}")
+            continue
+        digest = archive.file_digest(p)
+        rep.bytes_checked += size
+        if digest != a.sha256:
+            rep.problems.append(f"{sid}/{a.name}: checksum mismatch (sha256 {digest[:12]}…, "
+                                f"expected {a.sha256[:12]}…)")
+
+
+def _check_files_archive(set_dir: Path, m: Manifest, rep: VerifyReport) -> None:
+    sid = m.id.value
+    art = m.artifact("files")
+    held = {e.path: e for e in m.files if e.type is EntryType.FILE and e.holder == sid}
+    if art is None:
+        if held:
+            rep.problems.append(f"{sid}: the manifest says this set holds {len(held)} files but has no archive")
+        return
+    seen: set[str] = set()
+    try:
+        with archive.open_decompressed(set_dir / art.name) as r:
+            for member, tf in archive.iter_tar(r, f"{sid}/{art.name}"):
+                if not member.isfile():
+                    continue
+                e = held.get(member.name)
+                if e is None:
+                    continue
+                f = tf.extractfile(member)
+                assert f is not None
+                h = hashlib.sha256()
+                while chunk := f.read(archive.CHUNK):
+                    h.update(chunk)
+                seen.add(member.name)
+                rep.files_checked += 1
+                if h.hexdigest() != e.sha256:
+                    rep.problems.append(f"{sid}/{art.name}: content of {member.name} does not match "
+                                        "the snapshot index")
+    except (BackupError, tarfile.TarError, EOFError, OSError) as e:
+        rep.problems.append(f"{sid}/{art.name}: {e}")
+        return
+    missing = sorted(set(held) - seen)
+    if missing:
+        rep.problems.append(f"{sid}/{art.name}: {len(missing)} file(s) of the index are not in the archive, "
+                            f"e.g. {missing[0]}")
+
+
+def _check_database(set_dir: Path, m: Manifest, rep: VerifyReport) -> None:
+    art = m.artifact("database")
+    if m.database is None or art is None:
+        return
+    url = DatabaseUrl(m.database.engine, m.database.database)
+    adapter = adapter_for(url)
+    with tempfile.TemporaryDirectory(prefix="erp-backup-verify-", dir=set_dir.parent) as tmp:
+        try:
+            problems = adapter.verify_dump(archive.iter_decompressed(set_dir / art.name), m.database, Path(tmp))
+        except BackupError as e:
+            problems = [str(e)]
+    rep.problems.extend(f"{m.id}/{art.name}: {p}" for p in problems)
+
+
+def verify_dir(set_dir: Path, m: Manifest, *, level: str = "full", key_files: list[str] | None = None,
+               repo: LocalRepository | None = None) -> VerifyReport:
+    rep = VerifyReport(m.id.value, level)
+    if level == "none":
+        return rep
+    _check_artifacts(set_dir, m, rep)
+    if level == "quick" or rep.problems:
+        return rep
+    _check_files_archive(set_dir, m, rep)
+    _check_database(set_dir, m, rep)
+    index = {e.path for e in m.files}
+    for k in key_files or []:
+        if k.strip("/") not in index:
+            rep.problems.append(f"{m.id}: key file {k} is not in the backup")
+    if repo is not None:
+        for dep in m.depends_on:
+            if not repo.exists(dep):
+                rep.problems.append(f"{m.id}: needs set {dep}, which is no longer in {repo.root}")
+    return rep
+
+
+def verify_committed(repo: LocalRepository, set_id: str, *, level: str = "full",
+                     key_files: list[str] | None = None) -> VerifyReport:
+    from erp_backup.core.models import BackupId
+
+    try:
+        m = repo.read_manifest(BackupId(set_id))
+    except BackupError as e:
+        rep = VerifyReport(set_id, level)
+        rep.problems.append(f"{set_id}/{MANIFEST}: {e}")
+        return rep
+    return verify_dir(repo.set_dir(m.id), m, level=level, key_files=key_files, repo=repo)

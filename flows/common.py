@@ -1,0 +1,44 @@
+"""Shared Prefect wiring: settings loading, retry policy, table artifacts."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from prefect import Task
+from prefect.client.schemas.objects import TaskRun
+from prefect.states import State
+
+from erp_backup.config import Settings, load_settings
+from erp_backup.core.errors import (
+    ChainError,
+    ConfigError,
+    IntegrityError,
+    LockError,
+    RestoreError,
+    SourceError,
+    ToolMissingError,
+)
+
+# errors that a retry cannot fix: fail at once with the operator's message
+PERMANENT = (ConfigError, ChainError, SourceError, ToolMissingError, IntegrityError, RestoreError, LockError)
+
+
+def retry_transient(task: Task[Any, Any], task_run: TaskRun, state: State[Any]) -> bool:
+    """Retry a task only for errors a second attempt may fix (network, server restart, lock timeouts)."""
+    try:
+        state.result(raise_on_failure=True)
+    except PERMANENT:
+        return False
+    except Exception:
+        return True
+    return False
+
+
+def settings_for(config: str | None) -> Settings:
+    return load_settings(config)
+
+
+def artifact_key(text: str) -> str:
+    """Prefect artifact keys: lowercase letters, digits and dashes."""
+    return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")[:100]
