@@ -14,7 +14,7 @@ import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from erp_backup import __version__
@@ -309,7 +309,8 @@ def run_backup(settings: Settings, kind: BackupKind, tags: tuple[str, ...] = (),
         stage_scan(run)
         stage_dump(run)
         stage_archive(run)
-        stage_seal(run)
+        finished = None if now is None else now + timedelta(seconds=time.monotonic() - run.t0)
+        stage_seal(run, now=finished)
         stage_verify(run)
         stage_commit(run)
     return result_of(run)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import posixpath
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -47,9 +48,7 @@ class DatabaseUrl:
         if self.engine != other.engine:
             return False
         if self.engine == "sqlite":
-            import os.path  # pure path arithmetic, no I/O
-
-            return os.path.normpath(self.name) == os.path.normpath(other.name)
+            return posixpath.normpath(self.name) == posixpath.normpath(other.name)
         local = {"", "localhost", "127.0.0.1", "::1"}
         h1 = "local" if self.host in local else self.host
         h2 = "local" if other.host in local else other.host

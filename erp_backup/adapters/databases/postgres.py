@@ -1,0 +1,500 @@
+"""PostgreSQL: ``pg_dump --format=custom --compress=0``; the engine compresses with zstd.
+
+Consistency
+-----------
+The row counts recorded in the manifest come from the very snapshot pg_dump
+dumps: we open a REPEATABLE READ, read-only transaction with psycopg2, export
+its snapshot (``pg_export_snapshot()``) and start ``pg_dump --snapshot=<id>``
+while that transaction stays open. The per-table ``COUNT(*)`` queries run in
+the same transaction, in a thread, while pg_dump streams (they see exactly the
+rows pg_dump writes, whatever commits meanwhile).
+
+By hand
+-------
+``zstd -d < db.postgresql.pgdump.zst | pg_restore --exit-on-error --no-owner
+--no-acl -d <new database>`` (``--exit-on-error``: otherwise errors pass silently).
+
+Secrets: the password goes to libpq through ``PGPASSWORD`` in the child's
+environment (never argv) and to psycopg2 as a keyword argument; every message
+is scrubbed of it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import psycopg2
+import psycopg2.errors
+import psycopg2.extensions
+from psycopg2 import sql
+
+from erp_backup.adapters import proc
+from erp_backup.adapters.databases.base import Write
+from erp_backup.adapters.databases.common import (
+    Background,
+    Tee,
+    connect_timeout,
+    log,
+    one_line,
+    reraise_background,
+    version_tuple,
+)
+from erp_backup.core.dburl import DatabaseUrl
+from erp_backup.core.errors import ConfigError, DatabaseError, RestoreError
+from erp_backup.core.models import DatabaseInfo
+
+DUMP_FORMAT = "pg_dump-custom"
+
+# URL query options passed on to libpq (psycopg2 keywords; PG* variables for the clients)
+_LIBPQ_ENV = {
+    "sslmode": "PGSSLMODE",
+    "sslrootcert": "PGSSLROOTCERT",
+    "sslcert": "PGSSLCERT",
+    "sslkey": "PGSSLKEY",
+    "sslcrl": "PGSSLCRL",
+    "target_session_attrs": "PGTARGETSESSIONATTRS",
+    "options": "PGOPTIONS",
+}
+
+# every ordinary table (partitions included, partitioned parents excluded: their
+# rows live in the partitions) outside the system schemas, not owned by an extension
+_TABLES_SQL = """
+SELECT n.nspname, c.relname
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind = 'r'
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp\\_%'
+  AND NOT EXISTS (SELECT 1 FROM pg_depend d
+                  WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')
+ORDER BY 1, 2
+"""
+
+# relations the dump needs to read that the current user cannot
+_UNREADABLE_SQL = """
+SELECT n.nspname, c.relname,
+       CASE c.relkind WHEN 'S' THEN 'sequence' ELSE 'table' END
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p', 'S', 'm')
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp\\_%'
+  AND (NOT has_schema_privilege(n.oid, 'USAGE')
+       OR NOT has_table_privilege(c.oid, 'SELECT'))
+ORDER BY 1, 2
+"""
+
+
+class PostgresAdapter:
+    engine = "postgresql"
+    artifact_name = "db.postgresql.pgdump.zst"
+
+    def __init__(self, url: DatabaseUrl, *, timeout: float | None = None) -> None:
+        if url.engine != "postgresql":
+            raise ConfigError(f"PostgresAdapter got a {url.engine} URL", hint="use adapter_for(url)")
+        self.url = url
+        self.timeout = timeout
+
+    # ---- checks -------------------------------------------------------------------------------
+
+    def check_available(self) -> None:
+        for binary in ("pg_dump", "pg_restore"):
+            proc.which(binary)
+        client = self._pg_dump_version()
+        with _connect(self.url, self.timeout) as conn:
+            _check_client_version(client, conn.server_version)
+            _check_readable(conn, self.url)
+
+    def _pg_dump_version(self) -> str:
+        out = proc.run(["pg_dump", "--version"], timeout=30, what="pg_dump --version").stdout
+        return out.decode("utf-8", "replace").strip()
+
+    # ---- dump ---------------------------------------------------------------------------------
+
+    def dump(self, write: Write, workdir: Path) -> DatabaseInfo:
+        proc.which("pg_dump")
+        tool = self._pg_dump_version()
+        conn = _open(self.url, self.timeout)
+        counter: Background[dict[str, int]] | None = None
+        try:
+            _check_client_version(tool, conn.server_version)
+            conn.set_session(isolation_level=psycopg2.extensions.ISOLATION_LEVEL_REPEATABLE_READ,
+                             readonly=True)
+            with conn.cursor() as cur:
+                cur.execute("SELECT pg_export_snapshot(), current_setting('server_version')")
+                snapshot, server_version = cur.fetchone()  # type: ignore[misc]
+                cur.execute(_TABLES_SQL)
+                tables = [(s, t) for s, t in cur.fetchall()]
+            counter = Background(lambda: _count(conn, tables, self.url), name="pg-row-counts")
+
+            def guarded(chunk: bytes) -> None:
+                reraise_background(counter)  # a count failed (e.g. permission): stop pg_dump now
+                write(chunk)
+
+            argv = ["pg_dump", "--format=custom", "--compress=0", f"--snapshot={snapshot}", "--no-password",
+                    *_conn_args(self.url), f"--dbname={_conninfo(self.url.name)}"]
+            result = self._stream_dump(argv, guarded)
+            counts = counter.result()
+        except BaseException:
+            if counter is not None and not counter.done():
+                conn.cancel()
+                counter.join(10)
+            raise
+        finally:
+            _close(conn)
+        return DatabaseInfo(engine=self.engine, database=self.url.name, server_version=server_version,
+                            dump_tool=tool, dump_format=DUMP_FORMAT, tables=counts, raw_size=result.bytes_out)
+
+    def _stream_dump(self, argv: list[str], write: Write) -> proc.ProcResult:
+        try:
+            return proc.stream_out(argv, write, env_extra=_env(self.url), secrets=_secrets(self.url),
+                                   timeout=self.timeout, what="pg_dump")
+        except proc.ProcError as e:
+            raise DatabaseError(f"pg_dump of database '{self.url.name}' failed: {_cause(e, self.url)}",
+                                hint=_dump_hint(e.stderr_tail, self.url)) from e
+
+    # ---- verify -------------------------------------------------------------------------------
+
+    def verify_dump(self, chunks: Iterable[bytes], info: DatabaseInfo, workdir: Path) -> list[str]:
+        """Read the whole dump with ``pg_restore --file=/dev/null`` (it decodes every data block:
+        ``pg_restore --list`` alone stops after the table of contents and would miss a
+        truncated file) and list its table of contents with ``pg_restore --list`` fed from
+        the same stream."""
+        problems: list[str] = []
+        tee = Tee(chunks)
+        seen = [0]
+
+        def counted() -> Iterator[bytes]:
+            for chunk in tee.main():
+                seen[0] += len(chunk)
+                yield chunk
+
+        def list_toc() -> bytes:
+            try:
+                return proc.stream_in(["pg_restore", "--list"], tee.side(), timeout=self.timeout,
+                                      capture_stdout=True, what="pg_restore --list").stdout
+            finally:
+                tee.side_finished()
+
+        lister = Background(list_toc, name="pg-restore-list")
+        try:
+            proc.stream_in(["pg_restore", "--file=/dev/null"], counted(), timeout=self.timeout,
+                           what="pg_restore")
+        except proc.ProcError as e:
+            problems.append(f"the dump cannot be read to the end (truncated or corrupt): {_cause(e)}")
+        finally:
+            tee.end()
+        try:
+            toc = lister.result().decode("utf-8", "replace")
+        except proc.ProcError as e:
+            problems.append(f"the dump's table of contents cannot be read: {_cause(e)}")
+            return problems
+        if seen[0] == 0:
+            return ["the dump is empty"]
+        problems.extend(_missing_tables(toc, info.tables))
+        return problems
+
+    # ---- restore ------------------------------------------------------------------------------
+
+    def restore(self, chunks: Iterable[bytes], info: DatabaseInfo, target: DatabaseUrl, *,
+                replace: bool, workdir: Path, jobs: int = 1) -> dict[str, int]:
+        if target.engine != "postgresql":
+            raise RestoreError(f"cannot restore a PostgreSQL dump into a {target.engine} database",
+                               hint="give a postgresql:// target URL")
+        proc.which("pg_restore")
+        _prepare_target(target, replace=replace, timeout=self.timeout)
+        argv = ["pg_restore", "--exit-on-error", "--no-owner", "--no-acl", "--no-password",
+                *_conn_args(target), f"--dbname={_conninfo(target.name)}"]
+        try:
+            if jobs > 1:
+                self._restore_parallel(argv, chunks, target, workdir, jobs)
+            else:
+                proc.stream_in(argv, chunks, env_extra=_env(target), secrets=_secrets(target),
+                               timeout=self.timeout, what="pg_restore")
+        except proc.ProcError as e:
+            raise RestoreError(f"pg_restore into database '{target.name}' failed: {_cause(e, target)}",
+                               hint="the database is left partly restored: fix the cause, then restore "
+                               "again with replace") from e
+        return self.row_counts(target)
+
+    def _restore_parallel(self, argv: list[str], chunks: Iterable[bytes], target: DatabaseUrl,
+                          workdir: Path, jobs: int) -> None:
+        # pg_restore -j needs a seekable file: spool the raw dump (0600) in the private workdir
+        fd, path = tempfile.mkstemp(prefix=".restore-", suffix=".pgdump", dir=workdir)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                for chunk in chunks:
+                    f.write(chunk)
+            proc.run([*argv, f"--jobs={jobs}", path], env_extra=_env(target), secrets=_secrets(target),
+                     timeout=self.timeout, what="pg_restore")
+        finally:
+            Path(path).unlink(missing_ok=True)
+
+    # ---- row counts ---------------------------------------------------------------------------
+
+    def row_counts(self, url: DatabaseUrl) -> dict[str, int]:
+        with _connect(url, self.timeout) as conn:
+            conn.set_session(isolation_level=psycopg2.extensions.ISOLATION_LEVEL_REPEATABLE_READ,
+                             readonly=True)
+            with conn.cursor() as cur:
+                cur.execute(_TABLES_SQL)
+                tables = [(s, t) for s, t in cur.fetchall()]
+            counts = _count(conn, tables, url)
+            conn.rollback()
+            return counts
+
+
+# ---- connections ----------------------------------------------------------------------------------
+
+
+def _open(url: DatabaseUrl, timeout: float | None,
+          dbname: str | None = None) -> psycopg2.extensions.connection:
+    kwargs: dict[str, object] = {
+        "dbname": dbname or url.name,
+        "connect_timeout": connect_timeout(timeout),
+        "application_name": "erp-backup",
+    }
+    if url.host:
+        kwargs["host"] = url.host
+    if url.port:
+        kwargs["port"] = url.port
+    if url.user:
+        kwargs["user"] = url.user
+    if url.password:
+        kwargs["password"] = url.password
+    for key, value in url.options:
+        if key in _LIBPQ_ENV:
+            kwargs[key] = value
+    try:
+        return psycopg2.connect(**kwargs)
+    except psycopg2.Error as e:
+        raise _connect_error(e, url, dbname or url.name) from None
+
+
+@contextmanager
+def _connect(url: DatabaseUrl, timeout: float | None, dbname: str | None = None
+             ) -> Iterator[psycopg2.extensions.connection]:
+    conn = _open(url, timeout, dbname)
+    try:
+        yield conn
+    finally:
+        _close(conn)
+
+
+def _close(conn: psycopg2.extensions.connection) -> None:
+    try:
+        conn.close()
+    except psycopg2.Error:
+        pass
+
+
+def _where(url: DatabaseUrl) -> str:
+    return f"{url.host or 'local socket'}:{url.port or 5432}"
+
+
+def _connect_error(e: psycopg2.Error, url: DatabaseUrl, dbname: str) -> DatabaseError:
+    text = str(e)
+    cause = one_line(text, _secrets(url))
+    low = text.lower()
+    user = url.user or "(default user)"
+    if "does not exist" in low and "database" in low:
+        return DatabaseError(f"PostgreSQL database '{dbname}' does not exist on {_where(url)}",
+                             hint="create it or fix the database name in the URL")
+    if "password" in low or "authentication failed" in low or "role" in low or "pg_hba.conf" in low \
+            or "not permitted to log in" in low:
+        return DatabaseError(f"PostgreSQL at {_where(url)} refused the login of user '{user}': {cause}",
+                             hint="check the user and password of the database connection (block or URL)")
+    if "timeout" in low or "could not connect" in low or "connection refused" in low \
+            or "could not translate host" in low or "no route" in low or "connection to server" in low:
+        return DatabaseError(f"PostgreSQL at {_where(url)} is not reachable: {cause}",
+                             hint="start the server or fix host/port in the database URL")
+    return DatabaseError(f"cannot connect to PostgreSQL at {_where(url)}: {cause}",
+                         hint="check the database URL and that the server accepts connections")
+
+
+def _conn_args(url: DatabaseUrl) -> list[str]:
+    args: list[str] = []
+    if url.host:
+        args.append(f"--host={url.host}")
+    if url.port:
+        args.append(f"--port={url.port}")
+    if url.user:
+        args.append(f"--username={url.user}")
+    return args
+
+
+def _conninfo(dbname: str) -> str:
+    """``dbname='…'`` (a conninfo string, so a name with '=' or a leading '-' is safe)."""
+    escaped = dbname.replace("\\", "\\\\").replace("'", "\\'")
+    return f"dbname='{escaped}'"
+
+
+def _env(url: DatabaseUrl) -> dict[str, str]:
+    env = {"PGCONNECT_TIMEOUT": str(connect_timeout(None)), "PGAPPNAME": "erp-backup"}
+    if url.password:
+        env["PGPASSWORD"] = url.password
+    for key, value in url.options:
+        if key in _LIBPQ_ENV:
+            env[_LIBPQ_ENV[key]] = value
+    return env
+
+
+def _secrets(url: DatabaseUrl) -> tuple[str, ...]:
+    return (url.password,) if url.password else ()
+
+
+def _cause(e: proc.ProcError, url: DatabaseUrl | None = None) -> str:
+    tail = e.stderr_tail
+    lines = [ln for ln in tail.splitlines() if "error" in ln.lower()] or tail.splitlines()
+    text = lines[-1] if lines else f"exit status {e.returncode}"
+    for prefix in ("pg_dump: error: ", "pg_restore: error: "):
+        text = text.replace(prefix, "")
+    return one_line(text, _secrets(url) if url else ())
+
+
+def _dump_hint(stderr: str, url: DatabaseUrl) -> str:
+    low = stderr.lower()
+    if "permission denied" in low:
+        return (f"grant SELECT on every table and sequence to '{url.user or 'the backup user'}' "
+                "(or make it a member of pg_read_all_data)")
+    if "server version" in low and "aborting because of server version mismatch" in low:
+        return "install a pg_dump at least as new as the server (postgresql-client-<server major>)"
+    return "look at the PostgreSQL server log for the cause and run the backup again"
+
+
+# ---- checks ---------------------------------------------------------------------------------------
+
+
+def _check_client_version(pg_dump_version: str, server_version_num: int) -> None:
+    client = version_tuple(pg_dump_version.split(")", 1)[-1])
+    if not client:
+        return
+    server_major = server_version_num // 10000
+    if server_major >= 10:
+        server: tuple[int, ...] = (server_major,)
+        client = client[:1]
+    else:
+        server = (server_major, (server_version_num // 100) % 100)
+        client = client[:2]
+    if client < server:
+        have = ".".join(map(str, client))
+        want = ".".join(map(str, server))
+        raise DatabaseError(f"local pg_dump {have} is older than server {want}",
+                            hint=f"install postgresql-client-{want} (pg_dump must be at least the server's "
+                            "major version)")
+
+
+def _check_readable(conn: psycopg2.extensions.connection, url: DatabaseUrl) -> None:
+    with conn.cursor() as cur:
+        cur.execute(_UNREADABLE_SQL)
+        rows = cur.fetchall()
+    conn.rollback()
+    if rows:
+        names = ", ".join(f"{kind} {s}.{t}" for s, t, kind in rows[:5])
+        more = f" and {len(rows) - 5} more" if len(rows) > 5 else ""
+        user = url.user or "the backup user"
+        raise DatabaseError(f"user '{user}' cannot read {names}{more} (permission denied)",
+                            hint=f"GRANT SELECT (and USAGE on the schema) to '{user}', or make it a "
+                            "member of pg_read_all_data")
+
+
+# ---- row counts ------------------------------------------------------------------------------------
+
+
+def _count(conn: psycopg2.extensions.connection, tables: list[tuple[str, str]],
+           url: DatabaseUrl) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    with conn.cursor() as cur:
+        for schema, table in tables:
+            query = sql.SQL("SELECT count(*) FROM {}.{}").format(sql.Identifier(schema),
+                                                                 sql.Identifier(table))
+            try:
+                cur.execute(query)
+            except psycopg2.errors.InsufficientPrivilege as e:
+                user = url.user or "the backup user"
+                raise DatabaseError(f"user '{user}' cannot read table {schema}.{table} (permission denied)",
+                                    hint=f"GRANT SELECT ON {schema}.{table} to '{user}', or make it a member "
+                                    "of pg_read_all_data") from e
+            except psycopg2.errors.QueryCanceled as e:
+                raise DatabaseError(f"counting rows of {schema}.{table} was cancelled",
+                                    hint="the dump failed or timed out; see the error above") from e
+            except psycopg2.Error as e:
+                raise DatabaseError(f"counting rows of {schema}.{table} failed: {one_line(str(e))}",
+                                    hint="look at the PostgreSQL server log") from e
+            counts[f"{schema}.{table}"] = int(cur.fetchone()[0])  # type: ignore[index]
+    return counts
+
+
+# ---- restore target ------------------------------------------------------------------------------
+
+
+def _prepare_target(target: DatabaseUrl, *, replace: bool, timeout: float | None) -> None:
+    """Create ``target`` (from template0); an existing database must hold no table unless
+    ``replace``, which drops (WITH (FORCE)) and recreates it."""
+    admin = _admin_connection(target, timeout)
+    try:
+        admin.autocommit = True
+        with admin.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (target.name,))
+            exists = cur.fetchone() is not None
+            ident = sql.Identifier(target.name)
+            if exists:
+                tables = _table_count(target, timeout)
+                if tables and not replace:
+                    raise RestoreError(
+                        f"target database '{target.name}' already exists and holds {tables} table(s)",
+                        hint="restore into a new database name, or pass replace to drop and recreate it")
+                if not tables:
+                    return
+                log.warning("dropping database %s to replace it", target.name)
+                cur.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(ident))
+            cur.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(ident))
+    except psycopg2.Error as e:
+        raise RestoreError(f"cannot create target database '{target.name}': {one_line(str(e))}",
+                           hint="the restore user needs CREATEDB (and ownership to replace a "
+                           "database)") from e
+    finally:
+        _close(admin)
+
+
+def _admin_connection(target: DatabaseUrl, timeout: float | None) -> psycopg2.extensions.connection:
+    try:
+        return _open(target, timeout, dbname="postgres")
+    except DatabaseError as first:
+        if "does not exist" not in str(first):
+            raise
+        return _open(target, timeout, dbname="template1")
+
+
+def _table_count(url: DatabaseUrl, timeout: float | None) -> int:
+    with _connect(url, timeout) as conn, conn.cursor() as cur:
+        cur.execute(f"SELECT count(*) FROM ({_TABLES_SQL.replace('ORDER BY 1, 2', '')}) t")
+        return int(cur.fetchone()[0])  # type: ignore[index]
+
+
+def _missing_tables(toc: str, tables: dict[str, int]) -> list[str]:
+    """Tables recorded in the manifest without a TABLE (or, with rows, TABLE DATA) entry."""
+    defs: set[str] = set()
+    data: set[str] = set()
+    for line in toc.splitlines():
+        if line.startswith(";") or "; " not in line:
+            continue
+        rest = line.split("; ", 1)[1].split(" ", 2)
+        if len(rest) < 3:
+            continue
+        desc_and_names = rest[2]
+        if desc_and_names.startswith("TABLE DATA "):
+            data.add(desc_and_names[len("TABLE DATA "):])
+        elif desc_and_names.startswith("TABLE "):
+            defs.add(desc_and_names[len("TABLE "):])
+    problems = []
+    for key, rows in sorted(tables.items()):
+        schema, _, table = key.partition(".")
+        prefix = f"{schema} {table} "
+        if not any(d.startswith(prefix) for d in defs):
+            problems.append(f"table {key} recorded in the manifest is missing from the dump")
+        elif rows and not any(d.startswith(prefix) for d in data):
+            problems.append(f"table {key} has {rows} rows recorded but no data in the dump")
+    return problems
