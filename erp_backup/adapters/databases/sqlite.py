@@ -14,6 +14,7 @@ import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
 
+from erp_backup.adapters.databases.base import Write
 from erp_backup.core.dburl import DatabaseUrl
 from erp_backup.core.errors import DatabaseError, RestoreError
 from erp_backup.core.models import DatabaseInfo
@@ -71,7 +72,7 @@ class SqliteAdapter:
             raise DatabaseError(f"cannot open SQLite database {self.path}: {e}",
                                 hint="check the path and permissions") from e
 
-    def dump(self, write: object, workdir: Path) -> DatabaseInfo:
+    def dump(self, write: Write, workdir: Path) -> DatabaseInfo:
         self.check_available()
         copy = workdir / "db.sqlite3.tmp"
         src = self._open_ro()
@@ -90,8 +91,13 @@ class SqliteAdapter:
             finally:
                 dst.close()
         except sqlite3.Error as e:
-            raise DatabaseError(f"SQLite backup of {self.path} failed: {e}",
-                                hint="if the database is locked for long, retry; check free space") from e
+            if "full" in str(e):
+                hint = f"free space in {workdir.parent.parent}: the consistent copy is made there first"
+            elif "locked" in str(e) or "busy" in str(e):
+                hint = "a writer held the database for too long; run the backup again"
+            else:
+                hint = "check the database file and the backup directory"
+            raise DatabaseError(f"SQLite backup of {self.path} failed: {e}", hint=hint) from e
         finally:
             src.close()
         os.chmod(copy, 0o600)
@@ -99,7 +105,7 @@ class SqliteAdapter:
         try:
             with open(copy, "rb") as f:
                 while chunk := f.read(CHUNK):
-                    write(chunk)  # type: ignore[operator]
+                    write(chunk)
                     size += len(chunk)
         finally:
             copy.unlink(missing_ok=True)
