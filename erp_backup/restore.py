@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from erp_backup.adapters import archive
 from erp_backup.adapters.databases.base import adapter_for
@@ -48,72 +48,89 @@ class RestoreReport:
     notes: list[str] = field(default_factory=list)
 
 
+_BAD = "the backup set is damaged or malicious; restore from another set"
+
+
 def check_rel(path: str) -> str:
     """Validate a path from an index or archive: relative, inside, normalised."""
     if not path or "\x00" in path:
-        raise UnsafeArchiveError(f"refusing empty or NUL-containing path {path!r}",
-                                 hint="the backup set is damaged or malicious; restore from another set")
-    p = PurePosixPath(path)
-    if p.is_absolute() or any(part in ("..", "") for part in p.parts) or path.startswith("/"):
-        raise UnsafeArchiveError(f"refusing path {path!r}: it would leave the restore target",
-                                 hint="the backup set is damaged or malicious; restore from another set")
-    if p.as_posix() != path.rstrip("/") or "." in p.parts:
-        raise UnsafeArchiveError(f"refusing non-normalised path {path!r}",
-                                 hint="the backup set is damaged or malicious; restore from another set")
+        raise UnsafeArchiveError(f"refusing empty or NUL-containing path {path!r}", hint=_BAD)
+    parts = path.split("/")
+    if path.startswith("/") or ".." in parts:
+        raise UnsafeArchiveError(f"refusing path {path!r}: it would leave the restore target", hint=_BAD)
+    if "" in parts or "." in parts:
+        raise UnsafeArchiveError(f"refusing non-normalised path {path!r}", hint=_BAD)
     return path
 
 
 class SafeTarget:
-    """Creates things under ``root`` without ever following a link."""
+    """Creates things under ``root`` without ever following a link.
+
+    Paths given to it must have passed ``check_rel``. Directories it has made or checked
+    are remembered while files are written (no link can appear meanwhile: links come
+    last); ``links_phase()`` drops that memory so every parent is checked again."""
 
     def __init__(self, root: Path) -> None:
-        self.root = Path(os.path.abspath(root))
+        self.root = os.path.abspath(root)
+        self._dirs: set[str] = set()
+        self._cache = True
 
-    def _ensure_dirs(self, rel: str) -> str:
-        """Make every directory of ``rel``'s parent; return the absolute parent path."""
-        cur = str(self.root)
-        for part in PurePosixPath(rel).parts[:-1]:
-            cur = os.path.join(cur, part)
+    def links_phase(self) -> None:
+        self._dirs.clear()
+        self._cache = False
+
+    def _ensure_dirs(self, rel: str) -> None:
+        """Make every directory of ``rel``'s parent, replacing (never following) links."""
+        parent = rel.rpartition("/")[0]
+        if not parent or (self._cache and parent in self._dirs):
+            return
+        cur_rel = ""
+        for part in parent.split("/"):
+            cur_rel = f"{cur_rel}/{part}" if cur_rel else part
+            if self._cache and cur_rel in self._dirs:
+                continue
+            cur = os.path.join(self.root, cur_rel)
             try:
                 st = os.lstat(cur)
             except FileNotFoundError:
                 os.mkdir(cur, 0o700)
-                continue
-            if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
-                os.unlink(cur)  # a link or file where a directory must be: replace it, never follow
-                os.mkdir(cur, 0o700)
-        return cur
+            else:
+                if not stat.S_ISDIR(st.st_mode):
+                    os.unlink(cur)  # a link or file where a directory must be: replace it, never follow
+                    os.mkdir(cur, 0o700)
+            if self._cache:
+                self._dirs.add(cur_rel)
 
     def path(self, rel: str) -> str:
-        return os.path.join(str(self.root), check_rel(rel))
+        return os.path.join(self.root, rel)
 
     def mkdir(self, rel: str) -> None:
-        self._ensure_dirs(check_rel(rel))
+        self._ensure_dirs(rel)
         full = self.path(rel)
         try:
-            st = os.lstat(full)
-            if not stat.S_ISDIR(st.st_mode):
+            os.mkdir(full, 0o700)
+        except FileExistsError:
+            if not stat.S_ISDIR(os.lstat(full).st_mode):
                 os.unlink(full)
                 os.mkdir(full, 0o700)
-        except FileNotFoundError:
-            os.mkdir(full, 0o700)
+        self._dirs.add(rel)
 
     def open_file(self, rel: str) -> int:
-        self._ensure_dirs(check_rel(rel))
+        self._ensure_dirs(rel)
         full = self.path(rel)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
+            return os.open(full, flags | os.O_EXCL, 0o600)
+        except FileExistsError:
             st = os.lstat(full)
-            if not stat.S_ISREG(st.st_mode):
-                if stat.S_ISDIR(st.st_mode):
-                    raise RestoreError(f"{full} is a directory; cannot restore a file there",
-                                       hint="restore into an empty directory")
-                os.unlink(full)
-        except FileNotFoundError:
-            pass
-        return os.open(full, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            if stat.S_ISDIR(st.st_mode):
+                raise RestoreError(f"{full} is a directory; cannot restore a file there",
+                                   hint="restore into an empty directory") from None
+            os.unlink(full)  # a file or a link: replace it, never write through it
+            return os.open(full, flags | os.O_EXCL, 0o600)
 
     def symlink(self, rel: str, target: str) -> None:
-        self._ensure_dirs(check_rel(rel))
+        self._ensure_dirs(rel)
         full = self.path(rel)
         if os.path.lexists(full):
             if os.path.isdir(full) and not os.path.islink(full):
@@ -129,6 +146,13 @@ def _apply_meta(full: str, e: FileEntry) -> None:
     if e.type is not EntryType.SYMLINK:
         os.chmod(full, e.mode, follow_symlinks=False)
     os.utime(full, ns=(e.mtime_ns, e.mtime_ns), follow_symlinks=False)
+
+
+def _apply_meta_fd(fd: int, e: FileEntry) -> None:
+    if IS_ROOT:
+        os.fchown(fd, e.uid, e.gid)
+    os.fchmod(fd, e.mode)  # after chown, which would clear set-id bits
+    os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
 
 
 def _pick_set(repo: LocalRepository, backup_id: str | None, at: datetime | None) -> Manifest:
@@ -174,36 +198,36 @@ def restore_files(repo: LocalRepository, m: Manifest, target: Path, *, force: bo
                                  hint="verify the chain; restore from another set")
         apath = repo.set_dir(holder) / art.name
         rep.sets_read.append(holder)
+        where = f"{holder}/{art.name}"
         with archive.open_decompressed(apath) as r:
-            for member, tf in archive.iter_tar(r, f"{holder}/{art.name}"):
+            tar = archive.TarStream(r, where)
+            for member in tar.members():
                 e = wanted.pop(member.name, None)
-                if e is None or not member.isfile():
-                    if e is not None:
-                        raise IntegrityError(f"{holder}/{art.name}: {member.name} is not a regular file",
-                                             hint="verify the set")
+                if e is None:
                     continue
-                src = tf.extractfile(member)
-                assert src is not None
+                if not member.isfile():
+                    raise IntegrityError(f"{where}: {member.name} is not a regular file", hint="verify the set")
                 fd = safe.open_file(e.path)
                 h = hashlib.sha256()
                 try:
-                    while chunk := src.read(archive.CHUNK):
+                    while chunk := tar.read(archive.CHUNK):
                         h.update(chunk)
                         _write_all(fd, chunk)
+                    if e.sha256 and h.hexdigest() != e.sha256:
+                        raise IntegrityError(f"{where}: {e.path} does not match its checksum",
+                                             hint="verify the set; restore from another one")
+                    _apply_meta_fd(fd, e)
                 finally:
                     os.close(fd)
-                if e.sha256 and h.hexdigest() != e.sha256:
-                    raise IntegrityError(f"{holder}/{art.name}: {e.path} does not match its checksum",
-                                         hint="verify the set; restore from another one")
                 rep.files += 1
                 rep.bytes += e.size
-                _apply_meta(safe.path(e.path), e)
                 if not wanted:
                     break
         if wanted:
             first = next(iter(wanted))
             raise IntegrityError(f"{holder}/{art.name} lacks {len(wanted)} file(s) of the index, e.g. {first}",
                                  hint="verify the set; restore from another one")
+    safe.links_phase()
     for e in m.files:
         if e.type is EntryType.SYMLINK:
             safe.symlink(e.path, e.target or "")

@@ -10,7 +10,6 @@ full:  quick + decompression of every artifact to its end, the tar structure,
 from __future__ import annotations
 
 import hashlib
-import tarfile
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +43,15 @@ class VerifyReport:
                                  "restore from another set if needed")
 
 
-def _check_artifacts(set_dir: Path, m: Manifest, rep: VerifyReport) -> None:
+def _digest_problem(sid: str, name: str, digest: str, expected: str) -> str | None:
+    if digest == expected:
+        return None
+    return f"{sid}/{name}: checksum mismatch (sha256 {digest[:12]}…, expected {expected[:12]}…)"
+
+
+def _check_artifacts(set_dir: Path, m: Manifest, rep: VerifyReport, *, hash_now: bool) -> None:
+    """Presence, size, SHA256SUMS agreement; with ``hash_now`` also the SHA-256 (quick level).
+    The full level hashes while it decompresses, in the same pass."""
     sid = m.id.value
     try:
         sums = mf.parse_sha256sums((set_dir / SUMS).read_text(encoding="utf-8"))
@@ -65,11 +72,20 @@ def _check_artifacts(set_dir: Path, m: Manifest, rep: VerifyReport) -> None:
         if size != a.size:
             rep.problems.append(f"{sid}/{a.name}: size {size} bytes, manifest says {a.size}")
             continue
-        digest = archive.file_digest(p)
-        rep.bytes_checked += size
-        if digest != a.sha256:
-            rep.problems.append(f"{sid}/{a.name}: checksum mismatch (sha256 {digest[:12]}…, "
-                                f"expected {a.sha256[:12]}…)")
+        if hash_now:
+            rep.bytes_checked += size
+            problem = _digest_problem(sid, a.name, archive.file_digest(p), a.sha256)
+            if problem:
+                rep.problems.append(problem)
+
+
+def _drain_and_check(r: archive._Reader, sid: str, name: str, expected: str, rep: VerifyReport) -> None:
+    while r.read(archive.CHUNK):
+        pass
+    rep.bytes_checked += r.compressed_size
+    problem = _digest_problem(sid, name, r.hexdigest(), expected)
+    if problem:
+        rep.problems.append(problem)
 
 
 def _check_files_archive(set_dir: Path, m: Manifest, rep: VerifyReport) -> None:
@@ -81,26 +97,24 @@ def _check_files_archive(set_dir: Path, m: Manifest, rep: VerifyReport) -> None:
             rep.problems.append(f"{sid}: the manifest says this set holds {len(held)} files but has no archive")
         return
     seen: set[str] = set()
+    where = f"{sid}/{art.name}"
     try:
         with archive.open_decompressed(set_dir / art.name) as r:
-            for member, tf in archive.iter_tar(r, f"{sid}/{art.name}"):
-                if not member.isfile():
-                    continue
+            tar = archive.TarStream(r, where)
+            for member in tar.members():
                 e = held.get(member.name)
-                if e is None:
+                if e is None or not member.isfile():
                     continue
-                f = tf.extractfile(member)
-                assert f is not None
                 h = hashlib.sha256()
-                while chunk := f.read(archive.CHUNK):
+                while chunk := tar.read(archive.CHUNK):
                     h.update(chunk)
                 seen.add(member.name)
                 rep.files_checked += 1
                 if h.hexdigest() != e.sha256:
-                    rep.problems.append(f"{sid}/{art.name}: content of {member.name} does not match "
-                                        "the snapshot index")
-    except (BackupError, tarfile.TarError, EOFError, OSError) as e:
-        rep.problems.append(f"{sid}/{art.name}: {e}")
+                    rep.problems.append(f"{where}: content of {member.name} does not match the snapshot index")
+            _drain_and_check(r, sid, art.name, art.sha256, rep)
+    except (BackupError, OSError) as e:
+        rep.problems.append(f"{where}: {e}")
         return
     missing = sorted(set(held) - seen)
     if missing:
@@ -116,7 +130,9 @@ def _check_database(set_dir: Path, m: Manifest, rep: VerifyReport) -> None:
     adapter = adapter_for(url)
     with tempfile.TemporaryDirectory(prefix="erp-backup-verify-", dir=set_dir.parent) as tmp:
         try:
-            problems = adapter.verify_dump(archive.iter_decompressed(set_dir / art.name), m.database, Path(tmp))
+            with archive.open_decompressed(set_dir / art.name) as r:
+                problems = adapter.verify_dump(iter(lambda: r.read(archive.CHUNK), b""), m.database, Path(tmp))
+                _drain_and_check(r, m.id.value, art.name, art.sha256, rep)
         except BackupError as e:
             problems = [str(e)]
     rep.problems.extend(f"{m.id}/{art.name}: {p}" for p in problems)
@@ -127,7 +143,7 @@ def verify_dir(set_dir: Path, m: Manifest, *, level: str = "full", key_files: li
     rep = VerifyReport(m.id.value, level)
     if level == "none":
         return rep
-    _check_artifacts(set_dir, m, rep)
+    _check_artifacts(set_dir, m, rep, hash_now=level == "quick")
     if level == "quick" or rep.problems:
         return rep
     _check_files_archive(set_dir, m, rep)

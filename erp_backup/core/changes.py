@@ -10,7 +10,7 @@ bytes. Content is hashed only for what is archived.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from erp_backup.core.models import EntryType, FileEntry
 
@@ -43,7 +43,7 @@ def plan_changes(current: Iterable[FileEntry], reference: Mapping[str, FileEntry
         seen.add(entry.path)
         old = ref.get(entry.path)
         if old is not None and old.same_stat(entry) and (entry.type is not EntryType.FILE or old.holder):
-            carried.append(replace(entry, sha256=old.sha256, holder=old.holder))
+            carried.append(old)  # same stat data: the reference entry (with its sha256 and holder) stands
         else:
             archive.append(entry)
     deleted = sorted(p for p in ref if p not in seen)

@@ -8,6 +8,7 @@ pretty-printed and the snapshot index has one file per line, so
 from __future__ import annotations
 
 import json
+import sys
 from datetime import UTC, datetime
 from typing import Any
 
@@ -56,7 +57,7 @@ def entry_from_dict(d: dict[str, Any]) -> FileEntry:
         gid=int(d.get("gid", 0)),
         ino=int(d.get("ino", 0)),
         sha256=d.get("sha256"),
-        holder=d.get("holder"),
+        holder=sys.intern(d["holder"]) if d.get("holder") else None,
         target=d.get("target"),
     )
 
@@ -111,11 +112,34 @@ def _header(m: Manifest) -> dict[str, Any]:
     }
 
 
+def _jstr(text: str) -> str:
+    """A JSON string. File names that are not valid UTF-8 (decoded by the OS layer with
+    surrogateescape) are written with ASCII escapes, so the manifest stays valid UTF-8
+    and reads back to the very same name."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(text, ensure_ascii=True)
+    return json.dumps(text, ensure_ascii=False)
+
+
+def entry_line(e: FileEntry) -> str:
+    """One snapshot-index entry as one JSON line (same fields as ``entry_to_dict``, built directly: an
+    index has tens of thousands of entries and this runs on every backup)."""
+    head = f'{{"path":{_jstr(e.path)},"type":"{e.type.value}","mode":"{e.mode:04o}","mtime_ns":{e.mtime_ns}'
+    if e.type is EntryType.FILE:
+        sha = f'"{e.sha256}"' if e.sha256 else "null"
+        holder = f'"{e.holder}"' if e.holder else "null"
+        head += f',"size":{e.size},"sha256":{sha},"holder":{holder}'
+    elif e.type is EntryType.SYMLINK:
+        head += f',"target":{_jstr(e.target) if e.target is not None else "null"}'
+    return head + f',"uid":{e.uid},"gid":{e.gid},"ino":{e.ino}}}'
+
+
 def dumps(m: Manifest) -> str:
-    head = json.dumps(_header(m), indent=2, ensure_ascii=False)
-    lines = [json.dumps(entry_to_dict(e), ensure_ascii=False, separators=(",", ":")) for e in m.files]
-    body = ",\n    ".join(lines)
-    files = f'"files": [\n    {body}\n  ]' if lines else '"files": []'
+    head = json.dumps(_header(m), indent=2, ensure_ascii=True)
+    body = ",\n    ".join(entry_line(e) for e in m.files)
+    files = f'"files": [\n    {body}\n  ]' if m.files else '"files": []'
     return head[:-2] + ",\n  " + files + "\n}\n"
 
 

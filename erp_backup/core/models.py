@@ -69,7 +69,7 @@ class BackupId:
         return self.value
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FileEntry:
     """One path of the snapshot index (relative, POSIX separators)."""
 

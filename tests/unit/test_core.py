@@ -79,6 +79,21 @@ def test_manifest_roundtrip(files: list[FileEntry], deleted: list[str]) -> None:
     json.loads(text)  # valid JSON for any other tool
 
 
+def test_entry_line_matches_entry_dict_and_odd_names_survive() -> None:
+    odd = [fe("caf\u00e9/\u4e0a\u6d77.txt", sha256="c" * 64, holder="20261128T020000Z-full"),
+           fe("bad-\udcff-bytes", sha256="d" * 64, holder="20261128T020000Z-full"),  # not UTF-8 on disk
+           fe('quote"back\\slash\nnewline', sha256="e" * 64, holder="20261128T020000Z-full"),
+           FileEntry("ln", EntryType.SYMLINK, 0o777, 5, target="\udcfe/x"),
+           FileEntry("d", EntryType.DIR, 0o700, 5)]
+    for e in odd:
+        assert json.loads(mf.entry_line(e)) == mf.entry_to_dict(e)
+    m = make_manifest(files=tuple(sorted(odd, key=lambda e: e.path)))
+    text = mf.dumps(m)
+    text.encode("utf-8")  # the file itself is valid UTF-8
+    assert mf.loads(text.encode("utf-8")) == m
+    assert "\u4e0a\u6d77" in text  # readable names stay readable (grep works)
+
+
 def test_manifest_header_only_read_matches() -> None:
     f = FileEntry("a", EntryType.FILE, 0o644, 1, 2, sha256="b" * 64, holder="20261128T020000Z-full")
     m = make_manifest(files=(f,), depends_on=(BackupId("20261127T020000Z-full"),))
