@@ -7,7 +7,7 @@ import queue
 import re
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 log = logging.getLogger("erp_backup.databases")
 
@@ -122,7 +122,7 @@ class Tee:
         self._side_done.set()
 
 
-def reraise_background(bg: Background[object] | None) -> None:
+def reraise_background(bg: Background[Any] | None) -> None:
     """Raise the exception of a background job that already failed (cheap check)."""
     if bg is not None and bg.failed is not None:
         raise bg.failed

@@ -25,7 +25,8 @@ way backup tools such as mydumper do:
 5. S counts ``COUNT(*)`` of every base table in a thread while the dump streams.
 
 Writes are blocked only from step 1 to step 4 (normally well under a second; for
-a tiny database the whole dump). FTWRL needs the RELOAD privilege and waits for
+a tiny database the whole dump; never more than ``MAX_LOCK_SECONDS``: past that
+the lock is released and the counts are marked best effort). FTWRL needs the RELOAD privilege and waits for
 long-running statements: we give it ``lock_wait_timeout`` seconds. When it cannot
 be taken (no RELOAD, or a long query in the way) the dump still goes on — the
 dump itself is always consistent — but the counts come from a snapshot taken
@@ -50,7 +51,8 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -74,6 +76,7 @@ DUMP_FORMAT = "sql"
 DUMP_BINARIES = ("mariadb-dump", "mysqldump")
 CLIENT_BINARIES = ("mariadb", "mysql")
 LOCK_WAIT_TIMEOUT = 10  # seconds FTWRL may wait for running statements
+MAX_LOCK_SECONDS = 30  # never block writers longer than this, even without a sign of the dump's snapshot
 SANDBOX_LINE = b"/*M!999999\\- enable the sandbox mode */"
 TRAILER = b"-- Dump completed"
 
@@ -144,6 +147,9 @@ class MysqlAdapter:
             _execute(snap, "START TRANSACTION WITH CONSISTENT SNAPSHOT")
             counter = Background(lambda: _count(snap, tables, self.url), name="mysql-row-counts")
             watch = _SnapshotWatch(lambda: _unlock(lock) if locked else None)
+            valve = threading.Timer(MAX_LOCK_SECONDS, self._lock_held_too_long, args=(watch,))
+            valve.daemon = True
+            valve.start()
 
             def guarded(chunk: bytes) -> None:
                 watch.feed(chunk)
@@ -156,11 +162,13 @@ class MysqlAdapter:
             try:
                 result = self._stream_dump(argv, guarded, dump_bin)
             except BaseException:
+                valve.cancel()
                 watch.release()
                 if not counter.done():
                     _kill_query(self.url, self.timeout, snap)
                     counter.join(10)
                 raise
+            valve.cancel()
             watch.release()
             counts = counter.result()
         return DatabaseInfo(engine=self.engine, database=self.url.name, server_version=server_version,
@@ -173,6 +181,12 @@ class MysqlAdapter:
         except proc.ProcError as e:
             raise DatabaseError(f"{name} of database '{self.url.name}' failed: {_cause(e, self.url)}",
                                 hint=_dump_hint(e.stderr_tail, self.url)) from e
+
+    def _lock_held_too_long(self, watch: _SnapshotWatch) -> None:
+        if watch.release():
+            self.counts_consistent = False
+            log.warning("no sign of the dump's snapshot after %d s: released the global read lock so "
+                        "writes go on; the row counts of this dump are best effort", MAX_LOCK_SECONDS)
 
     def _global_read_lock(self, lock: pymysql.connections.Connection) -> bool:
         try:
@@ -252,12 +266,14 @@ class MysqlAdapter:
 
 
 class _SnapshotWatch:
-    """Calls ``release`` once the dump output shows mariadb-dump's snapshot is taken."""
+    """Calls ``release`` once the dump output shows mariadb-dump's snapshot is taken (thread-safe:
+    the safety timer may call ``release`` too)."""
 
-    def __init__(self, release: object) -> None:
+    def __init__(self, release: Callable[[], object]) -> None:
         self._release = release
         self._carry = b""
         self._released = False
+        self._mutex = threading.Lock()
 
     def feed(self, chunk: bytes) -> None:
         if self._released:
@@ -268,10 +284,14 @@ class _SnapshotWatch:
         else:
             self._carry = buf[-_MARKER_CARRY:]
 
-    def release(self) -> None:
-        if not self._released:
+    def release(self) -> bool:
+        """Release once; True if this call did it."""
+        with self._mutex:
+            if self._released:
+                return False
             self._released = True
-            self._release()  # type: ignore[operator]
+            self._release()
+            return True
 
 
 # ---- connections ----------------------------------------------------------------------------------
@@ -285,7 +305,7 @@ def _socket(url: DatabaseUrl) -> str | None:
 def _open(url: DatabaseUrl, timeout: float | None, database: str | None) -> pymysql.connections.Connection:
     kwargs: dict[str, object] = {
         "user": url.user or None,
-        "password": url.password,
+        "password": url.password.encode("utf-8"),  # as the CLI clients send it (PyMySQL: latin-1)
         "database": database,
         "connect_timeout": connect_timeout(timeout),
         "charset": "utf8mb4",
@@ -488,8 +508,11 @@ def _dump_hint(stderr: str, url: DatabaseUrl) -> str:
 
 
 def _cause(e: proc.ProcError, url: DatabaseUrl) -> str:
+    """The client's last error message (it may span lines: the quoted SQL near the error)."""
     lines = [ln for ln in e.stderr_tail.splitlines() if ln.strip() and not ln.startswith("Warning")]
-    text = lines[-1] if lines else f"exit status {e.returncode}"
+    starts = [i for i, ln in enumerate(lines)
+              if ln.startswith(("ERROR", "mariadb-dump:", "mysqldump:", "mariadb:", "mysql:"))]
+    text = "\n".join(lines[starts[-1]:]) if starts else (lines[-1] if lines else f"exit status {e.returncode}")
     return one_line(text, _secrets(url))
 
 

@@ -22,6 +22,7 @@ is scrubbed of it.
 from __future__ import annotations
 
 import os
+import queue
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -120,6 +121,7 @@ class PostgresAdapter:
         counter: Background[dict[str, int]] | None = None
         try:
             _check_client_version(tool, conn.server_version)
+            _check_readable(conn, self.url)
             conn.set_session(isolation_level=psycopg2.extensions.ISOLATION_LEVEL_REPEATABLE_READ,
                              readonly=True)
             with conn.cursor() as cur:
@@ -135,7 +137,12 @@ class PostgresAdapter:
 
             argv = ["pg_dump", "--format=custom", "--compress=0", f"--snapshot={snapshot}", "--no-password",
                     *_conn_args(self.url), f"--dbname={_conninfo(self.url.name)}"]
-            result = self._stream_dump(argv, guarded)
+            try:
+                result = self._stream_dump(argv, guarded)
+            except DatabaseError:
+                counter.join(5)
+                reraise_background(counter)  # its error is the cause (pg_dump then lost the snapshot)
+                raise
             counts = counter.result()
         except BaseException:
             if counter is not None and not counter.done():
@@ -224,9 +231,12 @@ class PostgresAdapter:
         # pg_restore -j needs a seekable file: spool the raw dump (0600) in the private workdir
         fd, path = tempfile.mkstemp(prefix=".restore-", suffix=".pgdump", dir=workdir)
         try:
-            with os.fdopen(fd, "wb") as f:
-                for chunk in chunks:
-                    f.write(chunk)
+            try:
+                _spool(chunks, fd)
+            except OSError as e:
+                raise RestoreError(f"cannot spool the dump to {workdir} for a parallel restore: {e.strerror or e}",
+                                   hint="free disk space there (it needs the raw dump size) or restore with "
+                                   "jobs=1, which streams") from e
             proc.run([*argv, f"--jobs={jobs}", path], env_extra=_env(target), secrets=_secrets(target),
                      timeout=self.timeout, what="pg_restore")
         finally:
@@ -244,6 +254,38 @@ class PostgresAdapter:
             counts = _count(conn, tables, url)
             conn.rollback()
             return counts
+
+
+def _spool(chunks: Iterable[bytes], fd: int) -> None:
+    """Write ``chunks`` to ``fd`` (closed at the end) from a second thread, so producing the chunks
+    (the engine decompresses them) overlaps with the disk writes. Memory: at most 8 chunks queued."""
+    q: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
+
+    def writer() -> None:
+        with os.fdopen(fd, "wb", buffering=0) as f:
+            while (chunk := q.get()) is not None:
+                view = memoryview(chunk)
+                while view:
+                    view = view[f.write(view) or 0:]
+
+    bg: Background[None] = Background(writer, name="pg-restore-spool")
+    try:
+        for chunk in chunks:
+            while True:
+                reraise_background(bg)  # disk full: stop at once
+                try:
+                    q.put(chunk, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+    finally:
+        while bg.failed is None and not bg.done():
+            try:
+                q.put(None, timeout=0.1)
+                break
+            except queue.Full:
+                continue
+        bg.result()
 
 
 # ---- connections ----------------------------------------------------------------------------------

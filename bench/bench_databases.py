@@ -1,0 +1,319 @@
+"""Database stage benchmark: our adapters (+ zstd + sha256, as the engine does) vs the bare tools.
+
+    .venv/bin/python bench/bench_databases.py                  # ~1 GB PostgreSQL x2, ~300 MB MariaDB
+    .venv/bin/python bench/bench_databases.py --scale small    # quick run (~30 s)
+    .venv/bin/python bench/bench_databases.py --pg-scale 40 --random-mb 600 --mysql-mb 300
+
+Measured in one run, on databases generated here and dropped at the end (unless --keep):
+  * PostgreSQL, pgbench-like (``pgbench -i -s N``, else generate_series) and a less compressible
+    database (random bytea + md5 text): bare ``pg_dump -Fc -f file`` vs our database stage
+    (``PostgresAdapter.dump`` -> ``zstandard.ZstdCompressor(level=3, threads=-1).stream_writer`` ->
+    file, sha256 of the compressed bytes); bare ``pg_restore -j 2`` of the -Fc file vs our restore
+    (zstd decompress -> ``PostgresAdapter.restore(jobs=2)``).
+  * MariaDB (~300 MB InnoDB): bare ``mariadb-dump --single-transaction --quick | zstd -3 -T0`` vs ours.
+Our dump runs in a fresh child Python process, which reports its peak RSS (VmHWM).
+
+Targets: DB stage <= 0.8x bare pg_dump -Fc (pgbench-like), <= 0.3x (less compressible);
+restore <= 1.1x bare pg_restore -j 2; MariaDB dump <= 1.1x bare mariadb-dump | zstd; peak RSS < 200 MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import psycopg2
+import pymysql
+import zstandard
+
+from erp_backup.adapters.databases.base import adapter_for
+from erp_backup.core.dburl import DatabaseUrl, parse_database_url
+from erp_backup.core.models import DatabaseInfo
+
+PG = "postgresql://postgres@127.0.0.1:5432/"
+MY = "mysql://root@127.0.0.1:3306/"
+CHUNK = 1 << 20
+
+
+# ---- the engine's database stage (swap in the real engine call here) -----------------------------
+
+
+class _HashingFile:
+    def __init__(self, f: IO[bytes]) -> None:
+        self.f = f
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+    def write(self, b: bytes) -> int:
+        self.sha.update(b)
+        self.size += len(b)
+        return self.f.write(b)
+
+
+def engine_database_stage(url: DatabaseUrl, out: Path, workdir: Path) -> tuple[DatabaseInfo, str, int]:
+    """Dump ``url`` the way the engine's database stage does: raw dump -> zstd -3 (all cores)
+    -> file, sha256 of the compressed stream. Returns (info, sha256, compressed bytes)."""
+    adapter = adapter_for(url)
+    with out.open("wb") as f:
+        sink = _HashingFile(f)
+        cctx = zstandard.ZstdCompressor(level=3, threads=-1)
+        with cctx.stream_writer(sink, closefd=False) as z:  # type: ignore[arg-type]
+            info = adapter.dump(z.write, workdir)
+    return info, sink.sha.hexdigest(), sink.size
+
+
+def engine_database_restore(url: DatabaseUrl, artifact: Path, info: DatabaseInfo, target: DatabaseUrl,
+                            workdir: Path, jobs: int) -> dict[str, int]:
+    """Restore like the engine: zstd-decompress the artifact as a chunk stream into the adapter."""
+
+    def chunks() -> Iterator[bytes]:
+        with artifact.open("rb") as f, zstandard.ZstdDecompressor().stream_reader(f) as r:
+            while chunk := r.read(CHUNK):
+                yield chunk
+
+    return adapter_for(url).restore(chunks(), info, target, replace=True, workdir=workdir, jobs=jobs)
+
+
+def _child_dump(url_text: str, out: str, workdir: str) -> None:
+    url = parse_database_url(url_text)
+    adapter_for(url).check_available()  # the engine's preflight, not timed
+    t0 = time.perf_counter()
+    info, sha, size = engine_database_stage(url, Path(out), Path(workdir))
+    seconds = time.perf_counter() - t0
+    hwm = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
+               if line.startswith("VmHWM:"))
+    print(json.dumps({"seconds": seconds, "rss_mb": hwm / 1024, "raw": info.raw_size, "out": size,
+                      "sha256": sha, "info": info.__dict__}))
+
+
+def ours_dump(url: DatabaseUrl, url_text: str, out: Path, workdir: Path) -> dict[str, object]:
+    r = subprocess.run(
+        [sys.executable, __file__, "_child-dump", url_text, str(out), str(workdir)],
+        check=True, capture_output=True, text=True)
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+# ---- generation ------------------------------------------------------------------------------------
+
+
+def pg_exec(db: str, sql: str) -> None:
+    conn = psycopg2.connect(host="127.0.0.1", user="postgres", dbname=db)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(sql)
+    conn.close()
+
+
+def pg_size(db: str) -> int:
+    conn = psycopg2.connect(host="127.0.0.1", user="postgres", dbname=db)
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_database_size(current_database())")
+        size = int(cur.fetchone()[0])  # type: ignore[index]
+    conn.close()
+    return size
+
+
+def make_pgbench(db: str, scale: int) -> None:
+    pg_exec("postgres", f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+    pg_exec("postgres", f'CREATE DATABASE "{db}"')
+    if shutil.which("pgbench"):
+        run(["pgbench", "-i", "-q", "-s", str(scale), "-h", "127.0.0.1", "-U", "postgres", db])
+    else:
+        pg_exec(db, f"""CREATE TABLE pgbench_accounts (aid int PRIMARY KEY, bid int, abalance int,
+                        filler char(84));
+                        INSERT INTO pgbench_accounts SELECT g, 1 + g / 100000, 0, ''
+                        FROM generate_series(1, {scale * 100000}) g""")
+
+
+def make_random(db: str, mb: int) -> None:
+    pg_exec("postgres", f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+    pg_exec("postgres", f'CREATE DATABASE "{db}"')
+    rows = mb * 1024 * 1024 // 1150
+    pg_exec(db, f"""CREATE EXTENSION pgcrypto;
+        CREATE TABLE docs (id bigint PRIMARY KEY, h text, payload bytea);
+        ALTER TABLE docs ALTER COLUMN payload SET STORAGE EXTERNAL;
+        INSERT INTO docs SELECT g, md5(g::text) || md5((g * 7)::text), gen_random_bytes(1024)
+        FROM generate_series(1, {rows}) g""")
+    pg_exec(db, "VACUUM ANALYZE docs")
+
+
+def make_mysql(db: str, mb: int) -> None:
+    conn = pymysql.connect(host="127.0.0.1", user="root", password="", autocommit=True)
+    rows = mb * 1024 * 1024 // 160
+    with conn.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS `{db}`")
+        cur.execute(f"CREATE DATABASE `{db}`")
+        cur.execute(f"USE `{db}`")
+        cur.execute("""CREATE TABLE ledger (id BIGINT PRIMARY KEY, account INT, amount DECIMAL(14,2),
+                       booked DATETIME, memo VARCHAR(100), ref CHAR(32)) ENGINE=InnoDB""")
+        step = 500_000
+        for start in range(0, rows, step):
+            n = min(step, rows - start)
+            cur.execute(f"""INSERT INTO ledger SELECT {start} + seq, seq % 5000, (seq % 100000) / 100,
+                           '2024-01-01' + INTERVAL seq SECOND, CONCAT('payment ', seq % 977, ' invoice ',
+                           seq % 10007), MD5(seq + {start}) FROM seq_1_to_{n}""")
+    conn.close()
+
+
+def drop_all(pg_dbs: list[str], my_dbs: list[str]) -> None:
+    for db in pg_dbs:
+        pg_exec("postgres", f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+    conn = pymysql.connect(host="127.0.0.1", user="root", password="", autocommit=True)
+    with conn.cursor() as cur:
+        for db in my_dbs:
+            cur.execute(f"DROP DATABASE IF EXISTS `{db}`")
+    conn.close()
+
+
+# ---- bare tools ------------------------------------------------------------------------------------
+
+
+def run(argv: list[str], stdout: IO[bytes] | None = None) -> None:
+    subprocess.run(argv, check=True, stdout=stdout or subprocess.DEVNULL)
+
+
+def timed(fn: Callable[[], object], repeat: int) -> tuple[float, object]:
+    times, result = [], None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), result
+
+
+def bare_mysql_dump(db: str, out: Path) -> None:
+    with out.open("wb") as f:
+        dump = subprocess.Popen(
+            ["mariadb-dump", "-h", "127.0.0.1", "-uroot", "--single-transaction", "--quick", db],
+            stdout=subprocess.PIPE)
+        zstd = subprocess.Popen(["zstd", "-q", "-3", "-T0"], stdin=dump.stdout, stdout=f)
+        assert dump.stdout is not None
+        dump.stdout.close()
+        if zstd.wait() or dump.wait():
+            raise RuntimeError("mariadb-dump | zstd failed")
+
+
+# ---- the benchmark ---------------------------------------------------------------------------------
+
+
+def bench_pg(label: str, db: str, tmp: Path, repeat: int, restore: bool, results: list[dict[str, object]]) -> None:
+    url_text = PG + db
+    url = parse_database_url(url_text)
+    bare_file = tmp / f"{db}.bare.dump"
+    bare_s, _ = timed(lambda: run(["pg_dump", "-h", "127.0.0.1", "-U", "postgres", "-Fc", "-f",
+                                   str(bare_file), db]), repeat)
+    ours_file = tmp / f"{db}.pgdump.zst"
+    runs = [ours_dump(url, url_text, ours_file, tmp) for _ in range(repeat)]
+    ours_s = statistics.median(float(r["seconds"]) for r in runs)  # type: ignore[arg-type]
+    rss = max(float(r["rss_mb"]) for r in runs)  # type: ignore[arg-type]
+    row: dict[str, object] = {
+        "db": label, "size_mb": pg_size(db) / 1e6, "bare_pg_dump_Fc_s": bare_s, "ours_s": ours_s,
+        "ratio": ours_s / bare_s, "bare_mb": bare_file.stat().st_size / 1e6,
+        "ours_mb": ours_file.stat().st_size / 1e6, "raw_mb": float(runs[0]["raw"]) / 1e6,  # type: ignore[arg-type]
+        "peak_rss_mb": rss,
+    }
+    if restore:
+        info = DatabaseInfo(**runs[0]["info"])  # type: ignore[arg-type]
+        bare_t, ours_t = db + "_rbare", db + "_rours"
+        pg_exec("postgres", f'DROP DATABASE IF EXISTS "{bare_t}" WITH (FORCE)')
+
+        def bare_restore() -> None:
+            pg_exec("postgres", f'DROP DATABASE IF EXISTS "{bare_t}" WITH (FORCE)')
+            pg_exec("postgres", f'CREATE DATABASE "{bare_t}" TEMPLATE template0')
+            run(["pg_restore", "-h", "127.0.0.1", "-U", "postgres", "-j", "2", "--exit-on-error",
+                 "--no-owner", "--no-acl", "-d", bare_t, str(bare_file)])
+
+        rb_s, _ = timed(bare_restore, repeat)
+        ro_s, counts = timed(lambda: engine_database_restore(url, ours_file, info, url.with_name(ours_t), tmp, 2),
+                             repeat)
+        assert counts == info.tables, "restored row counts differ from the dump's"
+        drop_all([bare_t, ours_t], [])
+        row.update({"bare_pg_restore_j2_s": rb_s, "ours_restore_s": ro_s, "restore_ratio": ro_s / rb_s})
+    results.append(row)
+    print(json.dumps(row), flush=True)
+
+
+def bench_mysql(db: str, tmp: Path, repeat: int, results: list[dict[str, object]]) -> None:
+    url_text = MY + db
+    url = parse_database_url(url_text)
+    bare_file = tmp / f"{db}.bare.sql.zst"
+    bare_s, _ = timed(lambda: bare_mysql_dump(db, bare_file), repeat)
+    ours_file = tmp / f"{db}.sql.zst"
+    runs = [ours_dump(url, url_text, ours_file, tmp) for _ in range(repeat)]
+    ours_s = statistics.median(float(r["seconds"]) for r in runs)  # type: ignore[arg-type]
+    row = {"db": "mariadb", "raw_mb": float(runs[0]["raw"]) / 1e6,  # type: ignore[arg-type]
+           "bare_mariadb_dump_zstd_s": bare_s, "ours_s": ours_s, "ratio": ours_s / bare_s,
+           "bare_mb": bare_file.stat().st_size / 1e6, "ours_mb": ours_file.stat().st_size / 1e6,
+           "peak_rss_mb": max(float(r["rss_mb"]) for r in runs)}  # type: ignore[arg-type]
+    results.append(row)
+    print(json.dumps(row), flush=True)
+
+
+def main() -> None:
+    if len(sys.argv) == 5 and sys.argv[1] == "_child-dump":
+        _child_dump(*sys.argv[2:])
+        return
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--scale", choices=["small", "full"], default="full")
+    p.add_argument("--pg-scale", type=int, help="pgbench scale factor (full: 65 ~ 1 GB, small: 5)")
+    p.add_argument("--random-mb", type=int, help="size of the less compressible database (full: 1000)")
+    p.add_argument("--mysql-mb", type=int, help="size of the MariaDB database (full: 300)")
+    p.add_argument("--repeat", type=int, default=1, help="runs per measurement (median)")
+    p.add_argument("--no-restore", action="store_true")
+    p.add_argument("--keep", action="store_true", help="keep the generated databases")
+    p.add_argument("--workdir", default="/var/tmp")
+    a = p.parse_args()
+    small = a.scale == "small"
+    pg_scale = a.pg_scale or (5 if small else 65)
+    random_mb = a.random_mb or (60 if small else 1000)
+    mysql_mb = a.mysql_mb or (30 if small else 300)
+    pg_dbs, my_dbs = ["bench_pgbench", "bench_random"], ["bench_mariadb"]
+    tmp = Path(tempfile.mkdtemp(prefix="erp-bench-db-", dir=a.workdir))
+    os.chmod(tmp, 0o700)
+    results: list[dict[str, object]] = []
+    try:
+        t0 = time.perf_counter()
+        make_pgbench(pg_dbs[0], pg_scale)
+        make_random(pg_dbs[1], random_mb)
+        make_mysql(my_dbs[0], mysql_mb)
+        print(f"generated in {time.perf_counter() - t0:.0f} s", flush=True)
+        bench_pg("pgbench", pg_dbs[0], tmp, a.repeat, not a.no_restore, results)
+        bench_pg("less-compressible", pg_dbs[1], tmp, a.repeat, not a.no_restore, results)
+        bench_mysql(my_dbs[0], tmp, a.repeat, results)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not a.keep:
+            drop_all(pg_dbs, my_dbs)
+    report(results)
+
+
+def report(results: list[dict[str, object]]) -> None:
+    targets = {"pgbench": 0.8, "less-compressible": 0.3, "mariadb": 1.1}
+    print("\n| database | size | bare | ours | ratio | target | restore bare/ours | ratio | peak RSS |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        name = str(r["db"])
+        bare = r.get("bare_pg_dump_Fc_s", r.get("bare_mariadb_dump_zstd_s"))
+        size = r.get("size_mb", r.get("raw_mb"))
+        restore = (f"{r['bare_pg_restore_j2_s']:.1f} / {r['ours_restore_s']:.1f} s"
+                   if "ours_restore_s" in r else "-")
+        rratio = f"{r['restore_ratio']:.2f}x (≤1.1)" if "restore_ratio" in r else "-"
+        print(f"| {name} | {size:.0f} MB | {bare:.1f} s | {r['ours_s']:.1f} s | {r['ratio']:.2f}x "
+              f"| ≤{targets[name]} | {restore} | {rratio} | {r['peak_rss_mb']:.0f} MB |")
+
+
+if __name__ == "__main__":
+    main()
