@@ -173,6 +173,9 @@ def stage_dump(run: BackupRun) -> DatabaseInfo | None:
                 info = replace(info, database=rel.as_posix())
             except ValueError:
                 info = replace(info, database=run.db_url.name)
+        if getattr(adapter, "counts_consistent", True) is False:
+            run.warnings.append("database row counts are best effort (not taken in the dump's snapshot): "
+                                "grant the backup user RELOAD for strictly consistent counts")
         run.db_info = replace(info, raw_size=written.raw_size)
         run.db_artifact = Artifact(name=adapter.artifact_name, role="database", size=written.size,
                                    sha256=written.sha256)

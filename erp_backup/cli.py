@@ -267,7 +267,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+_FINAL: list[str] = []
+
+
+def _print_final() -> None:
+    for msg in _FINAL:
+        _err(msg)
+
+
 def main(argv: list[str] | None = None) -> int:
+    # Prefect's background services (events, logs) may print while the interpreter exits;
+    # the error line is printed by an exit handler registered before any of theirs, so it
+    # runs after them and stays the last line an operator (or a script) sees.
+    import atexit
+
+    atexit.register(_print_final)
     args = build_parser().parse_args(argv)
     if args.command == "restore" and not args.target_dir and not args.target_database:
         _err("restore needs --target-dir and/or --target-database")
@@ -275,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except BackupError as e:
-        _err(str(e))
+        _FINAL.append(str(e))
         return e.exit_code
     except KeyboardInterrupt:
         _err("interrupted")

@@ -48,6 +48,9 @@ def dump_task(run: engine.BackupRun) -> dict[str, Any]:
     assert run.db_artifact is not None
     log.info("%s dump of %s: %d tables, %d rows, %d bytes raw -> %d bytes", info.engine, info.database,
              len(info.tables), sum(info.tables.values()), info.raw_size, run.db_artifact.size)
+    for w in run.warnings:
+        if w.startswith("database"):
+            log.warning(w)
     return {"engine": info.engine, "tables": len(info.tables), "bytes": run.db_artifact.size}
 
 
@@ -57,7 +60,8 @@ def archive_task(run: engine.BackupRun) -> dict[str, int]:
     log = get_run_logger()
     log.info("archived %d bytes of files into %s (%d bytes)", run.files_bytes_in, art.name, art.size)
     for w in run.warnings:
-        log.warning(w)
+        if not w.startswith("database"):
+            log.warning(w)
     return {"bytes_in": run.files_bytes_in, "bytes_out": art.size}
 
 
