@@ -9,6 +9,7 @@ commit (rename). A set that fails verification never becomes visible.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import socket
 import time
@@ -227,8 +228,12 @@ def stage_seal(run: BackupRun, *, now: datetime | None = None) -> Manifest:
             deleted=run.plan.deleted, skipped=tuple(run.skipped), stats=stats,
             depends_on=chain.holders_of(index, run.id),
         )
-        write_private(run.partial / SUMS, mf.sha256sums(list(artifacts)).encode())
-        write_private(run.partial / MANIFEST, mf.dumps(m).encode("utf-8"))
+        text = mf.dumps(m).encode("utf-8")
+        write_private(run.partial / MANIFEST, text)
+        # SHA256SUMS covers the manifest too: a damaged index (modes, times, holders) is caught
+        covered = [*artifacts, Artifact(name=MANIFEST, role="manifest", size=len(text),
+                                        sha256=hashlib.sha256(text).hexdigest())]
+        write_private(run.partial / SUMS, mf.sha256sums(covered).encode())
         run.manifest = m
     return m
 

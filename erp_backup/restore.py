@@ -181,8 +181,14 @@ def restore_files(repo: LocalRepository, m: Manifest, target: Path, *, force: bo
     if missing:
         raise ChainError(f"set {m.id} needs set {missing[0]}, which is not in {repo.root}",
                          hint="pick another set (`erp-backup list`) or fetch the missing set from remote storage")
+    types = {}
     for e in m.files:
-        check_rel(e.path)
+        types[check_rel(e.path)] = e.type
+    for path in types:
+        parent = path.rpartition("/")[0]
+        if parent and types.get(parent, EntryType.DIR) is not EntryType.DIR:
+            kind = types[parent].value
+            raise UnsafeArchiveError(f"refusing {path!r}: its parent {parent!r} is a {kind} in the index", hint=_BAD)
     target.mkdir(parents=True, exist_ok=True, mode=0o700)
     safe = SafeTarget(target)
     dirs = [e for e in m.files if e.type is EntryType.DIR]

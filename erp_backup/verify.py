@@ -61,6 +61,13 @@ def _check_artifacts(set_dir: Path, m: Manifest, rep: VerifyReport, *, hash_now:
     except BackupError as e:
         rep.problems.append(f"{sid}/{SUMS}: {e.message}")
         sums = {}
+    if sums:
+        if MANIFEST not in sums:
+            rep.problems.append(f"{sid}/{SUMS} does not list {MANIFEST}")
+        elif archive.file_digest(set_dir / MANIFEST) != sums[MANIFEST]:
+            rep.problems.append(f"{sid}/{MANIFEST}: checksum mismatch with {SUMS} (the manifest is damaged)")
+        for name in sorted(set(sums) - {a.name for a in m.artifacts} - {MANIFEST}):
+            rep.problems.append(f"{sid}/{SUMS} lists {name!r}, which is not an artifact of the set")
     for a in m.artifacts:
         p = set_dir / a.name
         if not p.is_file():
@@ -126,10 +133,9 @@ def _check_database(set_dir: Path, m: Manifest, rep: VerifyReport) -> None:
     art = m.artifact("database")
     if m.database is None or art is None:
         return
-    url = DatabaseUrl(m.database.engine, m.database.database)
-    adapter = adapter_for(url)
     with tempfile.TemporaryDirectory(prefix="erp-backup-verify-", dir=set_dir.parent) as tmp:
         try:
+            adapter = adapter_for(DatabaseUrl(m.database.engine, m.database.database))
             with archive.open_decompressed(set_dir / art.name) as r:
                 problems = adapter.verify_dump(iter(lambda: r.read(archive.CHUNK), b""), m.database, Path(tmp))
                 _drain_and_check(r, m.id.value, art.name, art.sha256, rep)

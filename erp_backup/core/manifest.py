@@ -228,7 +228,7 @@ def sha256sums(artifacts: tuple[Artifact, ...] | list[Artifact]) -> str:
 
 def parse_sha256sums(text: str) -> dict[str, str]:
     out: dict[str, str] = {}
-    for n, line in enumerate(text.splitlines(), 1):
+    for n, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         digest, sep, name = line.partition("  ")
