@@ -9,7 +9,6 @@ commit (rename). A set that fails verification never becomes visible.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import socket
 import time
@@ -21,7 +20,13 @@ from pathlib import Path
 from erp_backup import __version__
 from erp_backup.adapters import archive, scan
 from erp_backup.adapters.databases.base import DatabaseAdapter, adapter_for
-from erp_backup.adapters.storage.local import MANIFEST, SUMS, LocalRepository, write_private
+from erp_backup.adapters.storage.local import (
+    MANIFEST,
+    SUMS,
+    LocalRepository,
+    write_private,
+    write_private_stream,
+)
 from erp_backup.config import Settings
 from erp_backup.core import chain
 from erp_backup.core import manifest as mf
@@ -34,6 +39,7 @@ from erp_backup.core.models import (
     BackupKind,
     BackupStats,
     DatabaseInfo,
+    EntryType,
     FileEntry,
     Manifest,
 )
@@ -59,6 +65,7 @@ class BackupRun:
     t0: float = field(default_factory=time.monotonic)
     timings: dict[str, float] = field(default_factory=dict)
     plan: ChangePlan | None = None
+    scanned: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     archived: list[FileEntry] = field(default_factory=list)
@@ -144,6 +151,10 @@ def stage_scan(run: BackupRun) -> ChangePlan:
         reference = {e.path: e for e in run.parent.files} if run.parent else None
         run.plan = plan_changes(result.entries, reference)
         run.skipped.extend(result.skipped)
+        run.scanned = run.plan.scanned
+        del result, reference
+        if run.parent is not None:  # its index has served; keep only the header (memory)
+            run.parent = replace(run.parent, files=())
     return run.plan
 
 
@@ -196,6 +207,7 @@ def stage_archive(run: BackupRun) -> Artifact:
             path.unlink(missing_ok=True)
             raise
         run.archived = res.entries
+        run.plan = replace(run.plan, archive=())  # the archived entries replace the scanned ones (memory)
         run.skipped.extend(res.skipped)
         run.warnings.extend(res.warnings)
         run.files_bytes_in = res.bytes_in
@@ -211,8 +223,8 @@ def stage_seal(run: BackupRun, *, now: datetime | None = None) -> Manifest:
         artifacts = tuple(a for a in (run.files_artifact, run.db_artifact) if a is not None)
         finished = now or datetime.now(UTC)
         stats = BackupStats(
-            files_scanned=run.plan.scanned,
-            files_changed=run.plan.changed_files,
+            files_scanned=run.scanned,
+            files_changed=sum(1 for e in run.archived if e.type is EntryType.FILE),
             files_deleted=len(run.plan.deleted),
             bytes_in=run.files_bytes_in + (run.db_info.raw_size if run.db_info else 0),
             bytes_out=sum(a.size for a in artifacts),
@@ -228,11 +240,9 @@ def stage_seal(run: BackupRun, *, now: datetime | None = None) -> Manifest:
             deleted=run.plan.deleted, skipped=tuple(run.skipped), stats=stats,
             depends_on=chain.holders_of(index, run.id),
         )
-        text = mf.dumps(m).encode("utf-8")
-        write_private(run.partial / MANIFEST, text)
+        size, digest = write_private_stream(run.partial / MANIFEST, mf.dump_lines(m))
         # SHA256SUMS covers the manifest too: a damaged index (modes, times, holders) is caught
-        covered = [*artifacts, Artifact(name=MANIFEST, role="manifest", size=len(text),
-                                        sha256=hashlib.sha256(text).hexdigest())]
+        covered = [*artifacts, Artifact(name=MANIFEST, role="manifest", size=size, sha256=digest)]
         write_private(run.partial / SUMS, mf.sha256sums(covered).encode())
         run.manifest = m
     return m

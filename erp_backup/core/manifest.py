@@ -7,8 +7,10 @@ pretty-printed and the snapshot index has one file per line, so
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,6 +28,7 @@ from erp_backup.core.models import (
 )
 
 FORMAT = "erp-backup-set"
+FILES_MARKER = '  "files": ['
 
 
 def _ts(dt: datetime) -> str:
@@ -136,14 +139,21 @@ def entry_line(e: FileEntry) -> str:
     return head + f',"uid":{e.uid},"gid":{e.gid},"ino":{e.ino}}}'
 
 
-def dumps(m: Manifest) -> str:
+def dump_lines(m: Manifest) -> Iterator[str]:
+    """The manifest text piece by piece (a writer streams it: no whole copy in memory)."""
     head = json.dumps(_header(m), indent=2, ensure_ascii=True)
-    body = ",\n    ".join(entry_line(e) for e in m.files)
-    files = f'"files": [\n    {body}\n  ]' if m.files else '"files": []'
-    return head[:-2] + ",\n  " + files + "\n}\n"
+    if not m.files:
+        yield head[:-2] + ',\n  "files": []\n}\n'
+        return
+    yield head[:-2] + ",\n" + FILES_MARKER + "\n"
+    last = len(m.files) - 1
+    for i, e in enumerate(m.files):
+        yield "    " + entry_line(e) + (",\n" if i < last else "\n")
+    yield "  ]\n}\n"
 
 
-FILES_MARKER = '  "files": ['
+def dumps(m: Manifest) -> str:
+    return "".join(dump_lines(m))
 
 
 def header_text(head: str) -> str:
@@ -219,6 +229,42 @@ def loads(text: str | bytes, *, where: str = "manifest.json") -> Manifest:
     except (KeyError, TypeError, ValueError) as e:
         raise IntegrityError(f"{where} is incomplete or malformed ({e!r})",
                              hint="the set is damaged: verify it and restore from another set") from e
+
+
+def load_lines(lines: Iterable[str], *, where: str = "manifest.json") -> Manifest:
+    """Parse a manifest as this tool writes it (one index entry per line), one line at a time:
+    the decoded JSON of the whole index never exists at once, so memory follows the entries only.
+    Raises IntegrityError on anything unexpected; callers may then fall back to ``loads``."""
+    it = iter(lines)
+    head: list[str] = []
+    marker = None
+    for line in it:
+        if line.startswith(FILES_MARKER):
+            marker = line
+            break
+        head.append(line)
+    if marker is None:
+        return loads("".join(head), where=where)
+    header = loads(header_text("".join(head)), where=where)
+    files: list[FileEntry] = []
+    if marker.strip() != '"files": []':
+        closed = False
+        for line in it:
+            text = line.strip()
+            if text.startswith("{"):
+                if closed:
+                    raise IntegrityError(f"{where}: entries after the end of the index", hint="the set is damaged")
+                try:
+                    files.append(entry_from_dict(json.loads(text.rstrip(","))))
+                except (ValueError, KeyError, TypeError) as e:
+                    raise IntegrityError(f"{where}: malformed index line ({e})", hint="the set is damaged") from e
+            elif text in ("]", "}", ""):
+                closed = True
+            else:
+                raise IntegrityError(f"{where}: unexpected line in the index", hint="the set is damaged")
+        if not closed:
+            raise IntegrityError(f"{where}: the index is truncated", hint="the set is damaged")
+    return dataclasses.replace(header, files=tuple(files))
 
 
 def sha256sums(artifacts: tuple[Artifact, ...] | list[Artifact]) -> str:

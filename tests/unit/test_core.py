@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import ast
+import io
 import json
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -76,6 +78,7 @@ def test_manifest_roundtrip(files: list[FileEntry], deleted: list[str]) -> None:
     )
     text = mf.dumps(m)
     assert mf.loads(text) == m
+    assert mf.load_lines(io.StringIO(text, newline="")) == m  # as read from the file
     json.loads(text)  # valid JSON for any other tool
 
 
@@ -101,6 +104,18 @@ def test_manifest_header_only_read_matches() -> None:
     head = text.split(mf.FILES_MARKER)[0]
     h = mf.loads(mf.header_text(head))
     assert h.files == () and h.id == m.id and h.depends_on == m.depends_on
+
+
+def test_streaming_parse_rejects_damaged_index_and_falls_back_for_other_layouts() -> None:
+    f = FileEntry("a", EntryType.FILE, 0o644, 1, 2, sha256="b" * 64, holder="20261128T020000Z-full")
+    m = make_manifest(files=(f, replace(f, path="b")))
+    lines = mf.dumps(m).splitlines(keepends=True)
+    with pytest.raises(IntegrityError, match="truncated"):
+        mf.load_lines(lines[:-3])
+    with pytest.raises(IntegrityError, match="malformed index line"):
+        mf.load_lines([*lines[:-4], '    {"path": broken\n', *lines[-3:]])
+    pretty = json.dumps(json.loads(mf.dumps(m)), indent=4)  # e.g. rewritten by jq: still readable
+    assert mf.loads(pretty) == m
 
 
 def test_manifest_rejects_other_schema_and_garbage() -> None:

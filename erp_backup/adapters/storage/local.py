@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import shutil
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -52,6 +53,27 @@ def write_private(path: Path, data: bytes) -> None:
                            hint="free space in the backup directory, then run the backup again") from e
     finally:
         os.close(fd)
+
+
+def write_private_stream(path: Path, pieces: Iterable[str]) -> tuple[int, str]:
+    """Write text pieces UTF-8 encoded to a new 0600 file, fsync'd; return (size, sha256)."""
+    h = hashlib.sha256()
+    size = 0
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, FILE_MODE)
+    try:
+        with os.fdopen(fd, "wb", buffering=1 << 20, closefd=False) as f:
+            for piece in pieces:
+                data = piece.encode("utf-8")
+                h.update(data)
+                size += len(data)
+                f.write(data)
+        os.fsync(fd)
+    except OSError as e:
+        raise StorageError(f"writing {path} failed: {e.strerror}",
+                           hint="free space in the backup directory, then run the backup again") from e
+    finally:
+        os.close(fd)
+    return size, h.hexdigest()
 
 
 class LocalRepository:
@@ -133,11 +155,15 @@ class LocalRepository:
 
     def read_manifest(self, backup_id: BackupId) -> Manifest:
         d = self._require(backup_id)
+        where = f"{backup_id}/{MANIFEST}"
         try:
-            data = (d / MANIFEST).read_bytes()
+            try:
+                with open(d / MANIFEST, encoding="utf-8", newline="") as f:
+                    m = mf.load_lines(f, where=where)  # streaming: memory follows the entries only
+            except (IntegrityError, UnicodeDecodeError):
+                m = mf.loads((d / MANIFEST).read_bytes(), where=where)  # any other valid JSON layout
         except OSError as e:
             raise StorageError(f"cannot read {d / MANIFEST}: {e.strerror}", hint="run as root") from e
-        m = mf.loads(data, where=f"{backup_id}/{MANIFEST}")
         if m.id != backup_id:
             raise IntegrityError(f"{backup_id}/{MANIFEST} describes set {m.id}",
                                  hint="the directory was renamed or damaged; verify it")
