@@ -24,7 +24,6 @@ from erp_backup.adapters.storage.local import (
     MANIFEST,
     SUMS,
     LocalRepository,
-    write_private,
     write_private_stream,
 )
 from erp_backup.config import Settings
@@ -243,7 +242,7 @@ def stage_seal(run: BackupRun, *, now: datetime | None = None) -> Manifest:
         size, digest = write_private_stream(run.partial / MANIFEST, mf.dump_lines(m))
         # SHA256SUMS covers the manifest too: a damaged index (modes, times, holders) is caught
         covered = [*artifacts, Artifact(name=MANIFEST, role="manifest", size=size, sha256=digest)]
-        write_private(run.partial / SUMS, mf.sha256sums(covered).encode())
+        write_private_stream(run.partial / SUMS, [mf.sha256sums(covered)])
         run.manifest = m
     return m
 

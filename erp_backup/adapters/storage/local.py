@@ -39,22 +39,6 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_private(path: Path, data: bytes) -> None:
-    """Write a small file 0600, fsync'd."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, FILE_MODE)
-    try:
-        view = memoryview(data)
-        while view:
-            n = os.write(fd, view)
-            view = view[n:]
-        os.fsync(fd)
-    except OSError as e:
-        raise StorageError(f"writing {path} failed: {e.strerror}",
-                           hint="free space in the backup directory, then run the backup again") from e
-    finally:
-        os.close(fd)
-
-
 def write_private_stream(path: Path, pieces: Iterable[str]) -> tuple[int, str]:
     """Write text pieces UTF-8 encoded to a new 0600 file, fsync'd; return (size, sha256)."""
     h = hashlib.sha256()
