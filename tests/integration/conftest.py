@@ -21,6 +21,7 @@ from erp_backup.core.models import DatabaseInfo
 PG_HOST, PG_PORT, PG_USER = "127.0.0.1", 5432, "postgres"
 MY_HOST, MY_PORT, MY_USER = "127.0.0.1", 3306, "root"
 CHUNK = 1 << 16
+SECRET = "pw-Secret-4711"  # a password that must never appear in a message
 
 
 def unique(prefix: str) -> str:
@@ -225,3 +226,16 @@ def workdir(tmp_path: Path) -> Path:
     d = tmp_path / "restore-work"
     d.mkdir(mode=0o700)
     return d
+
+
+# ---- messages ---------------------------------------------------------------------------------------
+
+def assert_actionable(err: BaseException, *fragments: str, secrets: tuple[str, ...] = (SECRET,)) -> str:
+    text = str(err)
+    assert "\n" not in text, text
+    assert " — " in text, f"no hint for the operator: {text}"
+    for s in secrets:
+        assert s not in text, text
+    for f in fragments:
+        assert f in text, text
+    return text

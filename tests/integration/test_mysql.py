@@ -12,6 +12,7 @@ import pytest
 from erp_backup.adapters.databases.mysql import SANDBOX_LINE, MysqlAdapter, _strip_sandbox
 from erp_backup.core.dburl import DatabaseUrl, parse_database_url
 from erp_backup.core.errors import DatabaseError, RestoreError, ToolMissingError
+from tests.integration.conftest import SECRET, assert_actionable
 
 pytestmark = pytest.mark.integration
 
@@ -206,19 +207,7 @@ def test_counts_come_from_the_dump_snapshot_under_concurrent_writes(my_db, my_co
 
 # ---- 3. errors ----------------------------------------------------------------------------------------
 
-SECRET = "pw-Secret-4711"
 ODD_PASSWORD = "p\"a\\ss#w'rd ;x=€"
-
-
-def assert_actionable(err: BaseException, *fragments: str, secrets: tuple[str, ...] = (SECRET,)) -> str:
-    text = str(err)
-    assert "\n" not in text, text
-    assert " — " in text, f"no hint for the operator: {text}"
-    for s in secrets:
-        assert s not in text, text
-    for f in fragments:
-        assert f in text, text
-    return text
 
 
 def test_server_down(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import pytest
 from erp_backup.adapters.databases.postgres import PostgresAdapter
 from erp_backup.core.dburl import DatabaseUrl, parse_database_url
 from erp_backup.core.errors import DatabaseError, RestoreError, ToolMissingError
+from tests.integration.conftest import SECRET, assert_actionable
 
 pytestmark = pytest.mark.integration
 
@@ -186,18 +187,6 @@ def test_counts_come_from_the_dump_snapshot_under_concurrent_writes(pg_db, pg_co
 
 # ---- 3. errors ----------------------------------------------------------------------------------------
 
-SECRET = "pw-Secret-4711"
-
-
-def assert_actionable(err: BaseException, *fragments: str, secrets: tuple[str, ...] = (SECRET,)) -> str:
-    text = str(err)
-    assert "\n" not in text, text
-    assert " — " in text, f"no hint for the operator: {text}"
-    for s in secrets:
-        assert s not in text, text
-    for f in fragments:
-        assert f in text, text
-    return text
 
 
 def test_server_down(tmp_path: Path) -> None:
