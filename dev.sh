@@ -67,6 +67,7 @@ case "$cmd" in
   test)
     system_tools test; python_env; start_services
     "$VENV/bin/ruff" check .
+    "$VENV/bin/mypy"
     exec "$VENV/bin/python" -m pytest -q "$@"
     ;;
   *)

@@ -64,9 +64,9 @@ def _vm_hwm_mb() -> float:
 def _child(args: argparse.Namespace) -> None:
     t_imp = time.monotonic()
     from erp_backup.adapters.storage.local import LocalRepository
-    from erp_backup.backup import run_backup
     from erp_backup.config import settings_from_dict
     from erp_backup.core.models import BackupKind
+    from erp_backup.pipeline import run_backup
     from erp_backup.restore import restore
 
     import_s = time.monotonic() - t_imp
@@ -399,7 +399,8 @@ def prefect_startup(work: Path, repeat: int, flow: bool) -> dict:
         cfg = work / "tiny.toml"
         cfg.write_text(f'[project]\nroot = "{tiny}"\n[database]\nurl = "sqlite:///{tiny / DB_NAME}"\n'
                        f'[storage]\nlocal_dir = "{work / "tiny-repo"}"\n')
-        code = ("import time; t=time.monotonic(); from flows.backup import full_backup; t1=time.monotonic(); "
+        code = ("import time; t=time.monotonic(); from erp_backup.flows.backup import full_backup; "
+                "t1=time.monotonic(); "
                 f"full_backup(config={str(cfg)!r}); t2=time.monotonic(); "
                 "print('FLOW', t1-t, t2-t1)")
         t = time.monotonic()

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from erp_backup.core.errors import BackupError, ConfigError
+from erp_backup.tables import human as _human
+from erp_backup.tables import print_table
 
 for _k, _v in (("PREFECT_SERVER_ANALYTICS_ENABLED", "false"), ("DO_NOT_TRACK", "1")):
     os.environ.setdefault(_k, _v)
@@ -24,26 +26,6 @@ for _k, _v in (("PREFECT_SERVER_ANALYTICS_ENABLED", "false"), ("DO_NOT_TRACK", "
 
 def _err(msg: str) -> None:
     print(f"erp-backup: error: {msg}", file=sys.stderr)
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
-
-
-def print_table(rows: list[dict[str, Any]], out: Any = None) -> None:
-    out = out or sys.stdout
-    if not rows:
-        return
-    cols = list(rows[0])
-    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in cols}
-    print("  ".join(c.ljust(widths[c]) for c in cols), file=out)
-    print("  ".join("-" * widths[c] for c in cols), file=out)
-    for r in rows:
-        print("  ".join(str(r.get(c, "")).ljust(widths[c]) for c in cols), file=out)
 
 
 # ----------------------------------------------------------------------------- commands
@@ -90,7 +72,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
     s = _settings(args)
     repo = LocalRepository(s.storage.local_dir)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for m in repo.headers():
         rows.append({
             "id": m.id.value,
@@ -147,14 +129,15 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
-    from erp_backup.backup import kind_from_cli, preflight
+    from erp_backup.backup import preflight
+    from erp_backup.core.models import BackupJob
 
     s = _settings(args)
-    kind, _tags = kind_from_cli(args.kind)
-    preflight(s, kind)
-    from flows.backup import FLOWS
+    job = BackupJob(args.kind)
+    checked = preflight(s, job.kind, job.tags)  # before Prefect starts: bad input costs a second, not ten
+    from erp_backup.flows.backup import FLOWS
 
-    row = FLOWS[args.kind](config=s.source)
+    row = FLOWS[job](settings=s, checked=checked)
     print(row["id"])
     return 0
 
@@ -162,15 +145,20 @@ def cmd_backup(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from erp_backup.adapters.storage.local import LocalRepository
     from erp_backup.core.models import BackupId
+    from erp_backup.verify import VerifyFailed
 
     s = _settings(args)
     repo = LocalRepository(s.storage.local_dir)
     for i in args.ids:
         if not repo.exists(BackupId(i)):
             raise BackupError(f"backup set {i} not found in {repo.root}", hint="see `erp-backup list`")
-    from flows.restore import verify_flow
+    from erp_backup.flows.restore import verify_flow
 
-    rows = verify_flow(backup_ids=args.ids or None, level="quick" if args.quick else "full", config=s.source)
+    try:
+        rows = verify_flow(backup_ids=args.ids or None, level="quick" if args.quick else "full", settings=s)
+    except VerifyFailed as e:
+        print_table(e.rows)  # every set, passed or not, before the error line
+        raise
     print_table(rows)
     return 0
 
@@ -184,32 +172,17 @@ def _parse_time(text: str) -> datetime:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
+    from erp_backup import restore as restorer
     from erp_backup.adapters.storage.local import LocalRepository
-    from erp_backup.core.models import BackupId
 
     s = _settings(args)
-    at = _parse_time(args.at) if args.at else None
-    repo = LocalRepository(s.storage.local_dir)
-    if args.backup and not repo.exists(BackupId(args.backup)):
-        raise BackupError(f"backup set {args.backup} not found in {repo.root}", hint="see `erp-backup list`")
-    if args.target_dir:
-        t = Path(args.target_dir)
-        if t.exists() and any(t.iterdir()) and not args.force:
-            raise BackupError(f"target directory {t} is not empty",
-                              hint="restore into a new directory, or pass --force to write over it")
-    from flows.restore import resolve_target_database, restore_flow
+    request = restorer.RestoreRequest(
+        target_dir=args.target_dir, backup_id=args.backup, at=_parse_time(args.at) if args.at else None,
+        target_database=args.target_database, force=args.force, yes=args.yes, jobs=args.jobs)
+    plan = restorer.preflight(LocalRepository(s.storage.local_dir), request, live=s.live_database())
+    from erp_backup.flows.restore import restore_flow
 
-    try:
-        live = s.database_url()
-    except BackupError:
-        live = None
-    target = resolve_target_database(args.target_database, live)
-    if target is not None and live is not None and target.same_database(live) and not args.yes:
-        raise BackupError(f"{target.redacted()} is the live database",
-                          hint="pass --yes to overwrite the live database, or restore into another one")
-    row = restore_flow(target_dir=str(Path(args.target_dir).resolve()) if args.target_dir else None,
-                       backup_id=args.backup, at=at, target_database=args.target_database, force=args.force,
-                       yes=args.yes, jobs=args.jobs, config=s.source)
+    row = restore_flow(settings=s, plan=plan)
     print_table([row])
     return 0
 
@@ -221,6 +194,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from erp_backup.core.models import BackupJob
+
     p = argparse.ArgumentParser(prog="erp-backup", description="Backup and disaster recovery for a Django ERP.")
     p.add_argument("--config", help="config TOML (default: $ERP_BACKUP_CONFIG or /etc/erp-backup/config.toml)")
     sub = p.add_subparsers(dest="command", required=True)
@@ -232,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_init)
 
     sp = sub.add_parser("backup", help="run a backup flow and print the new set's id")
-    sp.add_argument("kind", choices=["full", "incremental", "differential", "monthly"])
+    sp.add_argument("kind", choices=[j.value for j in BackupJob])
     sp.set_defaults(func=cmd_backup)
 
     sp = sub.add_parser("list", help="list committed backup sets (no Prefect start-up)")
@@ -283,9 +258,6 @@ def main(argv: list[str] | None = None) -> int:
 
     atexit.register(_print_final)
     args = build_parser().parse_args(argv)
-    if args.command == "restore" and not args.target_dir and not args.target_database:
-        _err("restore needs --target-dir and/or --target-database")
-        return 2
     try:
         return int(args.func(args) or 0)
     except BackupError as e:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError
 
 from erp_backup.core.dburl import DatabaseUrl, parse_database_url
 from erp_backup.core.errors import ConfigError
@@ -17,7 +17,7 @@ DEFAULT_EXCLUDES = ["*.pyc", "__pycache__", "venv", ".venv", "node_modules", "st
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class ProjectConfig(_Section):
@@ -28,7 +28,8 @@ class ProjectConfig(_Section):
 
 
 class DatabaseConfig(_Section):
-    url: str | None = None
+    # a URL may carry a password: SecretStr keeps it out of reprs, logs and flow-run parameters
+    url: SecretStr | None = None
     url_env: str = "DATABASE_URL"
     block: str | None = None  # name of an erp-backup database connection block
     timeout_s: float = 4 * 3600
@@ -53,15 +54,23 @@ class Settings(_Section):
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     backup: BackupConfig = Field(default_factory=BackupConfig)
-    source: str = "defaults"  # where the settings came from (not a TOML key)
+    _source: str = PrivateAttr(default="defaults")
 
-    @field_validator("source")
-    @classmethod
-    def _s(cls, v: str) -> str:
-        return v
+    @property
+    def source(self) -> str:
+        """Where the settings came from (the config file's path): not a TOML key."""
+        return self._source
 
     def database_url(self) -> DatabaseUrl:
         return resolve_database_url(self)
+
+    def live_database(self) -> DatabaseUrl | None:
+        """The configured (live) database, or None when none is configured or it cannot be resolved:
+        a restore into a directory or another database needs none."""
+        try:
+            return resolve_database_url(self)
+        except ConfigError:
+            return None
 
 
 def _fmt_loc(loc: tuple[object, ...]) -> str:
@@ -89,7 +98,7 @@ def load_settings(path: str | Path | None = None) -> Settings:
 
 def settings_from_dict(data: dict[str, object], *, source: str = "dict") -> Settings:
     try:
-        s = Settings.model_validate({**data, "source": source})
+        s = Settings.model_validate(data)
     except ValidationError as e:
         err = e.errors()[0]
         loc = _fmt_loc(err["loc"])
@@ -105,6 +114,7 @@ def settings_from_dict(data: dict[str, object], *, source: str = "dict") -> Sett
     if not s.storage.local_dir.is_absolute():
         raise ConfigError(f"config {source}: storage.local_dir: must be an absolute path",
                           hint="e.g. /var/backups/django_erp")
+    s._source = source
     return s
 
 
@@ -131,7 +141,7 @@ def read_dotenv(path: Path) -> dict[str, str]:
 def resolve_database_url(s: Settings) -> DatabaseUrl:
     """``[database] url`` -> $url_env -> url_env in the project's .env -> the named block."""
     if s.database.url:
-        return parse_database_url(s.database.url, key="database.url")
+        return parse_database_url(s.database.url.get_secret_value(), key="database.url")
     env = s.database.url_env
     if os.environ.get(env):
         return parse_database_url(os.environ[env], key=f"${env}")
@@ -139,10 +149,10 @@ def resolve_database_url(s: Settings) -> DatabaseUrl:
     if dot.get(env):
         return parse_database_url(dot[env], key=f"{env} in {s.project.root / '.env'}")
     if s.database.block:
-        from blocks.database import DatabaseConnection  # Prefect import only when needed
+        from erp_backup.blocks.database import DatabaseConnection  # Prefect import only when needed
 
         try:
-            block = DatabaseConnection.load(s.database.block)
+            block = cast(DatabaseConnection, DatabaseConnection.load(s.database.block))  # sync context
         except ValueError as e:
             raise ConfigError(f"database.block: no block named {s.database.block!r}",
                               hint="create it (see README) or fix the name") from e

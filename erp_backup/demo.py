@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from erp_backup.config import DEFAULT_EXCLUDES
+from erp_backup.tables import print_table
 
 State = dict[str, tuple[object, ...]]
 
@@ -197,10 +198,9 @@ def compare(expected: State, actual: State) -> list[str]:
 
 
 def run_demo(workdir: Path | None = None, *, keep: bool = False) -> int:
-    from erp_backup.cli import print_table
-    from erp_backup.config import settings_from_dict
-    from flows.backup import differential_backup, full_backup, incremental_backup
-    from flows.restore import restore_flow
+    from erp_backup.config import load_settings
+    from erp_backup.flows.backup import differential_backup, full_backup, incremental_backup
+    from erp_backup.flows.restore import restore_flow
 
     base = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="erp-backup-demo-"))
     base.mkdir(parents=True, exist_ok=True)
@@ -216,7 +216,7 @@ def run_demo(workdir: Path | None = None, *, keep: bool = False) -> int:
         f'[storage]\nlocal_dir = "{backups}"\n'
         "[backup]\nretry_delay_s = [1]\n"
     )
-    settings_from_dict({"project": {"root": str(root)}})  # fail early on a bad path
+    settings = load_settings(config)  # loaded once, handed to every flow
     print(f"demo project: {root}\nbackups:      {backups}\nconfig:       {config}\n")
     skip = {"db.sqlite3", "db.sqlite3-wal", "db.sqlite3-shm"}
     steps = [("full", full_backup), ("incremental", incremental_backup), ("differential", differential_backup)]
@@ -227,7 +227,7 @@ def run_demo(workdir: Path | None = None, *, keep: bool = False) -> int:
             mutate_files(root, n)
             mutate_db(db, n)
         t = time.monotonic()
-        row = fl(config=str(config))
+        row = fl(settings=settings)
         row["_wall"] = time.monotonic() - t
         captured.append((name, row, tree_state(root, list(DEFAULT_EXCLUDES), skip), db_state(db)))
     summary = []
@@ -235,7 +235,7 @@ def run_demo(workdir: Path | None = None, *, keep: bool = False) -> int:
     for name, row, files, dbs in captured:
         target = base / f"restore-{name}"
         t = time.monotonic()
-        restore_flow(target_dir=str(target), backup_id=row["id"], config=str(config))
+        restore_flow(target_dir=str(target), backup_id=str(row["id"]), settings=settings)
         took = time.monotonic() - t
         problems = compare(files, tree_state(target, list(DEFAULT_EXCLUDES), skip))
         restored_db = db_state(target / "db.sqlite3")

@@ -13,6 +13,7 @@ wants are written. Nothing is written outside the target directory:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import stat
@@ -26,18 +27,52 @@ from erp_backup.adapters import archive
 from erp_backup.adapters.databases.base import adapter_for
 from erp_backup.adapters.storage.local import LocalRepository
 from erp_backup.core import chain
-from erp_backup.core.dburl import DatabaseUrl
-from erp_backup.core.errors import ChainError, IntegrityError, RestoreError, UnsafeArchiveError
+from erp_backup.core.dburl import DatabaseUrl, parse_database_url
+from erp_backup.core.errors import ChainError, ConfigError, IntegrityError, RestoreError, UnsafeArchiveError
 from erp_backup.core.models import BackupId, EntryType, FileEntry, Manifest
 
 IS_ROOT = os.geteuid() == 0
 
 
-@dataclass
+@dataclass(frozen=True)
+class RestoreRequest:
+    """What an operator asks for (CLI flags, the restore deployment's parameters). No secret."""
+
+    target_dir: str | None = None
+    backup_id: str | None = None
+    at: datetime | None = None
+    target_database: str | None = None  # a URL without password
+    force: bool = False
+    yes: bool = False
+    jobs: int = 1
+
+
+@dataclass(frozen=True)
+class RestorePlan:
+    """A checked restore: which set, into what. No secret (it may travel as a flow parameter)."""
+
+    set_id: str
+    target_dir: str | None
+    target_database: str | None  # URL without password (credentials are resolved where the restore runs)
+    replace: bool  # write over an existing database (--force, or --yes for the live one)
+    into_live: bool
+    jobs: int = 1
+
+
+@dataclass(frozen=True)
+class FilesRestored:
+    sets_read: tuple[str, ...]
+    files: int
+    dirs: int
+    symlinks: int
+    bytes: int
+
+
+@dataclass(frozen=True)
 class RestoreReport:
     set_id: str
     target_dir: str
-    sets_read: list[str] = field(default_factory=list)
+    sets_read: tuple[str, ...] = ()
     files: int = 0
     dirs: int = 0
     symlinks: int = 0
@@ -45,7 +80,23 @@ class RestoreReport:
     database: str | None = None
     db_tables: dict[str, int] = field(default_factory=dict)
     duration_s: float = 0.0
-    notes: list[str] = field(default_factory=list)
+    notes: tuple[str, ...] = ()
+
+    def row(self) -> dict[str, object]:
+        return {
+            "set": self.set_id, "sets read": ", ".join(self.sets_read), "target": self.target_dir,
+            "files": self.files, "dirs": self.dirs, "symlinks": self.symlinks, "bytes": self.bytes,
+            "database": self.database or "-", "tables": len(self.db_tables), "duration s": round(self.duration_s, 2),
+        }
+
+
+@dataclass
+class _Counts:
+    sets_read: list[str] = field(default_factory=list)
+    files: int = 0
+    dirs: int = 0
+    symlinks: int = 0
+    bytes: int = 0
 
 
 _BAD = "the backup set is damaged or malicious; restore from another set"
@@ -155,28 +206,9 @@ def _apply_meta_fd(fd: int, e: FileEntry) -> None:
     os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
 
 
-def _pick_set(repo: LocalRepository, backup_id: str | None, at: datetime | None) -> Manifest:
-    if backup_id:
-        return repo.read_manifest(BackupId(backup_id))
-    headers = repo.headers()
-    if at is None:
-        if not headers:
-            raise ChainError(f"there is no committed backup set in {repo.root}",
-                             hint="check [storage] local_dir, or run a backup first")
-        return repo.read_manifest(max(headers, key=lambda m: m.finished_at).id)
-    return repo.read_manifest(chain.select_for_time(headers, at).id)
-
-
-def _target_empty(target: Path) -> bool:
-    return not target.exists() or (target.is_dir() and not any(target.iterdir()))
-
-
-def restore_files(repo: LocalRepository, m: Manifest, target: Path, *, force: bool = False,
-                  report: RestoreReport | None = None) -> RestoreReport:
-    rep = report or RestoreReport(m.id.value, str(target))
-    if not _target_empty(target) and not force:
-        raise RestoreError(f"target directory {target} is not empty",
-                           hint="restore into a new directory, or pass --force to write over it")
+def restore_files(repo: LocalRepository, m: Manifest, target: Path) -> FilesRestored:
+    """Write the set's snapshot into ``target`` (checked by ``preflight``: empty, or ``force``)."""
+    rep = _Counts()
     missing = [d for d in m.depends_on if not repo.exists(d)]
     if missing:
         raise ChainError(f"set {m.id} needs set {missing[0]}, which is not in {repo.root}",
@@ -208,9 +240,9 @@ def restore_files(repo: LocalRepository, m: Manifest, target: Path, *, force: bo
         with archive.open_decompressed(apath) as r:
             tar = archive.TarStream(r, where)
             for member in tar.members():
-                e = wanted.pop(member.name, None)
-                if e is None:
+                if member.name not in wanted:
                     continue
+                e = wanted.pop(member.name)
                 if not member.isfile():
                     raise IntegrityError(f"{where}: {member.name} is not a regular file", hint="verify the set")
                 fd = safe.open_file(e.path)
@@ -242,7 +274,7 @@ def restore_files(repo: LocalRepository, m: Manifest, target: Path, *, force: bo
     for d in sorted(dirs, key=lambda e: e.path.count("/"), reverse=True):
         _apply_meta(safe.path(d.path), d)
         rep.dirs += 1
-    return rep
+    return FilesRestored(tuple(rep.sets_read), rep.files, rep.dirs, rep.symlinks, rep.bytes)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -252,24 +284,18 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[n:]
 
 
-def restore_database(repo: LocalRepository, m: Manifest, target_db: DatabaseUrl, *, live_db: DatabaseUrl | None,
-                     replace: bool, yes: bool, jobs: int = 1) -> dict[str, int]:
-    if m.database is None or m.artifact("database") is None:
-        raise RestoreError(f"set {m.id} has no database dump", hint="pick another set")
-    if target_db.engine != m.database.engine:
-        raise RestoreError(f"set {m.id} holds a {m.database.engine} dump; cannot restore it into "
-                           f"{target_db.engine}", hint="give a --target-database of the same engine")
-    if live_db is not None and target_db.same_database(live_db) and not yes:
-        raise RestoreError(f"{target_db.redacted()} is the live database",
-                           hint="pass --yes to overwrite the live database, or restore into another one")
+def restore_database(repo: LocalRepository, m: Manifest, target_db: DatabaseUrl, *, replace: bool,
+                     jobs: int = 1) -> dict[str, int]:
+    """Restore the set's dump into ``target_db`` (checked by ``preflight``: engine, live guard)."""
     art = m.artifact("database")
-    assert art is not None
+    if m.database is None or art is None:
+        raise RestoreError(f"set {m.id} has no database dump", hint="pick another set")
     adapter = adapter_for(target_db)
     work = repo.root / f".restore-{m.id}-{os.getpid()}"
     work.mkdir(mode=0o700, exist_ok=True)
     try:
         chunks: Iterable[bytes] = archive.iter_decompressed(repo.set_dir(m.id) / art.name)
-        counts = adapter.restore(chunks, m.database, target_db, replace=replace or yes, workdir=work, jobs=jobs)
+        counts = adapter.restore(chunks, m.database, target_db, replace=replace, workdir=work, jobs=jobs)
     finally:
         for p in work.iterdir():
             p.unlink()
@@ -282,21 +308,127 @@ def restore_database(repo: LocalRepository, m: Manifest, target_db: DatabaseUrl,
     return counts
 
 
+# ----------------------------------------------------------------------------- preflight and the whole restore
+
+
+def resolve_target_database(target: str | None, live: DatabaseUrl | None) -> DatabaseUrl | None:
+    """The restore target with its credentials. Passwords never travel in flow parameters or argv:
+    a target on the live database's server (same engine and user) reuses its password; otherwise
+    ``$ERP_BACKUP_TARGET_DB_PASSWORD``. A target without a user takes the live database's user."""
+    if not target:
+        return None
+    url = parse_database_url(target, key="target_database")
+    if url.password:
+        raise ConfigError("target_database contains a password",
+                          hint="leave it out: it is taken from the configured database (same server and "
+                          "user) or from $ERP_BACKUP_TARGET_DB_PASSWORD")
+    pw = os.environ.get("ERP_BACKUP_TARGET_DB_PASSWORD", "")
+    if not pw and live is not None and live.engine == url.engine and live.user == (url.user or live.user) \
+            and live.with_name(url.name).same_database(url):
+        pw = live.password
+    user = url.user or (live.user if url.engine != "sqlite" and live is not None else "")
+    return dataclasses.replace(url, user=user, password=pw)
+
+
+def _target_empty(target: Path) -> bool:
+    return not target.exists() or (target.is_dir() and not any(target.iterdir()))
+
+
+def _pick_set(repo: LocalRepository, backup_id: str | None, at: datetime | None) -> Manifest:
+    if backup_id:
+        bid = BackupId(backup_id)
+        if not repo.exists(bid):
+            raise RestoreError(f"backup set {backup_id} not found in {repo.root}", hint="see `erp-backup list`")
+        return repo.read_header(bid)
+    headers = repo.headers()
+    if not headers:
+        raise ChainError(f"there is no committed backup set in {repo.root}",
+                         hint="check [storage] local_dir, or run a backup first")
+    if at is None:
+        return max(headers, key=lambda m: m.finished_at)
+    return chain.select_for_time(headers, at)
+
+
+def preflight(repo: LocalRepository, req: RestoreRequest, *, live: DatabaseUrl | None,
+              target_db: DatabaseUrl | None = None) -> RestorePlan:
+    """Every check of a restore, before anything is written (and, from the CLI, before Prefect
+    starts): something to restore into, the set, the target directory, the target database
+    (engine, no password in it, the live-database guard), the jobs."""
+    if req.target_dir is None and not req.target_database and target_db is None:
+        raise ConfigError("nothing to restore into", hint="give --target-dir and/or --target-database")
+    if req.jobs < 1:
+        raise ConfigError(f"--jobs {req.jobs}: must be 1 or more", hint="e.g. --jobs 2")
+    m = _pick_set(repo, req.backup_id, req.at)
+    target_dir = os.path.abspath(req.target_dir) if req.target_dir is not None else None
+    if target_dir is not None:
+        t = Path(target_dir)
+        if t.exists() and not t.is_dir():
+            raise RestoreError(f"target {t} is a file, not a directory", hint="give a directory for --target-dir")
+        if not _target_empty(t) and not req.force:
+            raise RestoreError(f"target directory {t} is not empty",
+                               hint="restore into a new directory, or pass --force to write over it")
+    if target_db is None:
+        target_db = resolve_target_database(req.target_database, live)
+    if target_db is None and m.database is not None and m.database.engine == "sqlite" and target_dir is not None \
+            and not os.path.isabs(m.database.database):
+        target_db = DatabaseUrl("sqlite", os.path.join(target_dir, check_rel(m.database.database)))
+    into_live = False
+    if target_db is not None:
+        if m.database is None or m.artifact("database") is None:
+            raise RestoreError(f"set {m.id} has no database dump", hint="pick another set, or leave out the target "
+                               "database")
+        if target_db.engine != m.database.engine:
+            raise RestoreError(f"set {m.id} holds a {m.database.engine} dump; cannot restore it into "
+                               f"{target_db.engine}", hint="give a --target-database of the same engine")
+        into_live = live is not None and target_db.same_database(live)
+        if into_live and not req.yes:
+            raise RestoreError(f"{target_db.redacted()} is the live database",
+                               hint="pass --yes to overwrite the live database, or restore into another one")
+    if target_db is None:
+        target_text = None
+    elif req.target_database:
+        target_text = req.target_database  # as given: no password (checked), options kept
+    else:
+        target_text = dataclasses.replace(target_db, password="").redacted()
+    return RestorePlan(set_id=m.id.value, target_dir=target_dir, target_database=target_text,
+                       replace=req.force or req.yes, into_live=into_live, jobs=req.jobs)
+
+
+def execute(repo: LocalRepository, plan: RestorePlan, target_db: DatabaseUrl | None) -> RestoreReport:
+    """Restore what ``plan`` says; ``target_db`` is its database with credentials
+    (``resolve_target_database``)."""
+    t0 = time.monotonic()
+    m = repo.read_manifest(BackupId(plan.set_id))
+    files = restore_files(repo, m, Path(plan.target_dir)) if plan.target_dir is not None else None
+    tables: dict[str, int] = {}
+    notes: tuple[str, ...] = ()
+    if target_db is not None:
+        tables = restore_database(repo, m, target_db, replace=plan.replace, jobs=plan.jobs)
+    elif m.database is not None:
+        notes = ("database not restored: pass --target-database URL",)
+    counts = files or FilesRestored((), 0, 0, 0, 0)
+    return RestoreReport(set_id=m.id.value, target_dir=plan.target_dir or "", sets_read=counts.sets_read,
+                         files=counts.files, dirs=counts.dirs, symlinks=counts.symlinks, bytes=counts.bytes,
+                         database=plan.target_database if target_db is not None else None, db_tables=tables,
+                         duration_s=time.monotonic() - t0, notes=notes)
+
+
+def target_database_of(plan: RestorePlan, live: DatabaseUrl | None) -> DatabaseUrl | None:
+    """The plan's target database with its credentials (resolved again where the restore runs)."""
+    if plan.target_database is None:
+        return None
+    if plan.target_database.startswith("sqlite:"):
+        return parse_database_url(plan.target_database, key="target_database")
+    return resolve_target_database(plan.target_database, live)
+
+
 def restore(repo: LocalRepository, *, target_dir: Path | None, backup_id: str | None = None,
             at: datetime | None = None, target_db: DatabaseUrl | None = None, live_db: DatabaseUrl | None = None,
             force: bool = False, yes: bool = False, jobs: int = 1) -> RestoreReport:
-    t0 = time.monotonic()
-    m = _pick_set(repo, backup_id, at)
-    rep = RestoreReport(m.id.value, str(target_dir or ""))
-    if target_dir is not None:
-        restore_files(repo, m, Path(target_dir), force=force, report=rep)
-    if target_db is None and m.database is not None and m.database.engine == "sqlite" and target_dir is not None \
-            and not os.path.isabs(m.database.database):
-        target_db = DatabaseUrl("sqlite", str(Path(target_dir) / check_rel(m.database.database)))
-    if target_db is not None:
-        rep.db_tables = restore_database(repo, m, target_db, live_db=live_db, replace=force, yes=yes, jobs=jobs)
-        rep.database = target_db.redacted()
-    elif m.database is not None:
-        rep.notes.append("database not restored: pass --target-database URL")
-    rep.duration_s = time.monotonic() - t0
-    return rep
+    """Preflight, then restore: the engine without Prefect (tests, the demo's checks)."""
+    req = RestoreRequest(target_dir=str(target_dir) if target_dir is not None else None, backup_id=backup_id,
+                         at=at, target_database=None, force=force, yes=yes, jobs=jobs)
+    plan = preflight(repo, req, live=live_db, target_db=target_db)
+    if target_db is None and plan.target_database is not None:  # the SQLite file inside target_dir
+        target_db = parse_database_url(plan.target_database, key="target_database")
+    return execute(repo, plan, target_db)

@@ -13,6 +13,7 @@ import hashlib
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from erp_backup.adapters import archive
 from erp_backup.adapters.databases.base import adapter_for
@@ -24,10 +25,24 @@ from erp_backup.core.models import EntryType, Manifest
 
 
 @dataclass
-class VerifyReport:
+class _Findings:
+    """What a verification finds as it goes (private, mutable); frozen into a VerifyReport."""
+
     set_id: str
     level: str
     problems: list[str] = field(default_factory=list)
+    files_checked: int = 0
+    bytes_checked: int = 0
+
+    def freeze(self) -> VerifyReport:
+        return VerifyReport(self.set_id, self.level, tuple(self.problems), self.files_checked, self.bytes_checked)
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    set_id: str
+    level: str
+    problems: tuple[str, ...] = ()
     files_checked: int = 0
     bytes_checked: int = 0
 
@@ -49,7 +64,7 @@ def _digest_problem(sid: str, name: str, digest: str, expected: str) -> str | No
     return f"{sid}/{name}: checksum mismatch (sha256 {digest[:12]}…, expected {expected[:12]}…)"
 
 
-def _check_artifacts(set_dir: Path, m: Manifest, rep: VerifyReport, *, hash_now: bool) -> None:
+def _check_artifacts(set_dir: Path, m: Manifest, rep: _Findings, *, hash_now: bool) -> None:
     """Presence, size, SHA256SUMS agreement; with ``hash_now`` also the SHA-256 (quick level).
     The full level hashes while it decompresses, in the same pass."""
     sid = m.id.value
@@ -86,7 +101,7 @@ def _check_artifacts(set_dir: Path, m: Manifest, rep: VerifyReport, *, hash_now:
                 rep.problems.append(problem)
 
 
-def _drain_and_check(r: archive._Reader, sid: str, name: str, expected: str, rep: VerifyReport) -> None:
+def _drain_and_check(r: archive.DecompressingReader, sid: str, name: str, expected: str, rep: _Findings) -> None:
     while r.read(archive.CHUNK):
         pass
     rep.bytes_checked += r.compressed_size
@@ -95,7 +110,7 @@ def _drain_and_check(r: archive._Reader, sid: str, name: str, expected: str, rep
         rep.problems.append(problem)
 
 
-def _check_files_archive(set_dir: Path, m: Manifest, rep: VerifyReport) -> None:
+def _check_files_archive(set_dir: Path, m: Manifest, rep: _Findings) -> None:
     sid = m.id.value
     art = m.artifact("files")
     held = {e.path: e for e in m.files if e.type is EntryType.FILE and e.holder == sid}
@@ -129,7 +144,7 @@ def _check_files_archive(set_dir: Path, m: Manifest, rep: VerifyReport) -> None:
                             f"e.g. {missing[0]}")
 
 
-def _check_database(set_dir: Path, m: Manifest, rep: VerifyReport) -> None:
+def _check_database(set_dir: Path, m: Manifest, rep: _Findings) -> None:
     art = m.artifact("database")
     if m.database is None or art is None:
         return
@@ -146,12 +161,12 @@ def _check_database(set_dir: Path, m: Manifest, rep: VerifyReport) -> None:
 
 def verify_dir(set_dir: Path, m: Manifest, *, level: str = "full", key_files: list[str] | None = None,
                repo: LocalRepository | None = None) -> VerifyReport:
-    rep = VerifyReport(m.id.value, level)
+    rep = _Findings(m.id.value, level)
     if level == "none":
-        return rep
+        return rep.freeze()
     _check_artifacts(set_dir, m, rep, hash_now=level == "quick")
     if level == "quick" or rep.problems:
-        return rep
+        return rep.freeze()
     _check_files_archive(set_dir, m, rep)
     _check_database(set_dir, m, rep)
     index = {e.path for e in m.files}
@@ -162,7 +177,7 @@ def verify_dir(set_dir: Path, m: Manifest, *, level: str = "full", key_files: li
         for dep in m.depends_on:
             if not repo.exists(dep):
                 rep.problems.append(f"{m.id}: needs set {dep}, which is no longer in {repo.root}")
-    return rep
+    return rep.freeze()
 
 
 def verify_committed(repo: LocalRepository, set_id: str, *, level: str = "full",
@@ -172,7 +187,17 @@ def verify_committed(repo: LocalRepository, set_id: str, *, level: str = "full",
     try:
         m = repo.read_manifest(BackupId(set_id))
     except BackupError as e:
-        rep = VerifyReport(set_id, level)
-        rep.problems.append(f"{set_id}/{MANIFEST}: {e}")
-        return rep
+        return VerifyReport(set_id, level, (f"{set_id}/{MANIFEST}: {e}",))
     return verify_dir(repo.set_dir(m.id), m, level=level, key_files=key_files, repo=repo)
+
+
+class VerifyFailed(IntegrityError):
+    """Several sets failed verification: the message names every one; ``rows`` is the summary table
+    (every set, passed or not) so that the caller can still print it."""
+
+    def __init__(self, rows: list[dict[str, Any]], bad: list[VerifyReport]) -> None:
+        super().__init__(f"verification failed for {len(bad)} sets: "
+                         + "; ".join(f"{r.set_id}: {r.problems[0]}" for r in bad),
+                         hint="do not rely on these sets; run a new full backup and restore from another set "
+                         "if needed")
+        self.rows = rows

@@ -1,168 +1,204 @@
 """Backup flows: full, incremental, differential, monthly archive.
 
-Thin wiring: each stage of ``erp_backup.backup`` is one task. Stages that are
-safe to repeat (scan, dump, archive, verify) retry on transient errors; seal
-and commit do not. The repository lock is held by the flow for the whole run,
-so two backups never write the same repository at once (the second waits up
-to ``[backup] lock_wait_s``, then fails saying who holds the lock).
+Thin wiring: each stage of ``erp_backup.backup`` is one task, and the order is
+``erp_backup.pipeline.run_pipeline``'s (the same function tests and benchmarks
+run with the plain stages). Stages that are safe to repeat (scan, dump, archive,
+verify) retry on transient errors; prepare, seal and commit do not. The
+repository lock is held for the whole run, so two backups never write the same
+repository at once (the second waits up to ``[backup] lock_wait_s``, then fails
+saying who holds the lock).
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
-from prefect.utilities.annotations import quote
 
 from erp_backup import backup as engine
-from erp_backup.adapters.storage.local import LocalRepository
-from erp_backup.core.anomaly import size_anomaly
-from erp_backup.core.models import BackupKind
-from flows.common import artifact_key, retry_transient, settings_for
+from erp_backup.backup import (
+    BackupPlan,
+    BackupReport,
+    CommittedSet,
+    DumpResult,
+    FilesResult,
+    Preflight,
+    ScanResult,
+    SealedSet,
+)
+from erp_backup.config import Settings
+from erp_backup.core.models import BackupJob, BackupKind
+from erp_backup.flows.common import artifact_key, as_stage, retry_transient, settings_for
+from erp_backup.pipeline import Stages, run_pipeline
+from erp_backup.verify import VerifyReport
 
-RETRY = {"retries": 2, "retry_delay_seconds": [10, 60], "retry_condition_fn": retry_transient,
-         "cache_policy": NO_CACHE}
+
+@task(name="preflight", cache_policy=NO_CACHE)
+def preflight_task(settings: Settings, kind: BackupKind, tags: tuple[str, ...]) -> Preflight:
+    checked = engine.preflight(settings, kind, tags)
+    get_run_logger().info("preflight passed: %s", checked)
+    return checked
 
 
-@task(name="scan", **RETRY)  # type: ignore[call-overload]
-def scan_task(run: engine.BackupRun) -> dict[str, int]:
-    plan = engine.stage_scan(run)
+@task(name="prepare", cache_policy=NO_CACHE)
+def prepare_task(settings: Settings, checked: Preflight, now: datetime | None) -> BackupPlan:
+    plan = engine.prepare(settings, checked, now=now)
+    log = get_run_logger()
+    if plan.cleaned_partials:
+        log.warning("removed leftovers of interrupted runs: %s", ", ".join(plan.cleaned_partials))
+    if plan.promoted:
+        log.warning("no full backup to build on: this %s run was promoted to a full", checked.kind.value)
+    log.info("backup %s (%s) of %s -> %s; parent %s", plan.id, plan.kind.value, settings.project.root,
+             settings.storage.local_dir, plan.parent.id if plan.parent else "none")
+    return plan
+
+
+@task(name="scan", cache_policy=NO_CACHE, retry_condition_fn=retry_transient)
+def scan_task(plan: BackupPlan) -> ScanResult:
+    res = engine.scan_changes(plan)
+    c = res.changes
     log = get_run_logger()
     log.info("scanned %d entries: %d files to archive (%d bytes), %d carried over, %d deleted",
-             plan.scanned, plan.changed_files, plan.changed_bytes, len(plan.carried), len(plan.deleted))
-    for path, why in run.skipped:
+             c.scanned, c.changed_files, c.changed_bytes, len(c.carried), len(c.deleted))
+    for path, why in res.skipped:
         log.warning("skipped %s: %s", path, why)
-    return {"scanned": plan.scanned, "changed": plan.changed_files, "deleted": len(plan.deleted)}
+    return res
 
 
-@task(name="dump-database", **RETRY)  # type: ignore[call-overload]
-def dump_task(run: engine.BackupRun) -> dict[str, Any]:
-    info = engine.stage_dump(run)
+@task(name="dump-database", cache_policy=NO_CACHE, retry_condition_fn=retry_transient)
+def dump_task(plan: BackupPlan) -> DumpResult | None:
+    res = engine.dump_database(plan)
     log = get_run_logger()
-    if info is None:
+    if res is None:
         log.info("no database configured")
-        return {}
-    assert run.db_artifact is not None
+        return None
+    info = res.info
     log.info("%s dump of %s: %d tables, %d rows, %d bytes raw -> %d bytes", info.engine, info.database,
-             len(info.tables), sum(info.tables.values()), info.raw_size, run.db_artifact.size)
-    for w in run.warnings:
-        if w.startswith("database"):
-            log.warning(w)
-    return {"engine": info.engine, "tables": len(info.tables), "bytes": run.db_artifact.size}
+             len(info.tables), sum(info.tables.values()), info.raw_size, res.artifact.size)
+    for w in res.warnings:
+        log.warning(w)
+    return res
 
 
-@task(name="archive-files", **RETRY)  # type: ignore[call-overload]
-def archive_task(run: engine.BackupRun) -> dict[str, int]:
-    art = engine.stage_archive(run)
+@task(name="archive-files", cache_policy=NO_CACHE, retry_condition_fn=retry_transient)
+def archive_task(plan: BackupPlan, scanned: ScanResult) -> FilesResult:
+    res = engine.archive_files(plan, scanned)
     log = get_run_logger()
-    log.info("archived %d bytes of files into %s (%d bytes)", run.files_bytes_in, art.name, art.size)
-    for w in run.warnings:
-        if not w.startswith("database"):
-            log.warning(w)
-    return {"bytes_in": run.files_bytes_in, "bytes_out": art.size}
+    log.info("archived %d bytes of files into %s (%d bytes)", res.bytes_in, res.artifact.name, res.artifact.size)
+    for path, why in res.skipped:
+        log.warning("skipped %s: %s", path, why)
+    for w in res.warnings:
+        log.warning(w)
+    return res
 
 
 @task(name="seal-set", cache_policy=NO_CACHE)
-def seal_task(run: engine.BackupRun) -> str:
-    m = engine.stage_seal(run)
-    get_run_logger().info("manifest and SHA256SUMS written for %s (%d index entries)", m.id, len(m.files))
-    return m.id.value
+def seal_task(plan: BackupPlan, scanned: ScanResult, files: FilesResult, dumped: DumpResult | None,
+              finished: datetime | None) -> SealedSet:
+    sealed = engine.seal(plan, scanned, files, dumped, finished)
+    get_run_logger().info("manifest and SHA256SUMS written for %s (%d index entries)", sealed.manifest.id,
+                          len(sealed.manifest.files))
+    return sealed
 
 
-@task(name="verify-set", **RETRY)  # type: ignore[call-overload]
-def verify_task(run: engine.BackupRun) -> dict[str, Any]:
-    rep = engine.stage_verify(run)
+@task(name="verify-set", cache_policy=NO_CACHE, retry_condition_fn=retry_transient)
+def verify_task(plan: BackupPlan, sealed: SealedSet) -> VerifyReport:
+    rep = engine.verify_sealed(plan, sealed)
     get_run_logger().info("verification (%s) passed: %d bytes checksummed, %d files content-checked",
                           rep.level, rep.bytes_checked, rep.files_checked)
-    return {"level": rep.level, "ok": rep.ok}
+    return rep
 
 
 @task(name="commit-set", cache_policy=NO_CACHE)
-def commit_task(run: engine.BackupRun) -> str:
-    path = engine.stage_commit(run)
-    get_run_logger().info("committed %s", path)
-    return str(path)
+def commit_task(plan: BackupPlan, sealed: SealedSet, verified: VerifyReport) -> CommittedSet:
+    committed = engine.commit(plan, sealed, verified)
+    get_run_logger().info("committed %s", committed.path)
+    return committed
 
 
 @task(name="report", cache_policy=NO_CACHE)
-def report_task(result: engine.BackupResult, settings_local_dir: str) -> dict[str, Any]:
+def report_task(plan: BackupPlan, committed: CommittedSet, warnings: tuple[str, ...]) -> BackupReport:
+    rep = engine.report(plan, committed, warnings)
     log = get_run_logger()
-    row = result.summary_row()
-    m = result.manifest
+    m = committed.manifest
+    row = rep.row
     create_table_artifact(
-        key=artifact_key(f"erp-backup-{m.kind.value}" + ("-monthly" if "monthly" in m.tags else "")),
+        key=artifact_key(f"erp-backup-{m.job.value}"),
         table=[row],
-        description=f"Backup set **{m.id}** committed in `{result.path}`; stage timings (s): "
-        + ", ".join(f"{k} {v}" for k, v in result.timings.items()),
+        description=f"Backup set **{m.id}** committed in `{committed.path}`"
+        + (f"; {len(warnings)} warning(s): " + "; ".join(warnings[:5]) if warnings else ""),
     )
     resource = {"prefect.resource.id": f"erp-backup.set.{m.id}", "prefect.resource.name": m.id.value,
                 "erp-backup.kind": m.kind.value}
     emit_event(event="erp-backup.backup.completed", resource=resource, payload=row)
-    repo = LocalRepository(settings_local_dir)
-    history = [h.size_bytes for h in repo.headers() if h.kind is m.kind and h.id != m.id][-10:]
-    verdict = size_anomaly(m.size_bytes, history)
-    if verdict.anomalous:
-        log.warning("size anomaly: %s", verdict.reason)
+    if rep.size.anomalous:
+        log.warning("size anomaly: %s", rep.size.reason)
         emit_event(event="erp-backup.backup.size-anomaly", resource=resource,
-                   payload={**row, "reason": verdict.reason, "baseline_bytes": verdict.baseline,
-                            "ratio": verdict.ratio})
-    row["size check"] = verdict.reason
+                   payload={**row, "reason": rep.size.reason, "baseline_bytes": rep.size.baseline,
+                            "ratio": rep.size.ratio})
     log.info("backup %s done in %.1f s: %s", m.id, m.stats.duration_s, row)
-    return row
+    return rep
 
 
-def run_backup_flow(kind: BackupKind, tags: tuple[str, ...], config: str | None) -> dict[str, Any]:
-    settings = settings_for(config)
-    log = get_run_logger()
-    with engine.backup_session(settings, kind, tags) as run:
-        if run.cleaned_partials:
-            log.warning("removed leftovers of interrupted runs: %s", ", ".join(run.cleaned_partials))
-        if run.promoted:
-            log.warning("no full backup to build on: this %s run was promoted to a full", kind.value)
-        log.info("backup %s (%s) of %s -> %s; parent %s", run.id, run.kind.value, settings.project.root,
-                 settings.storage.local_dir, run.parent.id if run.parent else "none")
-        q = quote(run)
-        opts = {"retries": settings.backup.task_retries, "retry_delay_seconds": settings.backup.retry_delay_s}
-        scan_task.with_options(**opts)(q)
-        dump_task.with_options(**opts)(q)
-        archive_task.with_options(**opts)(q)
-        seal_task(q)
-        verify_task.with_options(**opts)(q)
-        commit_task(q)
-    result = engine.result_of(run)
-    return report_task(quote(result), str(settings.storage.local_dir))
+def task_stages(settings: Settings) -> Stages:
+    """The Prefect tasks as pipeline stages; retries for the stages that are safe to repeat."""
+    retry: dict[str, Any] = {"retries": settings.backup.task_retries,
+                             "retry_delay_seconds": list(settings.backup.retry_delay_s)}
+    return Stages(
+        preflight=as_stage(preflight_task),
+        prepare=as_stage(prepare_task),
+        scan=as_stage(scan_task.with_options(**retry)),
+        dump=as_stage(dump_task.with_options(**retry)),
+        archive=as_stage(archive_task.with_options(**retry)),
+        seal=as_stage(seal_task),
+        verify=as_stage(verify_task.with_options(**retry)),
+        commit=as_stage(commit_task),
+        report=as_stage(report_task),
+    )
+
+
+def run_backup_flow(job: BackupJob, config: str | None, settings: Settings | None,
+                    checked: Preflight | None) -> dict[str, Any]:
+    s = settings or settings_for(config)
+    result = run_pipeline(s, job, task_stages(s), checked=checked)
+    return {**result.report.row, "timings": result.timings}
 
 
 @flow(name="erp-backup-full", log_prints=True)
-def full_backup(config: str | None = None) -> dict[str, Any]:
+def full_backup(config: str | None = None, settings: Settings | None = None,
+                checked: Preflight | None = None) -> dict[str, Any]:
     """Full backup: every included file and a fresh database dump."""
-    return run_backup_flow(BackupKind.FULL, (), config)
+    return run_backup_flow(BackupJob.FULL, config, settings, checked)
 
 
 @flow(name="erp-backup-incremental", log_prints=True)
-def incremental_backup(config: str | None = None) -> dict[str, Any]:
+def incremental_backup(config: str | None = None, settings: Settings | None = None,
+                       checked: Preflight | None = None) -> dict[str, Any]:
     """Files changed since the previous backup of any kind, plus a fresh database dump."""
-    return run_backup_flow(BackupKind.INCREMENTAL, (), config)
+    return run_backup_flow(BackupJob.INCREMENTAL, config, settings, checked)
 
 
 @flow(name="erp-backup-differential", log_prints=True)
-def differential_backup(config: str | None = None) -> dict[str, Any]:
+def differential_backup(config: str | None = None, settings: Settings | None = None,
+                        checked: Preflight | None = None) -> dict[str, Any]:
     """Files changed since the last full backup, plus a fresh database dump."""
-    return run_backup_flow(BackupKind.DIFFERENTIAL, (), config)
+    return run_backup_flow(BackupJob.DIFFERENTIAL, config, settings, checked)
 
 
 @flow(name="erp-backup-monthly", log_prints=True)
-def monthly_archive(config: str | None = None) -> dict[str, Any]:
+def monthly_archive(config: str | None = None, settings: Settings | None = None,
+                    checked: Preflight | None = None) -> dict[str, Any]:
     """A full backup tagged ``monthly`` (kept one year)."""
-    return run_backup_flow(BackupKind.FULL, ("monthly",), config)
+    return run_backup_flow(BackupJob.MONTHLY, config, settings, checked)
 
 
 FLOWS = {
-    "full": full_backup,
-    "incremental": incremental_backup,
-    "differential": differential_backup,
-    "monthly": monthly_archive,
+    BackupJob.FULL: full_backup,
+    BackupJob.INCREMENTAL: incremental_backup,
+    BackupJob.DIFFERENTIAL: differential_backup,
+    BackupJob.MONTHLY: monthly_archive,
 }

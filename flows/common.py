@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar, cast
 
 from prefect import Task
 from prefect.client.schemas.objects import TaskRun
 from prefect.states import State
+from prefect.utilities.annotations import quote
 
 from erp_backup.config import Settings, load_settings
 from erp_backup.core.errors import (
@@ -33,6 +35,22 @@ def retry_transient(task: Task[Any, Any], task_run: TaskRun, state: State[Any]) 
     except Exception:
         return True
     return False
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def as_stage(t: Task[P, R]) -> Callable[P, R]:
+    """A task as a pipeline stage: called like the plain function, its arguments ``quote``d so
+    Prefect does not walk them (a change plan holds every path of the tree)."""
+
+    def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        submit = cast(Callable[..., R], t)
+        return submit(*(quote(a) for a in args), **{k: quote(v) for k, v in kwargs.items()})
+
+    call.__name__ = t.name
+    return call
 
 
 def settings_for(config: str | None) -> Settings:

@@ -69,7 +69,7 @@ def write_config(path: Path, settings: Settings) -> Path:
         f"exclude = {_toml(s.project.exclude)}",
         f"key_files = {_toml(s.project.key_files)}",
         "[database]",
-        f"url = {_toml(s.database.url or '')}",
+        f"url = {_toml(s.database.url.get_secret_value() if s.database.url else '')}",
         "[storage]",
         f"local_dir = {_toml(str(s.storage.local_dir))}",
         "[backup]",

@@ -22,19 +22,39 @@ class BackupKind(StrEnum):
         return {"full": "full", "incremental": "incr", "differential": "diff"}[self.value]
 
 
+MONTHLY_TAG = "monthly"  # a monthly archive is a full set carrying this tag (id suffix ``-monthly``)
+
+
+class BackupJob(StrEnum):
+    """The jobs of the strategy, as an operator names them (CLI, deployments)."""
+
+    FULL = "full"
+    INCREMENTAL = "incremental"
+    DIFFERENTIAL = "differential"
+    MONTHLY = "monthly"
+
+    @property
+    def kind(self) -> BackupKind:
+        return BackupKind.FULL if self is BackupJob.MONTHLY else BackupKind(self.value)
+
+    @property
+    def tags(self) -> tuple[str, ...]:
+        return (MONTHLY_TAG,) if self is BackupJob.MONTHLY else ()
+
+
 class EntryType(StrEnum):
     FILE = "file"
     DIR = "dir"
     SYMLINK = "symlink"
 
 
-_ID_RE = re.compile(r"^(\d{8}T\d{6}Z)-(full|incr|diff|monthly)$")
 _LABEL_KIND = {
     "full": BackupKind.FULL,
-    "monthly": BackupKind.FULL,
+    MONTHLY_TAG: BackupKind.FULL,
     "incr": BackupKind.INCREMENTAL,
     "diff": BackupKind.DIFFERENTIAL,
 }
+_ID_RE = re.compile(r"^(\d{8}T\d{6}Z)-(" + "|".join(_LABEL_KIND) + ")$")
 
 
 @dataclass(frozen=True, order=True)
@@ -50,7 +70,7 @@ class BackupId:
 
     @classmethod
     def make(cls, started: datetime, kind: BackupKind, tags: tuple[str, ...] = ()) -> BackupId:
-        label = "monthly" if "monthly" in tags and kind is BackupKind.FULL else kind.label
+        label = MONTHLY_TAG if MONTHLY_TAG in tags and kind is BackupKind.FULL else kind.label
         return cls(f"{started.astimezone(UTC):%Y%m%dT%H%M%SZ}-{label}")
 
     @staticmethod
@@ -164,6 +184,14 @@ class Manifest:
     @property
     def size_bytes(self) -> int:
         return sum(a.size for a in self.artifacts)
+
+    @property
+    def is_monthly(self) -> bool:
+        return MONTHLY_TAG in self.tags
+
+    @property
+    def job(self) -> BackupJob:
+        return BackupJob.MONTHLY if self.is_monthly and self.kind is BackupKind.FULL else BackupJob(self.kind.value)
 
 
 def utc(dt: datetime) -> datetime:

@@ -29,9 +29,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from erp_backup.core.errors import BackupError, ChainError, ConfigError
-from erp_backup.core.models import BackupId, BackupKind, Manifest, utc
-
-MONTHLY_TAG = "monthly"
+from erp_backup.core.models import MONTHLY_TAG, BackupId, BackupKind, Manifest, utc
 
 
 @dataclass(frozen=True)

@@ -69,7 +69,7 @@ def test_mariadb_backup_with_password_from_a_block(prefect_server: PrefectServer
         block_name = f"erp-db-{uuid.uuid4().hex[:6]}"
         save = subprocess.run(
             [sys.executable, "-c",
-             "import sys; from blocks.database import DatabaseConnection; from pydantic import SecretStr;"
+             "import sys; from erp_backup.blocks.database import DatabaseConnection; from pydantic import SecretStr;"
              "DatabaseConnection(url=sys.argv[1], password=SecretStr(sys.stdin.read())).save(sys.argv[2])",
              f"mysql://{user}@127.0.0.1:3306/{name}", block_name],
             input=PASSWORD, env=prefect_server.env, capture_output=True, text=True, timeout=60,

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from erp_backup.backup import run_backup
 from erp_backup.core.models import BackupKind
+from erp_backup.pipeline import run_backup
 from tests.conftest import ERROR_PREFIX, listing, make_settings, make_small_project, run_cli, write_config
 
 pytestmark = pytest.mark.integration

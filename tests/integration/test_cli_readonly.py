@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from erp_backup.backup import run_backup
 from erp_backup.config import load_settings, settings_from_dict
 from erp_backup.core.models import BackupKind
 from erp_backup.demo import make_project, mutate_files
+from erp_backup.pipeline import run_backup
 
 pytestmark = pytest.mark.integration
 CLI = str(Path(sys.executable).parent / "erp-backup")

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from erp_backup.adapters.storage.local import LocalRepository
-from erp_backup.backup import run_backup
 from erp_backup.core.models import BackupKind
+from erp_backup.pipeline import run_backup
 from erp_backup.restore import restore
 from tests.conftest import REPO, diff_states, make_settings, make_small_project, run_cli, tree_state, write_config
 
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.integration
 
 BACKUP = r"""
 import sys
-from erp_backup.backup import run_backup
+from erp_backup.pipeline import run_backup
 from erp_backup.config import load_settings
 from erp_backup.core.models import BackupKind
 run_backup(load_settings(sys.argv[1]), BackupKind.FULL)

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 
 from erp_backup.adapters.storage.local import LocalRepository
-from erp_backup.backup import run_backup
 from erp_backup.config import settings_from_dict
 from erp_backup.core.dburl import DatabaseUrl, parse_database_url
 from erp_backup.core.errors import BackupError, DatabaseError, RestoreError
 from erp_backup.core.models import BackupKind
 from erp_backup.demo import make_project, mutate_files
+from erp_backup.pipeline import run_backup
 from erp_backup.restore import restore
 from erp_backup.verify import verify_committed
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from erp_backup.adapters.storage.local import LocalRepository
-from erp_backup.backup import run_backup
 from erp_backup.config import settings_from_dict
 from erp_backup.core.errors import DatabaseError, StorageError
 from erp_backup.core.models import BackupKind
 from erp_backup.demo import make_project
+from erp_backup.pipeline import run_backup
 from erp_backup.verify import verify_committed
 
 pytestmark = pytest.mark.integration

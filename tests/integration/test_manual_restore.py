@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from erp_backup.backup import run_backup
 from erp_backup.config import settings_from_dict
 from erp_backup.core.models import BackupKind
 from erp_backup.demo import db_state, make_project, mutate_db, mutate_files, tree_state
+from erp_backup.pipeline import run_backup
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

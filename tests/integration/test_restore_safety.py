@@ -18,11 +18,11 @@ import pytest
 import zstandard
 
 from erp_backup.adapters.storage.local import LocalRepository
-from erp_backup.backup import run_backup
 from erp_backup.core import manifest as mf
 from erp_backup.core.dburl import DatabaseUrl
 from erp_backup.core.errors import BackupError, RestoreError, UnsafeArchiveError
 from erp_backup.core.models import Artifact, BackupId, BackupKind, EntryType, FileEntry, Manifest
+from erp_backup.pipeline import run_backup
 from erp_backup.restore import restore
 from tests.conftest import ERROR_PREFIX, listing, make_settings, make_small_project, run_cli, write_config
 

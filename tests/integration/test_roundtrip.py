@@ -21,9 +21,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from erp_backup.adapters.storage.local import LocalRepository
-from erp_backup.backup import run_backup
 from erp_backup.config import DEFAULT_EXCLUDES
 from erp_backup.core.models import BackupKind, EntryType
+from erp_backup.pipeline import run_backup
 from erp_backup.restore import restore
 from tests.conftest import diff_states, make_settings, make_sqlite, tree_state
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from erp_backup.adapters.storage.local import LocalRepository
-from erp_backup.backup import run_backup
 from erp_backup.core.models import BackupKind
+from erp_backup.pipeline import run_backup
 from erp_backup.restore import restore
 from tests.conftest import make_settings, make_small_project, tree_state
 

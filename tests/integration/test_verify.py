@@ -16,9 +16,9 @@ import pytest
 import zstandard
 
 from erp_backup.adapters.storage.local import LocalRepository
-from erp_backup.backup import run_backup
 from erp_backup.core import manifest as mf
 from erp_backup.core.models import Artifact, BackupId, BackupKind, DatabaseInfo
+from erp_backup.pipeline import run_backup
 from erp_backup.verify import VerifyReport, verify_committed
 from tests.conftest import flip_byte, make_settings, make_small_project, run_cli, write_config
 

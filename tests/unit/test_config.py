@@ -31,7 +31,8 @@ def test_rendered_template_loads_back(tmp_path: Path) -> None:
     p = tmp_path / "c.toml"
     p.write_text(render_config(tmp_path, tmp_path / "bk", "sqlite:////x/db.sqlite3"))
     s = load_settings(p)
-    assert s.project.root == tmp_path and s.database.url == "sqlite:////x/db.sqlite3"
+    assert s.project.root == tmp_path and s.database.url is not None
+    assert s.database.url.get_secret_value() == "sqlite:////x/db.sqlite3"
     assert s.project.exclude == DEFAULT_EXCLUDES
 
 

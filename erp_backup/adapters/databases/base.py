@@ -22,6 +22,9 @@ Write = Callable[[bytes], object]
 class DatabaseAdapter(Protocol):
     engine: str  # "sqlite" | "postgresql" | "mysql"
     artifact_name: str  # e.g. "db.postgresql.pgdump.zst" (".gpg" is added by the engine)
+    # whether the row counts of the last dump come from the dump's own snapshot (MySQL without
+    # RELOAD: best effort); always True for engines that dump from one snapshot
+    counts_consistent: bool
 
     def check_available(self) -> None:
         """Fail fast, before anything is written, with an actionable DatabaseError

@@ -318,7 +318,7 @@ def _open(url: DatabaseUrl, timeout: float | None, database: str | None) -> pymy
         kwargs["host"] = url.host or "localhost"
         kwargs["port"] = url.port or 3306
     try:
-        return pymysql.connect(**kwargs)  # type: ignore[arg-type]
+        return pymysql.connect(**kwargs)
     except pymysql.err.MySQLError as e:
         raise _connect_error(e, url, database) from None
 

@@ -91,6 +91,7 @@ ORDER BY 1, 2
 class PostgresAdapter:
     engine = "postgresql"
     artifact_name = "db.postgresql.pgdump.zst"
+    counts_consistent = True  # one snapshot for the dump and the counts
 
     def __init__(self, url: DatabaseUrl, *, timeout: float | None = None) -> None:
         if url.engine != "postgresql":
@@ -120,13 +121,12 @@ class PostgresAdapter:
         conn = _open(self.url, self.timeout)
         counter: Background[dict[str, int]] | None = None
         try:
-            _check_client_version(tool, conn.server_version)
-            _check_readable(conn, self.url)
+            _check_client_version(tool, conn.server_version)  # the tool it records must fit this server
             conn.set_session(isolation_level=psycopg2.extensions.ISOLATION_LEVEL_REPEATABLE_READ,
                              readonly=True)
             with conn.cursor() as cur:
                 cur.execute("SELECT pg_export_snapshot(), current_setting('server_version')")
-                snapshot, server_version = cur.fetchone()  # type: ignore[misc]
+                snapshot, server_version = cur.fetchone()
                 cur.execute(_TABLES_SQL)
                 tables = [(s, t) for s, t in cur.fetchall()]
             counter = Background(lambda: _count(conn, tables, self.url), name="pg-row-counts")
@@ -465,7 +465,7 @@ def _count(conn: psycopg2.extensions.connection, tables: list[tuple[str, str]],
             except psycopg2.Error as e:
                 raise DatabaseError(f"counting rows of {schema}.{table} failed: {one_line(str(e))}",
                                     hint="look at the PostgreSQL server log") from e
-            counts[f"{schema}.{table}"] = int(cur.fetchone()[0])  # type: ignore[index]
+            counts[f"{schema}.{table}"] = int(cur.fetchone()[0])
     return counts
 
 
@@ -513,7 +513,7 @@ def _admin_connection(target: DatabaseUrl, timeout: float | None) -> psycopg2.ex
 def _table_count(url: DatabaseUrl, timeout: float | None) -> int:
     with _connect(url, timeout) as conn, conn.cursor() as cur:
         cur.execute(f"SELECT count(*) FROM ({_TABLES_SQL.replace('ORDER BY 1, 2', '')}) t")
-        return int(cur.fetchone()[0])  # type: ignore[index]
+        return int(cur.fetchone()[0])
 
 
 def _missing_tables(toc: str, tables: dict[str, int]) -> list[str]:

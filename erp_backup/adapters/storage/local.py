@@ -107,6 +107,21 @@ class LocalRepository:
                 os.ftruncate(fd, 0)
             os.close(fd)  # closing releases the flock
 
+    def busy(self) -> bool:
+        """True while another process holds the repository lock (a backup is running). Creates
+        nothing: a repository without a lock file has no running backup."""
+        try:
+            fd = os.open(self.root / LOCK, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # releases the probe's lock, if it got it
+        return False
+
     # ---------------------------------------------------------------- listing
     def list_ids(self) -> list[BackupId]:
         """Committed sets, oldest first. ``.partial`` directories are ignored."""
