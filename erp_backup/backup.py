@@ -21,6 +21,7 @@ from pathlib import Path
 from erp_backup import __version__
 from erp_backup.adapters import archive, scan
 from erp_backup.adapters.databases.base import DatabaseAdapter, adapter_for
+from erp_backup.adapters.databases.sqlite import COMPANIONS as SQLITE_COMPANIONS
 from erp_backup.adapters.storage.local import MANIFEST, SUMS, LocalRepository, write_private_stream
 from erp_backup.config import Settings
 from erp_backup.core import chain
@@ -158,7 +159,7 @@ def _auto_excludes(settings: Settings, db_url: DatabaseUrl | None) -> list[Path]
     out = [settings.storage.local_dir]
     if db_url is not None and db_url.engine == "sqlite":
         p = Path(db_url.name)
-        out += [p, *(Path(str(p) + s) for s in ("-wal", "-shm", "-journal"))]
+        out += [p, *(Path(str(p) + s) for s in SQLITE_COMPANIONS)]
     return out
 
 

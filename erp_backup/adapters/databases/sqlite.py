@@ -49,9 +49,6 @@ class SqliteAdapter:
         self.path = Path(url.name)
         self.busy_timeout_s = busy_timeout_s
 
-    def companions(self) -> list[Path]:
-        return [self.path, *(Path(str(self.path) + s) for s in COMPANIONS)]
-
     def check_available(self) -> None:
         if not self.path.exists():
             raise DatabaseError(f"SQLite database {self.path} does not exist",

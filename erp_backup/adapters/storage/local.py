@@ -227,7 +227,3 @@ class LocalRepository:
         os.rename(d, doomed)
         _fsync_dir(self.root)
         shutil.rmtree(doomed)
-
-    def size_of(self, backup_id: BackupId) -> int:
-        d = self.set_dir(backup_id)
-        return sum(p.stat().st_size for p in d.iterdir() if p.is_file())
