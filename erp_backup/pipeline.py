@@ -29,6 +29,7 @@ from erp_backup.backup import (
     SealedSet,
 )
 from erp_backup.config import Settings
+from erp_backup.core.errors import ConfigError
 from erp_backup.core.models import MONTHLY_TAG, BackupJob, BackupKind
 from erp_backup.verify import VerifyReport
 
@@ -85,6 +86,9 @@ def run_pipeline(settings: Settings, job: BackupJob, run: Stages = PLAIN_STAGES,
         finally:
             timings[name] = round(time.monotonic() - t, 3)
 
+    if checked is not None and (checked.kind, checked.tags) != (job.kind, job.tags):
+        raise ConfigError(f"the preflight handed to this {job.value} backup was made for a "
+                          f"{checked.kind.value} backup", hint="leave the `checked` parameter out")
     if checked is None:
         checked = timed("preflight", lambda: run.preflight(settings, job.kind, job.tags))
     repo = LocalRepository(settings.storage.local_dir)
