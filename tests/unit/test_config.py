@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from erp_backup.adapters.scan import Excluder
 from erp_backup.config import (
@@ -81,3 +82,21 @@ def test_excluder_rules() -> None:
     assert ex.excluded("db.sqlite3", "db.sqlite3")
     assert not ex.excluded("apps/sales/models.py", "models.py")
     assert not ex.excluded("venvironment", "venvironment")
+
+
+@pytest.mark.parametrize("key", ["source", "sorce", "storage_dir", "retention"])
+def test_unknown_top_level_key_is_an_error_naming_it(key: str) -> None:
+    """A top-level key is checked like a key in a section (``source`` is not a key: it is where the
+    settings were read from)."""
+    with pytest.raises(ConfigError) as ei:
+        settings_from_dict({key: "x", "project": {"root": "/srv/erp"}}, source="c.toml")
+    assert f"{key}: unknown key" in str(ei.value) and "c.toml" in str(ei.value)
+
+
+def test_settings_are_frozen_and_the_database_url_is_secret() -> None:
+    s = settings_from_dict({"database": {"url": "postgresql://u:hunter2@h/db"}}, source="c.toml")
+    assert s.source == "c.toml"
+    assert "hunter2" not in repr(s) and "hunter2" not in s.model_dump_json()
+    assert s.database_url().password == "hunter2"
+    with pytest.raises(ValidationError):
+        s.backup.threads = 4  # type: ignore[misc]
