@@ -110,7 +110,7 @@ def _last_line(text: str) -> str:
 
 
 def _start(argv: Sequence[str], env_extra: dict[str, str] | None, stdin: int | None, stdout: int | None,
-           cwd: str | None) -> subprocess.Popen[bytes]:
+           cwd: str | None, pass_fds: Sequence[int] = ()) -> subprocess.Popen[bytes]:
     if not argv:
         raise ValueError("empty argv")
     exe = which(argv[0]) if os.sep not in argv[0] else argv[0]
@@ -123,6 +123,7 @@ def _start(argv: Sequence[str], env_extra: dict[str, str] | None, stdin: int | N
             env=child_env(env_extra),
             cwd=cwd,
             start_new_session=True,
+            pass_fds=tuple(pass_fds),
         )
     except FileNotFoundError as e:
         raise ToolMissingError(f"'{argv[0]}' could not be started: {e}", hint="install it or fix PATH") from e
@@ -187,10 +188,12 @@ def run(argv: Sequence[str], *, env_extra: dict[str, str] | None = None, timeout
 
 def stream_out(argv: Sequence[str], write: Callable[[bytes], object], *,
                env_extra: dict[str, str] | None = None, timeout: float | None = None,
-               secrets: Iterable[str] = (), what: str | None = None, cwd: str | None = None) -> ProcResult:
-    """Run a command and pass its stdout to ``write`` in chunks (never whole)."""
+               secrets: Iterable[str] = (), what: str | None = None, cwd: str | None = None,
+               pass_fds: Sequence[int] = ()) -> ProcResult:
+    """Run a command and pass its stdout to ``write`` in chunks (never whole). ``pass_fds``: file
+    descriptors the child inherits (e.g. an in-memory option file with a password)."""
     secrets = tuple(secrets)
-    proc = _start(argv, env_extra, subprocess.DEVNULL, subprocess.PIPE, cwd)
+    proc = _start(argv, env_extra, subprocess.DEVNULL, subprocess.PIPE, cwd, pass_fds)
     tail = _Tail(proc.stderr)  # type: ignore[arg-type]
     flag = threading.Event()
     timer = _timer(proc, timeout, flag)
