@@ -1,8 +1,9 @@
 """The only place this project starts a subprocess.
 
 * Commands are argument lists, never shell strings.
-* The child gets an allow-listed environment plus what the caller adds
-  (e.g. ``PGPASSWORD``): secrets never go on the command line.
+* The child gets an allow-listed environment plus what the caller adds, and
+  the file descriptors the caller passes (``pass_fds``): credentials travel in
+  an in-memory file the child opens as ``/dev/fd/N``, never on the command line.
 * stderr is drained in a thread into a bounded tail, with every secret the
   caller names replaced by ``***`` before it can reach a message or a log.
 * stdout can be streamed chunk by chunk (dumps) and stdin fed chunk by chunk
@@ -159,11 +160,11 @@ def _timer(proc: subprocess.Popen[bytes], timeout: float | None, flag: threading
 
 def run(argv: Sequence[str], *, env_extra: dict[str, str] | None = None, timeout: float | None = 600,
         input_bytes: bytes | None = None, secrets: Iterable[str] = (), what: str | None = None,
-        cwd: str | None = None) -> ProcResult:
+        cwd: str | None = None, pass_fds: Sequence[int] = ()) -> ProcResult:
     """Run a short command and collect its (small) stdout."""
     secrets = tuple(secrets)
     proc = _start(argv, env_extra, subprocess.PIPE if input_bytes is not None else subprocess.DEVNULL,
-                  subprocess.PIPE, cwd)
+                  subprocess.PIPE, cwd, pass_fds)
     tail = _Tail(proc.stderr)  # type: ignore[arg-type]
     flag = threading.Event()
     timer = _timer(proc, timeout, flag)
@@ -221,11 +222,11 @@ def stream_out(argv: Sequence[str], write: Callable[[bytes], object], *,
 
 def stream_in(argv: Sequence[str], chunks: Iterable[bytes], *, env_extra: dict[str, str] | None = None,
               timeout: float | None = None, secrets: Iterable[str] = (), what: str | None = None,
-              cwd: str | None = None, capture_stdout: bool = False) -> ProcResult:
+              cwd: str | None = None, capture_stdout: bool = False, pass_fds: Sequence[int] = ()) -> ProcResult:
     """Run a command feeding ``chunks`` to its stdin (e.g. a restore)."""
     secrets = tuple(secrets)
     proc = _start(argv, env_extra, subprocess.PIPE, subprocess.PIPE if capture_stdout else subprocess.DEVNULL,
-                  cwd)
+                  cwd, pass_fds)
     tail = _Tail(proc.stderr)  # type: ignore[arg-type]
     out_parts: list[bytes] = []
     reader: threading.Thread | None = None

@@ -76,6 +76,7 @@ from erp_backup.adapters.databases.common import (
     log,
     one_line,
     reraise_background,
+    secret_fd,
 )
 from erp_backup.adapters.databases.mysql_script import (
     DumpRejected,
@@ -150,7 +151,7 @@ class MysqlAdapter:
     def dump(self, write: Write, workdir: Path) -> DatabaseInfo:
         dump_bin = _binary(DUMP_BINARIES)
         tool = _version(dump_bin)
-        with _option_fd(self.url) as cnf_fd, \
+        with secret_fd(_option_text(self.url).encode("utf-8")) as cnf_fd, \
                 _connect(self.url, self.timeout, database=self.url.name) as snap, \
                 _connect(self.url, self.timeout, database=self.url.name) as lock:
             server_version = _scalar(snap, "SELECT VERSION()")
@@ -460,30 +461,6 @@ def _option_text(url: DatabaseUrl) -> str:
         lines.append(f"port={url.port or 3306}")
         lines.append("protocol=TCP")
     return "\n".join(lines) + "\n"
-
-
-@contextmanager
-def _option_fd(url: DatabaseUrl) -> Iterator[int]:
-    """A file descriptor of an anonymous in-memory option file (memfd, 0600) with the credentials,
-    for ``--defaults-extra-file=/dev/fd/N`` of a child that inherits it (``pass_fds``). It exists
-    only while a process holds it open: nothing on disk, nothing left after a SIGKILL."""
-    data = _option_text(url).encode("utf-8")
-    try:
-        fd = os.memfd_create("erp-backup-mysql-options", os.MFD_CLOEXEC)
-    except (AttributeError, OSError):  # no memfd: a pipe (an option file is far below a pipe's buffer)
-        fd, w = os.pipe()
-        try:
-            os.write(w, data)
-        finally:
-            os.close(w)
-    else:
-        os.fchmod(fd, 0o600)  # the clients ignore a world-writable option file
-        os.write(fd, data)
-        os.lseek(fd, 0, os.SEEK_SET)
-    try:
-        yield fd
-    finally:
-        os.close(fd)
 
 
 # ---- checks and counts ---------------------------------------------------------------------------
