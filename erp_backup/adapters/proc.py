@@ -90,6 +90,7 @@ class _Tail:
     def __init__(self, stream: IO[bytes]) -> None:
         self._buf: deque[bytes] = deque()
         self._size = 0
+        self._dropped = False  # the first chunk kept may begin in the middle of a line (of a secret)
         self._thread = threading.Thread(target=self._drain, args=(stream,), daemon=True)
         self._thread.start()
 
@@ -99,10 +100,34 @@ class _Tail:
             self._size += len(chunk)
             while self._size - len(self._buf[0]) > _TAIL_BYTES and len(self._buf) > 1:
                 self._size -= len(self._buf.popleft())
+                self._dropped = True
 
-    def text(self) -> str:
+    def text(self, secrets: Iterable[str] = ()) -> str:
+        """The last lines of stderr, every secret replaced by ***: whole secrets before anything is
+        cut, then the cut-off first line dropped and a secret's piece at either end masked."""
         self._thread.join(timeout=5)
-        return b"".join(self._buf)[-_TAIL_BYTES:].decode("utf-8", "replace").strip()
+        secrets = tuple(s for s in secrets if s)
+        text = redact(b"".join(self._buf).decode("utf-8", "replace"), secrets)
+        cut = self._dropped or len(text) > _TAIL_BYTES
+        text = text[-_TAIL_BYTES:]
+        if cut and "\n" in text:
+            text = text.split("\n", 1)[1]
+        return _mask_pieces(text, secrets, start=cut, end=self._thread.is_alive()).strip()
+
+
+def _mask_pieces(text: str, secrets: tuple[str, ...], *, start: bool, end: bool) -> str:
+    """Mask the end of a secret at the start of ``text`` (``start``: it was cut there) and the
+    beginning of one at its end (``end``: the writer may still be writing)."""
+    for s in secrets:
+        for k in range(len(s) - 1, 2, -1):
+            if start and text.startswith(s[-k:]):
+                text = "***" + text[k:]
+                break
+        for k in range(len(s) - 1, 2, -1):
+            if end and text.endswith(s[:k]):
+                text = text[:-k] + "***"
+                break
+    return text
 
 
 def _last_line(text: str) -> str:
@@ -133,7 +158,7 @@ def _start(argv: Sequence[str], env_extra: dict[str, str] | None, stdin: int | N
 def _finish(proc: subprocess.Popen[bytes], tail: _Tail, argv: Sequence[str], secrets: Iterable[str],
             timed_out: threading.Event, what: str | None) -> str:
     rc = proc.wait()
-    err = redact(tail.text(), secrets)
+    err = tail.text(secrets)
     label = what or os.path.basename(argv[0])
     if timed_out.is_set():
         raise ProcError(f"{label} timed out and was killed", returncode=rc, stderr_tail=err,

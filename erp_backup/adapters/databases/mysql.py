@@ -421,7 +421,7 @@ def quote(name: str) -> str:
 
 
 def _secrets(url: DatabaseUrl) -> tuple[str, ...]:
-    return (url.password,) if url.password else ()
+    return url.secrets()
 
 
 # ---- binaries and option file --------------------------------------------------------------------
