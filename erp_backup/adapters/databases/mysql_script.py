@@ -127,18 +127,6 @@ class StatementSplitter:
         self._nbe = no_backslash_escapes
         self._ansi = ansi_quotes
 
-    @property
-    def mode(self) -> tuple[bool, bool]:
-        return self._nbe, self._ansi
-
-    @property
-    def line(self) -> int:
-        return self._line
-
-    def pending(self) -> bool:
-        """True if a statement has begun but not ended (at the end of the input: truncated)."""
-        return self._in_stmt
-
     # ---- output -----------------------------------------------------------------------------------
 
     def next(self) -> Statement | None:
