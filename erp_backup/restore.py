@@ -291,15 +291,9 @@ def restore_database(repo: LocalRepository, m: Manifest, target_db: DatabaseUrl,
     if m.database is None or art is None:
         raise RestoreError(f"set {m.id} has no database dump", hint="pick another set")
     adapter = adapter_for(target_db)
-    work = repo.root / f".restore-{m.id}-{os.getpid()}"
-    work.mkdir(mode=0o700, exist_ok=True)
-    try:
+    with repo.scratch("restore") as work:  # removed on exit; by the next run if this one is killed
         chunks: Iterable[bytes] = archive.iter_decompressed(repo.set_dir(m.id) / art.name)
         counts = adapter.restore(chunks, m.database, target_db, replace=replace, workdir=work, jobs=jobs)
-    finally:
-        for p in work.iterdir():
-            p.unlink()
-        work.rmdir()
     diff = {t: (n, counts.get(t)) for t, n in m.database.tables.items() if counts.get(t) != n}
     if diff:
         t, (want, got) = next(iter(diff.items()))
@@ -398,6 +392,7 @@ def execute(repo: LocalRepository, plan: RestorePlan, target_db: DatabaseUrl | N
     """Restore what ``plan`` says; ``target_db`` is its database with credentials
     (``resolve_target_database``)."""
     t0 = time.monotonic()
+    repo.clean_leftovers()  # scratch directories of killed runs
     m = repo.read_manifest(BackupId(plan.set_id))
     files = restore_files(repo, m, Path(plan.target_dir)) if plan.target_dir is not None else None
     tables: dict[str, int] = {}

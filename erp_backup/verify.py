@@ -10,7 +10,6 @@ full:  quick + decompression of every artifact to its end, the tar structure,
 from __future__ import annotations
 
 import hashlib
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,7 +147,7 @@ def _check_database(set_dir: Path, m: Manifest, rep: _Findings) -> None:
     art = m.artifact("database")
     if m.database is None or art is None:
         return
-    with tempfile.TemporaryDirectory(prefix="erp-backup-verify-", dir=set_dir.parent) as tmp:
+    with LocalRepository(set_dir.parent).scratch("verify") as tmp:
         try:
             adapter = adapter_for(DatabaseUrl(m.database.engine, m.database.database))
             with archive.open_decompressed(set_dir / art.name) as r:

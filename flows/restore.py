@@ -74,6 +74,9 @@ def verify_flow(backup_ids: list[str] | None = None, level: str = "full", config
     s = settings or settings_for(config)
     log = get_run_logger()
     repo = LocalRepository(s.storage.local_dir)
+    cleaned = repo.clean_leftovers()  # scratch directories of killed runs
+    if cleaned:
+        log.warning("removed leftovers of interrupted runs: %s", ", ".join(cleaned))
     ids = [BackupId(i).value for i in backup_ids] if backup_ids else [i.value for i in repo.list_ids()]
     reports = verify_sets_task(s, ids, level)
     rows = []

@@ -1,8 +1,9 @@
 """The only place this project starts a subprocess.
 
 * Commands are argument lists, never shell strings.
-* The child gets an allow-listed environment plus what the caller adds
-  (e.g. ``PGPASSWORD``): secrets never go on the command line.
+* The child gets an allow-listed environment plus what the caller adds, and
+  the file descriptors the caller passes (``pass_fds``): credentials travel in
+  an in-memory file the child opens as ``/dev/fd/N``, never on the command line.
 * stderr is drained in a thread into a bounded tail, with every secret the
   caller names replaced by ``***`` before it can reach a message or a log.
 * stdout can be streamed chunk by chunk (dumps) and stdin fed chunk by chunk
@@ -89,6 +90,7 @@ class _Tail:
     def __init__(self, stream: IO[bytes]) -> None:
         self._buf: deque[bytes] = deque()
         self._size = 0
+        self._dropped = False  # the first chunk kept may begin in the middle of a line (of a secret)
         self._thread = threading.Thread(target=self._drain, args=(stream,), daemon=True)
         self._thread.start()
 
@@ -98,10 +100,34 @@ class _Tail:
             self._size += len(chunk)
             while self._size - len(self._buf[0]) > _TAIL_BYTES and len(self._buf) > 1:
                 self._size -= len(self._buf.popleft())
+                self._dropped = True
 
-    def text(self) -> str:
+    def text(self, secrets: Iterable[str] = ()) -> str:
+        """The last lines of stderr, every secret replaced by ***: whole secrets before anything is
+        cut, then the cut-off first line dropped and a secret's piece at either end masked."""
         self._thread.join(timeout=5)
-        return b"".join(self._buf)[-_TAIL_BYTES:].decode("utf-8", "replace").strip()
+        secrets = tuple(s for s in secrets if s)
+        text = redact(b"".join(self._buf).decode("utf-8", "replace"), secrets)
+        cut = self._dropped or len(text) > _TAIL_BYTES
+        text = text[-_TAIL_BYTES:]
+        if cut and "\n" in text:
+            text = text.split("\n", 1)[1]
+        return _mask_pieces(text, secrets, start=cut, end=self._thread.is_alive()).strip()
+
+
+def _mask_pieces(text: str, secrets: tuple[str, ...], *, start: bool, end: bool) -> str:
+    """Mask the end of a secret at the start of ``text`` (``start``: it was cut there) and the
+    beginning of one at its end (``end``: the writer may still be writing)."""
+    for s in secrets:
+        for k in range(len(s) - 1, 2, -1):
+            if start and text.startswith(s[-k:]):
+                text = "***" + text[k:]
+                break
+        for k in range(len(s) - 1, 2, -1):
+            if end and text.endswith(s[:k]):
+                text = text[:-k] + "***"
+                break
+    return text
 
 
 def _last_line(text: str) -> str:
@@ -110,7 +136,7 @@ def _last_line(text: str) -> str:
 
 
 def _start(argv: Sequence[str], env_extra: dict[str, str] | None, stdin: int | None, stdout: int | None,
-           cwd: str | None) -> subprocess.Popen[bytes]:
+           cwd: str | None, pass_fds: Sequence[int] = ()) -> subprocess.Popen[bytes]:
     if not argv:
         raise ValueError("empty argv")
     exe = which(argv[0]) if os.sep not in argv[0] else argv[0]
@@ -123,6 +149,7 @@ def _start(argv: Sequence[str], env_extra: dict[str, str] | None, stdin: int | N
             env=child_env(env_extra),
             cwd=cwd,
             start_new_session=True,
+            pass_fds=tuple(pass_fds),
         )
     except FileNotFoundError as e:
         raise ToolMissingError(f"'{argv[0]}' could not be started: {e}", hint="install it or fix PATH") from e
@@ -131,7 +158,7 @@ def _start(argv: Sequence[str], env_extra: dict[str, str] | None, stdin: int | N
 def _finish(proc: subprocess.Popen[bytes], tail: _Tail, argv: Sequence[str], secrets: Iterable[str],
             timed_out: threading.Event, what: str | None) -> str:
     rc = proc.wait()
-    err = redact(tail.text(), secrets)
+    err = tail.text(secrets)
     label = what or os.path.basename(argv[0])
     if timed_out.is_set():
         raise ProcError(f"{label} timed out and was killed", returncode=rc, stderr_tail=err,
@@ -158,11 +185,11 @@ def _timer(proc: subprocess.Popen[bytes], timeout: float | None, flag: threading
 
 def run(argv: Sequence[str], *, env_extra: dict[str, str] | None = None, timeout: float | None = 600,
         input_bytes: bytes | None = None, secrets: Iterable[str] = (), what: str | None = None,
-        cwd: str | None = None) -> ProcResult:
+        cwd: str | None = None, pass_fds: Sequence[int] = ()) -> ProcResult:
     """Run a short command and collect its (small) stdout."""
     secrets = tuple(secrets)
     proc = _start(argv, env_extra, subprocess.PIPE if input_bytes is not None else subprocess.DEVNULL,
-                  subprocess.PIPE, cwd)
+                  subprocess.PIPE, cwd, pass_fds)
     tail = _Tail(proc.stderr)  # type: ignore[arg-type]
     flag = threading.Event()
     timer = _timer(proc, timeout, flag)
@@ -187,10 +214,12 @@ def run(argv: Sequence[str], *, env_extra: dict[str, str] | None = None, timeout
 
 def stream_out(argv: Sequence[str], write: Callable[[bytes], object], *,
                env_extra: dict[str, str] | None = None, timeout: float | None = None,
-               secrets: Iterable[str] = (), what: str | None = None, cwd: str | None = None) -> ProcResult:
-    """Run a command and pass its stdout to ``write`` in chunks (never whole)."""
+               secrets: Iterable[str] = (), what: str | None = None, cwd: str | None = None,
+               pass_fds: Sequence[int] = ()) -> ProcResult:
+    """Run a command and pass its stdout to ``write`` in chunks (never whole). ``pass_fds``: file
+    descriptors the child inherits (e.g. an in-memory option file with a password)."""
     secrets = tuple(secrets)
-    proc = _start(argv, env_extra, subprocess.DEVNULL, subprocess.PIPE, cwd)
+    proc = _start(argv, env_extra, subprocess.DEVNULL, subprocess.PIPE, cwd, pass_fds)
     tail = _Tail(proc.stderr)  # type: ignore[arg-type]
     flag = threading.Event()
     timer = _timer(proc, timeout, flag)
@@ -218,11 +247,11 @@ def stream_out(argv: Sequence[str], write: Callable[[bytes], object], *,
 
 def stream_in(argv: Sequence[str], chunks: Iterable[bytes], *, env_extra: dict[str, str] | None = None,
               timeout: float | None = None, secrets: Iterable[str] = (), what: str | None = None,
-              cwd: str | None = None, capture_stdout: bool = False) -> ProcResult:
+              cwd: str | None = None, capture_stdout: bool = False, pass_fds: Sequence[int] = ()) -> ProcResult:
     """Run a command feeding ``chunks`` to its stdin (e.g. a restore)."""
     secrets = tuple(secrets)
     proc = _start(argv, env_extra, subprocess.PIPE, subprocess.PIPE if capture_stdout else subprocess.DEVNULL,
-                  cwd)
+                  cwd, pass_fds)
     tail = _Tail(proc.stderr)  # type: ignore[arg-type]
     out_parts: list[bytes] = []
     reader: threading.Thread | None = None

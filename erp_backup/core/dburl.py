@@ -1,10 +1,17 @@
-"""Database URLs as dj-database-url / django-environ users write them. Pure."""
+"""Database URLs as dj-database-url / django-environ users write them. Pure.
+
+A URL holds a password: no message, log line, repr or artifact shows it, however malformed the URL.
+Errors never echo the URL's credentials part (nor chain an exception that would), ``redacted()``,
+``str()`` and ``repr()`` print it as ``***``, and ``secrets()`` lists every form of it (as
+decoded, as written, secret-looking query options) for the scrubbing of client output.
+"""
 
 from __future__ import annotations
 
 import posixpath
+import re
 from dataclasses import dataclass, field
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
 
 from erp_backup.core.errors import ConfigError
 
@@ -21,7 +28,7 @@ _ENGINES = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class DatabaseUrl:
     engine: str  # "postgresql" | "mysql" | "sqlite"
     name: str  # database name, or the file path for sqlite
@@ -29,19 +36,33 @@ class DatabaseUrl:
     port: int | None = None
     user: str = ""
     password: str = field(default="", repr=False)
-    options: tuple[tuple[str, str], ...] = ()
+    options: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    password_as_written: str = field(default="", repr=False, compare=False)  # percent-encoded, for scrubbing
 
     def redacted(self) -> str:
-        """The URL with the password replaced: safe for logs and manifests."""
+        """The URL with the password replaced (options left out): safe for logs and manifests."""
         if self.engine == "sqlite":
-            return f"sqlite:///{self.name}" if not self.name.startswith("/") else f"sqlite:///{self.name}"
+            return f"sqlite:///{self.name}"
         auth = self.user + (":***" if self.password else "")
         at = f"{auth}@" if auth else ""
         port = f":{self.port}" if self.port else ""
         return f"{self.engine}://{at}{self.host}{port}/{self.name}"
 
+    def __str__(self) -> str:
+        return self.redacted()
+
+    def __repr__(self) -> str:
+        return f"DatabaseUrl({self.redacted()!r})"
+
+    def secrets(self) -> tuple[str, ...]:
+        """Every form of the credentials that a message must not show."""
+        found = [self.password, self.password_as_written]
+        found += [v for k, v in self.options if _SECRET_OPTION.search(k)]
+        return tuple(dict.fromkeys(s for s in found if s))
+
     def with_name(self, name: str) -> DatabaseUrl:
-        return DatabaseUrl(self.engine, name, self.host, self.port, self.user, self.password, self.options)
+        return DatabaseUrl(self.engine, name, self.host, self.port, self.user, self.password, self.options,
+                           self.password_as_written)
 
     def same_database(self, other: DatabaseUrl) -> bool:
         """True when both URLs point at the same database (ignoring credentials)."""
@@ -55,23 +76,31 @@ class DatabaseUrl:
         return (h1, self.port or 0, self.name) == (h2, other.port or 0, other.name)
 
 
+_SECRET_OPTION = re.compile(r"pass|pwd|secret|token", re.I)
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:(?://?)?")
+_HOST_AND_NAME = re.compile(r"[A-Za-z0-9.-]+(?::[0-9]{1,5})?/[A-Za-z0-9_.$-]*")
+_FORMS = ("write it as postgresql://user:password@host:5432/name, mysql://user:password@host:3306/name "
+          "or sqlite:////absolute/path/db.sqlite3 (percent-encode @ : / ? # % in the password)")
+
+
 def parse_database_url(url: str, *, key: str = "database.url") -> DatabaseUrl:
     if not url or "://" not in url:
-        raise ConfigError(
-            f"{key}: '{_safe(url)}' is not a database URL",
-            hint="write it as postgresql://user@host:5432/name, mysql://user@host:3306/name "
-            "or sqlite:////absolute/path/db.sqlite3",
-        )
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
+        raise ConfigError(f"{key}: '{_safe(url)}' is not a database URL", hint=_FORMS)
+    split, port, bad = _split(url)  # no exception of urllib may carry the URL's text into a traceback
+    if bad:
+        raise ConfigError(f"{key}: {bad} in the database URL '{_safe(url)}'", hint=_FORMS)
+    scheme = split.scheme.lower()
     engine = _ENGINES.get(scheme)
     if engine is None:
         raise ConfigError(
             f"{key}: unsupported database scheme '{scheme}'",
             hint="use postgresql://, mysql:// (MariaDB too) or sqlite://",
         )
-    options = tuple(parse_qsl(parts.query))
+    options = tuple(parse_qsl(split.query))
     if engine == "sqlite":
+        if "@" in split.netloc:
+            raise ConfigError(f"{key}: an SQLite URL takes a file path, not a user, password or host",
+                              hint="write sqlite:////absolute/path/db.sqlite3")
         # sqlite:////abs/path -> /abs/path ; sqlite:///rel/path -> rel/path
         path = url.split("://", 1)[1]
         path = path.split("?", 1)[0]
@@ -82,27 +111,46 @@ def parse_database_url(url: str, *, key: str = "database.url") -> DatabaseUrl:
             raise ConfigError(f"{key}: an SQLite URL needs a file path",
                               hint="write sqlite:////absolute/path/db.sqlite3")
         return DatabaseUrl("sqlite", path, options=options)
-    name = unquote(parts.path.lstrip("/"))
+    name = unquote(split.path.lstrip("/"))
     if not name:
         raise ConfigError(f"{key}: the URL names no database", hint="append /<database name> to the URL")
-    try:
-        port = parts.port
-    except ValueError as e:
-        raise ConfigError(f"{key}: bad port in database URL", hint="use host:port with a number") from e
+    if "@" in name or "@" in split.query or "@" in split.fragment:
+        # e.g. postgresql://u:pa/ss@h/db: a '/', '?' or '#' in the password ended the host part early
+        raise ConfigError(f"{key}: cannot tell the password from the host and database name in the URL",
+                          hint="percent-encode the password's special characters (@ %40, : %3A, / %2F, "
+                          "? %3F, # %23, % %25)")
     return DatabaseUrl(
         engine,
         name,
-        host=parts.hostname or "",
+        host=split.hostname or "",
         port=port,
-        user=unquote(parts.username or ""),
-        password=unquote(parts.password or ""),
+        user=unquote(split.username or ""),
+        password=unquote(split.password or ""),
         options=options,
+        password_as_written=split.password or "",
     )
 
 
+def _split(url: str) -> tuple[SplitResult, int | None, str]:
+    """(parts, port, problem): the problem is "" or says what is wrong, never with the URL's text."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return urlsplit(""), None, "bad host (brackets or characters)"
+    try:
+        return parts, parts.port, ""
+    except ValueError:
+        return parts, None, "bad port (use host:port with a number)"
+
+
 def _safe(url: str) -> str:
-    """Hide a password in a URL we could not parse (for error messages)."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
-    return url
+    """A malformed URL for a message: only its scheme as typed and, after the last '@', a plain
+    host[:port]/name; everything else (where credentials could be) becomes ***."""
+    m = _SCHEME.match(url)
+    # only a scheme we know is echoed: 'pw:rest' without '//' may be a bare password with a colon
+    scheme = m.group() if m and m.group().split(":", 1)[0].lower() in _ENGINES else ""
+    rest = url[len(scheme):]
+    if "@" in rest:
+        tail = rest.rpartition("@")[2]
+        return f"{scheme}***@{tail}" if _HOST_AND_NAME.fullmatch(tail) else f"{scheme}***"
+    return f"{scheme}***" if rest else scheme

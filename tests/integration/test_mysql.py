@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from erp_backup.adapters.databases.mysql import SANDBOX_LINE, MysqlAdapter, _strip_sandbox
+from erp_backup.adapters.databases.mysql import MysqlAdapter
 from erp_backup.core.dburl import DatabaseUrl, parse_database_url
 from erp_backup.core.errors import DatabaseError, RestoreError, ToolMissingError
 from tests.integration.conftest import SECRET, assert_actionable
@@ -331,13 +331,3 @@ def test_restore_stops_at_the_first_error(my_db, dump_to_file, workdir, tmp_path
         adapter.restore(iter([broken]), dump.info, dst, replace=False, workdir=workdir)
     assert_actionable(e.value, "restore into database", "ERROR 1064")
     assert query(dst, "SHOW TABLES LIKE 'b'") == [], "the client went on after an error"
-
-
-def test_sandbox_line_is_stripped_across_chunk_boundaries() -> None:
-    body = SANDBOX_LINE + b"\n-- MariaDB dump\nSELECT 1;\n"
-    for size in (1, 5, 39, 40, 41, 1000):
-        chunks = [body[i:i + size] for i in range(0, len(body), size)]
-        assert b"".join(_strip_sandbox(chunks)) == b"-- MariaDB dump\nSELECT 1;\n"
-    assert b"".join(_strip_sandbox([b"-- MySQL dump\n", b"x"])) == b"-- MySQL dump\nx"
-    assert b"".join(_strip_sandbox([])) == b""
-

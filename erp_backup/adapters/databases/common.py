@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import re
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any, Generic, TypeVar
 
 log = logging.getLogger("erp_backup.databases")
@@ -23,6 +25,34 @@ def one_line(text: str, secrets: Iterable[str] = (), limit: int = 300) -> str:
             text = text.replace(s, "***")
     flat = " ".join(part.strip() for part in text.splitlines() if part.strip())
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+@contextmanager
+def secret_fd(data: bytes) -> Iterator[int]:
+    """A file descriptor to read ``data`` from, for a child that inherits it (``pass_fds``) and opens
+    ``/dev/fd/N``: an anonymous in-memory file (memfd, 0600, re-openable), else a pipe (``data`` must
+    fit its buffer). Nothing is written to a file system: no file with a password can outlive the
+    process, whatever kills it. Closed on exit."""
+    try:
+        fd = os.memfd_create("erp-backup-credentials", os.MFD_CLOEXEC)
+    except (AttributeError, OSError):  # no memfd (not Linux): a pipe
+        fd, w = os.pipe()
+        try:
+            os.write(w, data)
+        finally:
+            os.close(w)
+    else:
+        try:
+            os.fchmod(fd, 0o600)  # clients ignore (MariaDB) or refuse (libpq) a file others can read
+            os.write(fd, data)
+            os.lseek(fd, 0, os.SEEK_SET)
+        except BaseException:
+            os.close(fd)
+            raise
+    try:
+        yield fd
+    finally:
+        os.close(fd)
 
 
 def connect_timeout(timeout: float | None) -> int:

@@ -36,13 +36,20 @@ A warning is logged and ``counts_consistent`` is set to False.
 Only InnoDB (transactional) tables are consistent; MyISAM tables are not under
 ``--single-transaction``, whatever we do.
 
-Credentials go through a 0600 ``--defaults-extra-file`` (always the first
-argument) in the private workdir or a private temp dir, deleted afterwards.
+Credentials: mariadb-dump reads them from ``--defaults-extra-file=/dev/fd/N`` (always the
+first argument), an anonymous in-memory file (memfd, 0600) inherited by the child only: never
+argv, never the environment, never a named file that a crash could leave behind. PyMySQL gets
+the password as a keyword argument.
 
-MariaDB >= 10.5.25/10.6.18/10.11.8 dumps start with ``/*M!999999\\- enable the
-sandbox mode */``; MySQL's client rejects that line ("Unknown command '\\-'").
-On restore we drop it while streaming when the target server or the client is
-not MariaDB; MariaDB clients keep it (it forbids shell/file commands in the dump).
+Restore never feeds the dump to a ``mariadb``/``mysql`` client: a client runs the client commands
+a crafted dump holds (``\\!`` shell escapes, ``source``, ``tee``…) even with ``--batch``, and
+MariaDB's ``/*M!999999\\- enable the sandbox mode */`` line only protects an honest dump. The
+statements are split while streaming (``mysql_script``: quotes, comments, ``DELIMITER`` for
+triggers and routines, the session's ``NO_BACKSLASH_ESCAPES``/``ANSI_QUOTES``) and executed
+through our own server connection (``LOAD DATA LOCAL`` off, one statement per query); a dump
+holding a client command is refused at that statement, and by the verification. By hand, a
+trusted dump still restores with ``zstd -d < db.mysql.sql.zst | mariadb --sandbox
+--database=<new db>``.
 """
 
 from __future__ import annotations
@@ -50,14 +57,16 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pymysql
+import pymysql.cursors
 import pymysql.err
+from pymysql.constants import SERVER_STATUS
 
 from erp_backup.adapters import proc
 from erp_backup.adapters.databases.base import Write
@@ -67,6 +76,13 @@ from erp_backup.adapters.databases.common import (
     log,
     one_line,
     reraise_background,
+    secret_fd,
+)
+from erp_backup.adapters.databases.mysql_script import (
+    DumpRejected,
+    SessionModeTracker,
+    StatementSplitter,
+    splitter_statements,
 )
 from erp_backup.core.dburl import DatabaseUrl
 from erp_backup.core.errors import ConfigError, DatabaseError, RestoreError, ToolMissingError
@@ -74,10 +90,10 @@ from erp_backup.core.models import DatabaseInfo
 
 DUMP_FORMAT = "sql"
 DUMP_BINARIES = ("mariadb-dump", "mysqldump")
-CLIENT_BINARIES = ("mariadb", "mysql")
 LOCK_WAIT_TIMEOUT = 10  # seconds FTWRL may wait for running statements
 MAX_LOCK_SECONDS = 30  # never block writers longer than this, even without a sign of the dump's snapshot
-SANDBOX_LINE = b"/*M!999999\\- enable the sandbox mode */"
+SERVER_STATUS_ANSI_QUOTES = 1 << 15  # MariaDB only
+MAX_PACKET = 1 << 30  # as --max-allowed-packet=1G of the dump
 TRAILER = b"-- Dump completed"
 
 # sections mariadb-dump writes only after START TRANSACTION WITH CONSISTENT SNAPSHOT
@@ -127,7 +143,6 @@ class MysqlAdapter:
 
     def check_available(self) -> None:
         _binary(DUMP_BINARIES)
-        _binary(CLIENT_BINARIES)
         with _connect(self.url, self.timeout, database=self.url.name) as conn:
             _check_readable(conn, self.url)
 
@@ -136,7 +151,7 @@ class MysqlAdapter:
     def dump(self, write: Write, workdir: Path) -> DatabaseInfo:
         dump_bin = _binary(DUMP_BINARIES)
         tool = _version(dump_bin)
-        with _defaults_file(self.url, workdir) as cnf, \
+        with secret_fd(_option_text(self.url).encode("utf-8")) as cnf_fd, \
                 _connect(self.url, self.timeout, database=self.url.name) as snap, \
                 _connect(self.url, self.timeout, database=self.url.name) as lock:
             server_version = _scalar(snap, "SELECT VERSION()")
@@ -156,11 +171,11 @@ class MysqlAdapter:
                 reraise_background(counter)
                 write(chunk)
 
-            argv = [dump_bin, f"--defaults-extra-file={cnf}", "--single-transaction", "--quick",
+            argv = [dump_bin, f"--defaults-extra-file=/dev/fd/{cnf_fd}", "--single-transaction", "--quick",
                     "--routines", "--triggers", "--events", "--hex-blob", "--default-character-set=utf8mb4",
                     "--max-allowed-packet=1G", "--", self.url.name]
             try:
-                result = self._stream_dump(argv, guarded, dump_bin)
+                result = self._stream_dump(argv, guarded, dump_bin, cnf_fd)
             except BaseException:
                 valve.cancel()
                 watch.release()
@@ -174,10 +189,11 @@ class MysqlAdapter:
         return DatabaseInfo(engine=self.engine, database=self.url.name, server_version=server_version,
                             dump_tool=tool, dump_format=DUMP_FORMAT, tables=counts, raw_size=result.bytes_out)
 
-    def _stream_dump(self, argv: list[str], write: Write, dump_bin: str) -> proc.ProcResult:
+    def _stream_dump(self, argv: list[str], write: Write, dump_bin: str, cnf_fd: int) -> proc.ProcResult:
         name = os.path.basename(dump_bin)
         try:
-            return proc.stream_out(argv, write, secrets=_secrets(self.url), timeout=self.timeout, what=name)
+            return proc.stream_out(argv, write, secrets=_secrets(self.url), timeout=self.timeout, what=name,
+                                   pass_fds=(cnf_fd,))
         except proc.ProcError as e:
             raise DatabaseError(f"{name} of database '{self.url.name}' failed: {_cause(e, self.url)}",
                                 hint=_dump_hint(e.stderr_tail, self.url)) from e
@@ -206,6 +222,11 @@ class MysqlAdapter:
         carry = b""
         tail = b""
         size = 0
+        problems: list[str] = []
+        # read as a client would (its SQL mode followed through the dump's SET statements): a client
+        # command anywhere makes the dump unsafe to restore by hand, whatever else is right with it
+        splitter: StatementSplitter | None = StatementSplitter()
+        tracker = SessionModeTracker()
         for chunk in chunks:
             if not chunk:
                 continue
@@ -215,9 +236,12 @@ class MysqlAdapter:
                 found.add(m.group(1).replace(b"``", b"`").decode("utf-8", "replace"))
             carry = buf[-_CREATE_CARRY:]
             tail = (tail + chunk)[-512:]
+            if splitter is not None:
+                splitter = _scan(splitter, tracker, chunk, problems)
         if size == 0:
             return ["the dump is empty"]
-        problems: list[str] = []
+        if splitter is not None:
+            _scan(splitter, tracker, None, problems)
         last = tail.rstrip().rsplit(b"\n", 1)[-1]
         if not last.startswith(TRAILER):
             problems.append("the dump does not end with the '-- Dump completed' trailer: it is truncated "
@@ -234,20 +258,9 @@ class MysqlAdapter:
         if target.engine != "mysql":
             raise RestoreError(f"cannot restore a MySQL dump into a {target.engine} database",
                                hint="give a mysql:// target URL")
-        client = _binary(CLIENT_BINARIES)
-        server_version = _prepare_target(target, replace=replace, timeout=self.timeout)
-        strip = "mariadb" not in server_version.lower() or "mariadb" not in _version(client).lower()
-        stream = _strip_sandbox(chunks) if strip else chunks
-        with _defaults_file(target, workdir) as cnf:
-            argv = [client, f"--defaults-extra-file={cnf}", "--batch", "--skip-force",
-                    "--max-allowed-packet=1G", f"--database={target.name}"]
-            try:
-                proc.stream_in(argv, stream, secrets=_secrets(target), timeout=self.timeout,
-                               what=os.path.basename(client))
-            except proc.ProcError as e:
-                raise RestoreError(f"restore into database '{target.name}' failed: {_cause(e, target)}",
-                                   hint="the database is left partly restored: fix the cause, then restore "
-                                   "again with replace") from e
+        _prepare_target(target, replace=replace, timeout=self.timeout)
+        with _connect(target, self.timeout, database=target.name, restore=True) as conn:
+            _execute_dump(conn, chunks, target, self.timeout)
         return self.row_counts(target)
 
     # ---- row counts ---------------------------------------------------------------------------
@@ -302,7 +315,8 @@ def _socket(url: DatabaseUrl) -> str | None:
     return opts.get("unix_socket") or opts.get("socket")
 
 
-def _open(url: DatabaseUrl, timeout: float | None, database: str | None) -> pymysql.connections.Connection:
+def _open(url: DatabaseUrl, timeout: float | None, database: str | None,
+          restore: bool = False) -> pymysql.connections.Connection:
     kwargs: dict[str, object] = {
         "user": url.user or None,
         "password": url.password.encode("utf-8"),  # as the CLI clients send it (PyMySQL: latin-1)
@@ -310,7 +324,10 @@ def _open(url: DatabaseUrl, timeout: float | None, database: str | None) -> pymy
         "connect_timeout": connect_timeout(timeout),
         "charset": "utf8mb4",
         "autocommit": True,
+        "local_infile": False,  # a dump's LOAD DATA LOCAL INFILE must not read our files
     }
+    if restore:  # statements of a dump: as large as the dump tool's packets; one statement per query
+        kwargs["max_allowed_packet"] = MAX_PACKET
     sock = _socket(url)
     if sock:
         kwargs["unix_socket"] = sock
@@ -324,9 +341,9 @@ def _open(url: DatabaseUrl, timeout: float | None, database: str | None) -> pymy
 
 
 @contextmanager
-def _connect(url: DatabaseUrl, timeout: float | None, database: str | None
+def _connect(url: DatabaseUrl, timeout: float | None, database: str | None, restore: bool = False
              ) -> Iterator[pymysql.connections.Connection]:
-    conn = _open(url, timeout, database)
+    conn = _open(url, timeout, database, restore)
     try:
         yield conn
     finally:
@@ -341,7 +358,7 @@ def _where(url: DatabaseUrl) -> str:
 
 
 def _code(e: BaseException) -> int | None:
-    args = getattr(e, "args", ())
+    args: tuple[object, ...] = getattr(e, "args", ())
     return args[0] if args and isinstance(args[0], int) else None
 
 
@@ -404,7 +421,7 @@ def quote(name: str) -> str:
 
 
 def _secrets(url: DatabaseUrl) -> tuple[str, ...]:
-    return (url.password,) if url.password else ()
+    return url.secrets()
 
 
 # ---- binaries and option file --------------------------------------------------------------------
@@ -444,24 +461,6 @@ def _option_text(url: DatabaseUrl) -> str:
         lines.append(f"port={url.port or 3306}")
         lines.append("protocol=TCP")
     return "\n".join(lines) + "\n"
-
-
-@contextmanager
-def _defaults_file(url: DatabaseUrl, directory: Path | None) -> Iterator[Path]:
-    """A 0600 option file with the credentials, in ``directory`` (or a private temp dir)."""
-    private: str | None = None
-    if directory is None or not Path(directory).is_dir():
-        private = tempfile.mkdtemp(prefix="erp-backup-")
-        directory = Path(private)
-    fd, path = tempfile.mkstemp(prefix=".mysql-", suffix=".cnf", dir=directory)  # mode 0600
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(_option_text(url))
-        yield Path(path)
-    finally:
-        Path(path).unlink(missing_ok=True)
-        if private:
-            shutil.rmtree(private, ignore_errors=True)
 
 
 # ---- checks and counts ---------------------------------------------------------------------------
@@ -547,16 +546,68 @@ def _prepare_target(target: DatabaseUrl, *, replace: bool, timeout: float | None
     return version
 
 
-def _strip_sandbox(chunks: Iterable[bytes]) -> Iterator[bytes]:
-    """Drop MariaDB's first line ``/*M!999999\\- enable the sandbox mode */`` (MySQL clients reject it)."""
-    head = b""
-    it = iter(chunks)
-    for chunk in it:
-        head += chunk
-        if b"\n" in head or len(head) > 4096:
-            break
-    if head.startswith(SANDBOX_LINE):
-        head = head.split(b"\n", 1)[1] if b"\n" in head else b""
-    if head:
-        yield head
-    yield from it
+# ---- restore: the dump's statements through our own connection -------------------------------------
+
+
+def _session_mode(conn: pymysql.connections.Connection) -> dict[str, bool]:
+    status = int(conn.server_status or 0)
+    return {"no_backslash_escapes": bool(status & SERVER_STATUS.SERVER_STATUS_NO_BACKSLASH_ESCAPES),
+            "ansi_quotes": bool(status & SERVER_STATUS_ANSI_QUOTES)}
+
+
+def _execute_dump(conn: pymysql.connections.Connection, chunks: Iterable[bytes], target: DatabaseUrl,
+                  timeout: float | None) -> None:
+    """Execute every statement of the dump in order, stopping at the first error. The splitter reads
+    strings with the session's SQL mode as the server reports it after each statement, as the
+    clients do; it never yields a client command (DumpRejected)."""
+    splitter = StatementSplitter()
+    splitter.set_mode(**_session_mode(conn))
+    deadline = time.monotonic() + timeout if timeout else None
+    try:
+        for st in splitter_statements(splitter, chunks):
+            if deadline is not None and time.monotonic() > deadline:
+                raise RestoreError(f"restore into database '{target.name}' timed out at line {st.line} of "
+                                   "the dump", hint="raise the timeout in the config or look at why the server "
+                                   "is slow; the database is left partly restored")
+            try:
+                with conn.cursor(pymysql.cursors.SSCursor) as cur:  # unbuffered: results are drained, not kept
+                    cur.execute(st.sql)
+            except (pymysql.err.Error, RuntimeError) as e:
+                raise RestoreError(f"restore into database '{target.name}' failed: {_statement_error(e, st.line)}",
+                                   hint="the database is left partly restored: fix the cause, then restore "
+                                   "again with replace") from None
+            splitter.set_mode(**_session_mode(conn))
+    except DumpRejected as e:
+        raise RestoreError(f"refusing to restore the rest of the dump into database '{target.name}': it holds "
+                           f"{e.problem} at line {e.line}, which no dump tool writes",
+                           hint="the backup set is damaged or was tampered with: the statements before "
+                           "it ran, nothing from it on; restore from another set (the database is left "
+                           "partly restored)") from None
+
+
+def _statement_error(e: BaseException, line: int) -> str:
+    code = _code(e)
+    args: tuple[object, ...] = getattr(e, "args", ())
+    text = str(args[1]) if code is not None and len(args) > 1 else str(e)
+    prefix = f"ERROR {code}" if code is not None else "error"
+    return one_line(f"{prefix} at line {line}: {text}")
+
+
+def _scan(splitter: StatementSplitter, tracker: SessionModeTracker, chunk: bytes | None,
+          problems: list[str]) -> StatementSplitter | None:
+    """Verification: feed ``chunk`` (None: the end) to the splitter, following the SQL mode;
+    None once it found a problem (recorded in ``problems``)."""
+    try:
+        if chunk is None:
+            splitter.close()
+        else:
+            splitter.feed(chunk)
+        while (st := splitter.next()) is not None:
+            nbe, ansi = tracker.after(st)
+            splitter.set_mode(no_backslash_escapes=nbe, ansi_quotes=ansi)
+    except DumpRejected as e:
+        if "truncated" not in e.problem:  # a truncated dump is reported by the trailer check
+            problems.append(f"the dump holds {e.problem} at line {e.line}, which no dump tool writes: it is "
+                            "damaged or was tampered with (never feed it to a mysql/mariadb client)")
+        return None
+    return splitter

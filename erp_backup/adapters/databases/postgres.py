@@ -384,7 +384,7 @@ def _env(url: DatabaseUrl) -> dict[str, str]:
 
 
 def _secrets(url: DatabaseUrl) -> tuple[str, ...]:
-    return (url.password,) if url.password else ()
+    return url.secrets()
 
 
 def _cause(e: proc.ProcError, url: DatabaseUrl | None = None) -> str:

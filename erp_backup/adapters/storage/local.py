@@ -3,6 +3,12 @@
 ``<root>/<id>.partial/`` while a set is built; renamed to ``<root>/<id>/``
 when complete. The rename is the commit: readers ignore ``.partial``.
 Directories 0700, files 0600.
+
+Scratch directories of runs (a restore's spool, a verification's temporary files) live in the root
+too, named after the process that owns them: ``.scratch-<purpose>-<pid>-<random>`` (``scratch()``,
+flock'ed while in use), and those of the current restore/verify code, ``.restore-<set>-<pid>`` and
+``erp-backup-verify-[<pid>-]<random>``. ``clean_leftovers()`` removes the ones whose owner is gone
+(killed); it never removes one a live process owns.
 """
 
 from __future__ import annotations
@@ -12,8 +18,10 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
+import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
@@ -29,6 +37,13 @@ MANIFEST = "manifest.json"
 SUMS = "SHA256SUMS"
 PARTIAL = ".partial"
 LOCK = ".lock"
+SCRATCH = ".scratch-"
+# scratch directories in the root: (pattern, locked): the pid group names the owner
+_SCRATCH_NAMES = (
+    (re.compile(r"\.scratch-[a-z]+-(?P<pid>[0-9]+)-[A-Za-z0-9_]+"), True),  # scratch()
+    (re.compile(r"\.restore-.+-(?P<pid>[0-9]+)"), False),  # restore_database()
+    (re.compile(r"erp-backup-verify-(?:(?P<pid>[0-9]+)-)?[A-Za-z0-9_]+"), False),  # verify's temp dir
+)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -213,11 +228,60 @@ class LocalRepository:
             shutil.rmtree(partial, ignore_errors=True)
 
     def clean_partials(self) -> list[str]:
-        """Remove leftovers of crashed runs. Call only while holding the lock."""
+        """Remove leftovers of crashed runs (``.partial`` sets, scratch directories of dead
+        processes). Call only while holding the lock."""
         removed = []
         for p in self.partials():
             shutil.rmtree(p, ignore_errors=True)
             removed.append(p.name)
+        return removed + self.clean_leftovers()
+
+    # ---------------------------------------------------------------- scratch directories
+    @contextlib.contextmanager
+    def scratch(self, purpose: str) -> Iterator[Path]:
+        """A private (0700) scratch directory in the root for ``purpose`` (``restore``, ``verify``),
+        removed on exit. Named after this process and flock'ed while in use, so that
+        ``clean_leftovers()`` removes it only once its owner is gone, however it died."""
+        if not re.fullmatch(r"[a-z]+", purpose):
+            raise ValueError(f"bad scratch purpose {purpose!r}")
+        try:
+            path = Path(tempfile.mkdtemp(prefix=f"{SCRATCH}{purpose}-{os.getpid()}-", dir=self.root))
+        except OSError as e:
+            raise StorageError(f"cannot create a scratch directory in {self.root}: {e.strerror}",
+                               hint="check free space and permissions of the backup directory") from e
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+            os.close(fd)
+
+    def clean_leftovers(self) -> list[str]:
+        """Remove the scratch directories in the root whose owner process is gone (see the module
+        docstring for the names); return their names. Safe while other runs go on: a directory is
+        kept while its owner lives (or a child holding its lock), and a legacy verification
+        directory without a pid in its name only once the machine has rebooted since."""
+        if not self.root.is_dir():
+            return []
+        removed = []
+        for name in sorted(os.listdir(self.root)):
+            for pattern, locked in _SCRATCH_NAMES:
+                m = pattern.fullmatch(name)
+                if m is None:
+                    continue
+                path = self.root / name
+                try:
+                    st = os.lstat(path)
+                except FileNotFoundError:
+                    break
+                if not os.path.isdir(path) or os.path.islink(path):
+                    break
+                pid = m.group("pid")
+                gone = _owner_gone(int(pid), st.st_mtime) if pid else st.st_mtime < _boot_time()
+                if gone and _remove_unlocked(path, locked):
+                    removed.append(name)
+                break
         return removed
 
     def delete(self, backup_id: BackupId) -> None:
@@ -227,3 +291,58 @@ class LocalRepository:
         os.rename(d, doomed)
         _fsync_dir(self.root)
         shutil.rmtree(doomed)
+
+# ---------------------------------------------------------------- owners of scratch directories
+
+
+def _boot_time() -> float:
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("btime "):
+                    return float(line.split()[1])
+    except OSError:
+        pass
+    return 0.0  # unknown: nothing is older than boot
+
+
+def _owner_gone(pid: int, modified: float) -> bool:
+    """True if process ``pid`` cannot be the one that made a directory last modified at ``modified``:
+    it does not exist, is a zombie, or started after that (its pid was reused)."""
+    if pid <= 0:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # alive, another user's
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return False  # alive but unreadable: keep
+    if fields[0] in ("Z", "X"):
+        return True
+    started = _boot_time() + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    return started > modified + 2.0  # 2 s: the resolution of btime and of the start time
+
+
+def _remove_unlocked(path: Path, locked: bool) -> bool:
+    """Remove ``path``; for a ``scratch()`` directory only if no process holds its lock."""
+    if not locked:
+        shutil.rmtree(path, ignore_errors=True)
+        return not path.exists()
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        shutil.rmtree(path, ignore_errors=True)
+        return not path.exists()
+    finally:
+        os.close(fd)
