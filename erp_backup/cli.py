@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from erp_backup import reaper
 from erp_backup.core.errors import BackupError, ConfigError
 
 for _k, _v in (("PREFECT_SERVER_ANALYTICS_ENABLED", "false"), ("DO_NOT_TRACK", "1")):
@@ -287,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         _err("restore needs --target-dir and/or --target-database")
         return 2
     try:
+        reaper.guard(args.command)  # before anything is spawned: a killed run leaves no process behind
         return int(args.func(args) or 0)
     except BackupError as e:
         _FINAL.append(str(e))
