@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from erp_backup import reaper
 from erp_backup.core.errors import BackupError, ConfigError
 from erp_backup.tables import human as _human
 from erp_backup.tables import print_table
@@ -259,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     atexit.register(_print_final)
     args = build_parser().parse_args(argv)
     try:
+        reaper.guard(args.command)  # before anything is spawned: a killed run leaves no process behind
         return int(args.func(args) or 0)
     except BackupError as e:
         _FINAL.append(str(e))

@@ -24,7 +24,8 @@ from typing import IO
 from erp_backup.core.errors import BackupError, ToolMissingError
 
 CHUNK = 1 << 20
-_ENV_ALLOW = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "USER", "LOGNAME")
+_ENV_ALLOW = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "USER", "LOGNAME",
+              "ERP_BACKUP_RUN_TOKEN")  # erp_backup.reaper: a killed run's clients are stopped
 _TAIL_BYTES = 4096
 
 # package that provides a binary, for "install it" hints
