@@ -258,7 +258,10 @@ def verify_sets(repo: LocalRepository, set_ids: list[str], *, level: str = "full
         chain_problems = []
         for dep in needs:
             if not repo.exists(dep):
-                continue  # verify_dir named it: "needs set X, which is no longer in ..."
+                gone = f"{sid}: needs set {dep}, which is no longer in {repo.root}"
+                if gone not in rep.problems:  # the full level of verify_dir names it already
+                    chain_problems.append(gone)
+                continue
             dep_rep, _ = checked(dep.value)
             if dep_rep.shared_problems:
                 chain_problems.append(f"{sid}: needs {dep}, which failed: {dep_rep.shared_problems[0]}")

@@ -29,7 +29,6 @@ from erp_backup.core.models import Artifact, BackupId, BackupKind
 from erp_backup.pipeline import run_backup
 from erp_backup.restore import restore
 from tests.conftest import (
-    cli_env,
     diff_states,
     flip_byte,
     make_settings,
@@ -136,11 +135,6 @@ MANIFEST_DAMAGE: dict[str, Callable[[Path], None]] = {
     "crafted-other-kind": lambda d: _crafted(d, kind=BackupKind.DIFFERENTIAL),
     "crafted-newer-dependency": lambda d: _crafted(d, depends_on=(BackupId("20261128T070000Z-full"),)),
 }
-
-
-# the ephemeral API server shares ~/.prefect with every concurrent test run on this machine: under
-# load its start-up exceeds Prefect's default 20 s
-SLOW_START = cli_env(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120")
 
 
 def list_json(h: History, capsys: pytest.CaptureFixture[str]) -> list[dict[str, object]]:
@@ -329,6 +323,14 @@ def test_verify_fails_every_set_that_needs_a_broken_one(h: History, damage: str,
     assert not single.ok and f"needs {f2}, which failed" in single.problems[-1]
 
 
+@pytest.mark.parametrize("level", ["quick", "full"])
+def test_verify_names_a_dependency_that_is_gone_at_both_levels(h: History, level: str) -> None:
+    shutil.rmtree(h.dir("F2"))
+    rep = verifier.verify_committed(h.repo, h.ids["D2"], level=level)
+    assert [p for p in rep.problems if h.ids["F2"] in p] == [
+        f"{h.ids['D2']}: needs set {h.ids['F2']}, which is no longer in {h.repo.root}"]
+
+
 def test_verify_sees_damage_behind_matching_checksums_in_a_dependency(h: History) -> None:
     """F2's archive is corrupt but resealed (every checksum matches): only the full level sees it, and
     then in F2's dependents too."""
@@ -391,13 +393,13 @@ def test_cli_list_and_show_of_a_damaged_set(h: History) -> None:
 def test_cli_backup_and_restore_at_go_on_past_a_damaged_set(h: History) -> None:
     """Before: `backup incremental` and `restore --at` both stopped at "is not valid JSON"."""
     MANIFEST_DAMAGE["flipped-first-byte"](h.dir("F2"))
-    res = run_cli("--config", str(h.config), "backup", "incremental", timeout=300, env=SLOW_START)
+    res = run_cli("--config", str(h.config), "backup", "incremental", timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     new = res.stdout.strip().splitlines()[-1]
     assert new.endswith("-incr") and h.repo.read_header(BackupId(new)).parent == BackupId(h.ids["I1"])
     target = h.settings.storage.local_dir.parent / "r"
     res = run_cli("--config", str(h.config), "restore", "--at", "2026-11-28T07:30:00Z", "--target-dir", str(target),
-                  timeout=300, env=SLOW_START)
+                  timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     out = res.stdout + res.stderr
     assert h.ids["I1"] in res.stdout  # the table names the set restored
@@ -408,7 +410,7 @@ def test_cli_backup_and_restore_at_go_on_past_a_damaged_set(h: History) -> None:
 
 def test_cli_verify_prints_the_table_and_names_every_failing_set(h: History) -> None:
     ARTIFACT_DAMAGE["flipped"](h.dir("F2"))
-    res = run_cli("--config", str(h.config), "verify", timeout=300, env=SLOW_START)
+    res = run_cli("--config", str(h.config), "verify", timeout=300)
     assert res.returncode != 0
     rows = {ln.split()[0]: ln for ln in res.stdout.splitlines() if ln[:1].isdigit()}
     assert sorted(rows) == sorted(h.ids.values()), res.stdout  # the table, every set, before the error

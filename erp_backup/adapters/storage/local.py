@@ -65,6 +65,8 @@ def write_private_stream(path: Path, pieces: Iterable[str]) -> tuple[int, str]:
 
 
 MAX_SUMS = 1 << 20  # a SHA256SUMS larger than this is not one this tool wrote
+# set directory -> (stat of manifest.json and SHA256SUMS, what ``inspect`` found): see there
+_INSPECTED: dict[Path, tuple[object, Manifest | Damaged]] = {}
 
 
 @dataclass(frozen=True)
@@ -188,7 +190,11 @@ class LocalRepository:
         not is ``damaged`` with its reason: listed as such, never built on, never restored."""
         committed: list[Manifest] = []
         damaged: list[Damaged] = []
-        for i in self._set_names():
+        names = self._set_names()
+        present = {self.set_dir(i) for i in names}
+        for gone in [p for p in _INSPECTED if p.parent == self.root and p not in present]:
+            _INSPECTED.pop(gone, None)
+        for i in names:
             found = self.inspect(i)
             if found is None:
                 continue  # removed meanwhile (a prune)
@@ -200,12 +206,26 @@ class LocalRepository:
 
     def inspect(self, backup_id: BackupId) -> Manifest | Damaged | None:
         """One set, checked as ``scan`` checks it: its header, or why it is damaged; None if there
-        is no such set directory."""
+        is no such set directory. Remembered for the life of the process while neither manifest.json
+        nor SHA256SUMS changes (same inode, size, mtime and ctime): a backup run asks several times."""
         d = self.set_dir(backup_id)
         if not os.path.lexists(d):
             return None
         if not d.is_dir():
             return Damaged(backup_id, "it is not a directory")
+        try:
+            key = tuple((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+                        for st in (os.stat(d / MANIFEST), os.stat(d / SUMS)))
+        except OSError:
+            return self._inspect(backup_id, d)  # something is missing: quick to tell
+        cached = _INSPECTED.get(d)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        found = self._inspect(backup_id, d)
+        _INSPECTED[d] = (key, found)
+        return found
+
+    def _inspect(self, backup_id: BackupId, d: Path) -> Manifest | Damaged:
         try:
             with open(d / SUMS, "rb") as f:
                 raw = f.read(MAX_SUMS + 1)
