@@ -11,6 +11,7 @@ import hashlib
 import json
 import re
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -24,8 +25,9 @@ from erp_backup.adapters.storage.local import LocalRepository
 from erp_backup.backup import choose_parent
 from erp_backup.config import Settings
 from erp_backup.core import manifest as mf
+from erp_backup.core.chain import Damaged
 from erp_backup.core.errors import ChainError, IntegrityError, RestoreError
-from erp_backup.core.models import Artifact, BackupId, BackupKind
+from erp_backup.core.models import Artifact, BackupId, BackupKind, Manifest
 from erp_backup.pipeline import run_backup
 from erp_backup.restore import restore
 from tests.conftest import (
@@ -195,6 +197,28 @@ def test_a_one_byte_header_change_that_parses_never_shows_a_set_that_does_not_ex
     assert all(r["status"] == "committed" for k, r in rows.items() if k != i2)  # D2 needs F2 only
     parent, _, _ = choose_parent(h.settings, BackupKind.INCREMENTAL, h.repo)
     assert parent is not None and parent.id.value == h.ids["D2"]
+
+
+def test_a_remembered_look_never_hides_a_later_change(h: History, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``inspect`` remembers its result for a backup run's repeated looks, keyed by the files' stat:
+    a same-size change made right after a look (file times tick coarsely) is still seen."""
+    looks: list[str] = []
+    real = LocalRepository._inspect
+
+    def counting(self: LocalRepository, backup_id: BackupId, d: Path) -> object:
+        looks.append(backup_id.value)
+        return real(self, backup_id, d)
+
+    monkeypatch.setattr(LocalRepository, "_inspect", counting)
+    f2, d2 = BackupId(h.ids["F2"]), BackupId(h.ids["D2"])
+    assert isinstance(h.repo.inspect(d2), Manifest)  # just copied: too fresh to remember
+    flip_byte(h.dir("D2") / MANIFEST, 0, 0x01)  # at once, same size
+    assert isinstance(h.repo.inspect(d2), Damaged)
+    time.sleep(0.3)
+    assert isinstance(h.repo.inspect(f2), Manifest) and isinstance(h.repo.inspect(f2), Manifest)
+    assert looks.count(f2.value) == 1  # remembered: still for a while, unchanged
+    flip_byte(h.dir("F2") / MANIFEST, (h.dir("F2") / MANIFEST).stat().st_size // 2, 0x01)
+    assert isinstance(h.repo.inspect(f2), Damaged) and looks.count(f2.value) == 2
 
 
 def test_a_damaged_newest_set_makes_the_latest_restore_fall_back_naming_it(h: History) -> None:

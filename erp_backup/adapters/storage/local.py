@@ -17,6 +17,7 @@ import shutil
 import socket
 import time
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -66,6 +67,7 @@ def write_private_stream(path: Path, pieces: Iterable[str]) -> tuple[int, str]:
 
 MAX_SUMS = 1 << 20  # a SHA256SUMS larger than this is not one this tool wrote
 # set directory -> (stat of manifest.json and SHA256SUMS, what ``inspect`` found): see there
+RACY_NS = 200_000_000
 _INSPECTED: dict[Path, tuple[object, Manifest | Damaged]] = {}
 
 
@@ -194,8 +196,13 @@ class LocalRepository:
         present = {self.set_dir(i) for i in names}
         for gone in [p for p in _INSPECTED if p.parent == self.root and p not in present]:
             _INSPECTED.pop(gone, None)
-        for i in names:
-            found = self.inspect(i)
+        workers = min(len(names), os.cpu_count() or 1)
+        if workers > 1:  # hashing releases the GIL: manifests are hashed on every core
+            with ThreadPoolExecutor(workers) as pool:
+                looked = list(pool.map(self.inspect, names))
+        else:
+            looked = [self.inspect(i) for i in names]
+        for found in looked:
             if found is None:
                 continue  # removed meanwhile (a prune)
             if isinstance(found, Damaged):
@@ -213,16 +220,20 @@ class LocalRepository:
             return None
         if not d.is_dir():
             return Damaged(backup_id, "it is not a directory")
+        now_ns = time.time_ns()
         try:
-            key = tuple((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-                        for st in (os.stat(d / MANIFEST), os.stat(d / SUMS)))
+            stats = (os.stat(d / MANIFEST), os.stat(d / SUMS))
         except OSError:
             return self._inspect(backup_id, d)  # something is missing: quick to tell
+        key = tuple((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) for st in stats)
         cached = _INSPECTED.get(d)
         if cached is not None and cached[0] == key:
             return cached[1]
         found = self._inspect(backup_id, d)
-        _INSPECTED[d] = (key, found)
+        # file times tick coarsely (a few ms): a file changed just before it was looked at could change
+        # again with the same times, so only what had been still for a while is remembered ("racy git")
+        if now_ns - max(st.st_ctime_ns for st in stats) > RACY_NS:
+            _INSPECTED[d] = (key, found)
         return found
 
     def _inspect(self, backup_id: BackupId, d: Path) -> Manifest | Damaged:
