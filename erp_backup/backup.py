@@ -77,6 +77,7 @@ class BackupPlan:
     cleaned_partials: tuple[str, ...]
     promoted: bool
     t0: float  # time.monotonic() at prepare, for the duration
+    passed_over: tuple[str, ...] = ()  # newer sets not built on (damaged, broken chain), as warnings
 
     @property
     def repo(self) -> LocalRepository:
@@ -163,21 +164,34 @@ def _auto_excludes(settings: Settings, db_url: DatabaseUrl | None) -> list[Path]
     return out
 
 
-def _no_parent(kind: BackupKind, repo: LocalRepository) -> ChainError:
-    return ChainError(f"cannot run a {kind.value} backup: there is no full backup in {repo.root} to build on",
+def _no_parent(kind: BackupKind, repo: LocalRepository, passed: tuple[chain.Skipped, ...] = ()) -> ChainError:
+    why = f" ({'; '.join(map(str, passed))})" if passed else ""
+    return ChainError(f"cannot run a {kind.value} backup: there is no full backup in {repo.root} to build on{why}",
                       hint="run `erp-backup backup full` first, or set [backup] missing_parent = \"full\"")
 
 
 def choose_parent(settings: Settings, kind: BackupKind, repo: LocalRepository
                   ) -> tuple[Manifest | None, BackupKind, bool]:
     """(parent header, kind to run, promoted). The one place that decides a run's chain: preflight
-    asks it without the lock (to fail before anything starts), prepare under the lock (to decide)."""
-    parent = chain.parent_for(kind, repo.headers())
-    if kind is BackupKind.FULL or parent is not None:
-        return parent if kind is not BackupKind.FULL else None, kind, False
+    asks it without the lock (to fail before anything starts), prepare under the lock (to decide).
+    A damaged set, or one whose chain is broken, is never built on (``chain.parent_selection``)."""
+    parent, kind, promoted, _ = parent_choice(settings, kind, repo)
+    return parent, kind, promoted
+
+
+def parent_choice(settings: Settings, kind: BackupKind, repo: LocalRepository
+                  ) -> tuple[Manifest | None, BackupKind, bool, tuple[chain.Skipped, ...]]:
+    """``choose_parent`` plus the newer sets passed over (damaged, or needing a set that is not
+    intact), for the run's warnings."""
+    if kind is BackupKind.FULL:
+        return None, kind, False, ()
+    found = repo.scan()
+    parent, passed = chain.parent_selection(kind, found.committed, found.damaged)
+    if parent is not None:
+        return parent, kind, False, passed
     if settings.backup.missing_parent == "full":
-        return None, BackupKind.FULL, True
-    raise _no_parent(kind, repo)
+        return None, BackupKind.FULL, True, passed
+    raise _no_parent(kind, repo, passed)
 
 
 def preflight(settings: Settings, kind: BackupKind, tags: tuple[str, ...] = ()) -> Preflight:
@@ -208,12 +222,7 @@ def prepare(settings: Settings, checked: Preflight, *, now: datetime | None = No
     repo = LocalRepository(settings.storage.local_dir)
     repo.ensure()
     cleaned = repo.clean_partials()
-    parent, kind, promoted = choose_parent(settings, checked.kind, repo)
-    if parent is not None:
-        missing = chain.missing_dependencies(parent, repo.list_ids())
-        if missing:
-            raise ChainError(f"the parent set {parent.id} needs {missing[0]}, which is gone",
-                             hint="run a full backup to start a new chain")
+    parent, kind, promoted, passed = parent_choice(settings, checked.kind, repo)
     tags = checked.tags + (("promoted",) if promoted else ())
     started = now or datetime.now(UTC)
     backup_id = BackupId.make(started, kind, tags)
@@ -225,7 +234,8 @@ def prepare(settings: Settings, checked: Preflight, *, now: datetime | None = No
     return BackupPlan(settings=settings, kind=kind, tags=tags, id=backup_id, started_at=started, partial=partial,
                       parent=parent, base=chain.base_of(parent) if parent else backup_id,
                       database=settings.database_url(), cleaned_partials=tuple(cleaned), promoted=promoted,
-                      t0=time.monotonic())
+                      t0=time.monotonic(),
+                      passed_over=tuple(f"not building on {p.id}: it {p.reason}" for p in passed))
 
 
 def scan_changes(plan: BackupPlan) -> ScanResult:

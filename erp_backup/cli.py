@@ -70,11 +70,15 @@ def _settings(args: argparse.Namespace) -> Any:
 
 def cmd_list(args: argparse.Namespace) -> int:
     from erp_backup.adapters.storage.local import LocalRepository
+    from erp_backup.core import chain
 
     s = _settings(args)
     repo = LocalRepository(s.storage.local_dir)
+    found = repo.scan()
+    ids = found.committed_ids
     rows: list[dict[str, Any]] = []
-    for m in repo.headers():
+    for m in found.committed:
+        problem = chain.chain_problem(m, ids, found.damaged)
         rows.append({
             "id": m.id.value,
             "kind": m.kind.value,
@@ -84,8 +88,13 @@ def cmd_list(args: argparse.Namespace) -> int:
             "size_bytes": m.size_bytes,
             "files": m.stats.files_scanned,
             "changed": m.stats.files_changed,
-            "status": "committed",
+            "status": "committed" if problem is None else "broken",
+            "reason": None if problem is None else f"it {problem}",
         })
+    for d in found.damaged:  # nothing of its manifest is trusted: only what its directory name says
+        rows.append({"id": d.id.value, "kind": d.id.kind.value, "tags": "", "parent": None, "finished_at": None,
+                     "size_bytes": None, "files": None, "changed": None, "status": "damaged", "reason": d.reason})
+    rows.sort(key=lambda r: r["id"])
     partials = [p.name for p in repo.partials()]
     if args.json:
         print(json.dumps({"sets": rows, "incomplete": partials}, indent=2))
@@ -93,23 +102,44 @@ def cmd_list(args: argparse.Namespace) -> int:
     if not rows:
         print(f"no backup sets in {repo.root}")
     else:
-        print_table([{**r, "parent": r["parent"] or "-", "size_bytes": _human(r["size_bytes"])} for r in rows])
+        print_table([{**{k: ("-" if v is None else v) for k, v in r.items() if k != "reason"},
+                      "size_bytes": "-" if r["size_bytes"] is None else _human(r["size_bytes"])} for r in rows])
+    for r in rows:
+        if r["reason"]:
+            print(f"({r['status']}: {r['id']}: {r['reason']} — `erp-backup verify {r['id']}` says more; "
+                  "restore from another set)")
     for p in partials:
         print(f"(incomplete, ignored: {p})")
     return 0
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from erp_backup.adapters.storage.local import LocalRepository
+    from erp_backup.adapters.storage.local import LocalRepository, damaged_error
+    from erp_backup.core import chain
+    from erp_backup.core.chain import Damaged
+    from erp_backup.core.errors import StorageError
     from erp_backup.core.models import BackupId
 
     s = _settings(args)
     repo = LocalRepository(s.storage.local_dir)
-    m = repo.read_manifest(BackupId(args.id))
+    bid = BackupId(args.id)
+    found = repo.inspect(bid)
+    if found is None:
+        raise StorageError(f"backup set {bid} not found in {repo.root}",
+                           hint="see `erp-backup list` for the committed sets")
+    if isinstance(found, Damaged):
+        if not args.json:
+            print(f"id           {bid}\nstatus       DAMAGED: {found.reason}")
+        raise damaged_error(found)
+    m = repo.read_manifest(bid)
     if args.json:
         print((repo.set_dir(m.id) / "manifest.json").read_text())
         return 0
-    print(f"id           {m.id}\nkind         {m.kind.value} {' '.join(m.tags)}")
+    deps = {d: repo.inspect(d) for d in m.depends_on}
+    problem = chain.chain_problem(m, [d for d, x in deps.items() if x is not None and not isinstance(x, Damaged)],
+                                  [x for x in deps.values() if isinstance(x, Damaged)])
+    status = "committed" if problem is None else f"BROKEN: it {problem}"
+    print(f"id           {m.id}\nstatus       {status}\nkind         {m.kind.value} {' '.join(m.tags)}")
     print(f"parent       {m.parent or '-'}\nbase         {m.base or '-'}\ndepends on   "
           f"{', '.join(d.value for d in m.depends_on) or '-'}")
     print(f"started      {m.started_at:%Y-%m-%dT%H:%M:%S}Z\nfinished     {m.finished_at:%Y-%m-%dT%H:%M:%S}Z")

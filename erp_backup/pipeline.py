@@ -105,7 +105,7 @@ def run_pipeline(settings: Settings, job: BackupJob, run: Stages = PLAIN_STAGES,
         except BaseException:
             repo.discard(plan.id)
             raise
-    warnings = (dumped.warnings if dumped else ()) + files.warnings
+    warnings = plan.passed_over + (dumped.warnings if dumped else ()) + files.warnings
     reported = timed("report", lambda: run.report(plan, committed, warnings))
     return BackupResult(committed.manifest, committed.path, committed.verify, reported, timings, plan)
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from erp_backup import verify as verifier
 from erp_backup.adapters import archive
 from erp_backup.adapters.databases.base import adapter_for
 from erp_backup.adapters.storage.local import LocalRepository
@@ -57,6 +58,7 @@ class RestorePlan:
     replace: bool  # write over an existing database (--force, or --yes for the live one)
     into_live: bool
     jobs: int = 1
+    notes: tuple[str, ...] = ()  # warnings of the choice (newer sets skipped, and why): into the report
 
 
 @dataclass(frozen=True)
@@ -328,19 +330,65 @@ def _target_empty(target: Path) -> bool:
     return not target.exists() or (target.is_dir() and not any(target.iterdir()))
 
 
-def _pick_set(repo: LocalRepository, backup_id: str | None, at: datetime | None) -> Manifest:
-    if backup_id:
-        bid = BackupId(backup_id)
-        if not repo.exists(bid):
-            raise RestoreError(f"backup set {backup_id} not found in {repo.root}", hint="see `erp-backup list`")
-        return repo.read_header(bid)
-    headers = repo.headers()
-    if not headers:
+def _pick_named(repo: LocalRepository, backup_id: str) -> Manifest:
+    """``--backup ID``: that set, intact, with every set its restore reads present and intact."""
+    bid = BackupId(backup_id)
+    found = repo.inspect(bid)
+    if found is None:
+        raise RestoreError(f"backup set {backup_id} not found in {repo.root}", hint="see `erp-backup list`")
+    hint = "pick another set (`erp-backup list`); `erp-backup verify ID` says more"
+    if isinstance(found, chain.Damaged):
+        raise RestoreError(f"backup set {bid} is damaged: {found.reason}", hint=hint)
+    deps = {d: repo.inspect(d) for d in found.depends_on}
+    problem = chain.chain_problem(found, [d for d, x in deps.items() if isinstance(x, Manifest)],
+                                  [x for x in deps.values() if isinstance(x, chain.Damaged)])
+    if problem is not None:
+        raise ChainError(f"backup set {bid} cannot be restored: it {problem}",
+                         hint=hint + ", or fetch the set it needs from remote storage")
+    return found
+
+
+_NEEDS_ALL = None
+_NEEDS_FILES = frozenset({"files"})
+
+
+def _pick_newest(repo: LocalRepository, at: datetime | None) -> tuple[Manifest, tuple[str, ...]]:
+    """The newest set finished at or before ``at`` (None: the newest) that a restore can read whole:
+    intact manifests (``scan``), every set it needs present, and — the quick level — the artifacts
+    the restore reads matching their checksums (its own; the files archive of each set it needs).
+    Every newer set passed over is named, with why: in the error when none is left, else as notes."""
+    found = repo.scan()
+    if not found.committed and not found.damaged:
         raise ChainError(f"there is no committed backup set in {repo.root}",
                          hint="check [storage] local_dir, or run a backup first")
-    if at is None:
-        return max(headers, key=lambda m: m.finished_at)
-    return chain.select_for_time(headers, at)
+    by_id = {m.id: m for m in found.committed}
+    invalid: dict[BackupId, str] = {}
+    checked: dict[tuple[BackupId, bool], str | None] = {}
+    while True:
+        sel = chain.select_for_time(found.committed, at, damaged=found.damaged, invalid=invalid)
+        bad = None
+        for member, whole in ((sel.chosen, True), *((by_id[d], False) for d in sel.chosen.depends_on)):
+            key = (member.id, whole)
+            if key not in checked:
+                checked[key] = verifier.artifacts_problem(repo, member, _NEEDS_ALL if whole else _NEEDS_FILES)
+            if checked[key] is not None:
+                bad = (member.id, checked[key])
+                break
+        if bad is None:
+            break
+        invalid[bad[0]] = bad[1] or ""
+    notes = tuple(f"skipped {s.id}: it {s.reason}" for s in sel.skipped)
+    if notes:
+        notes += (f"restoring {sel.chosen.id} (finished {sel.chosen.finished_at:%Y-%m-%dT%H:%M:%SZ}), "
+                  f"the newest set that can be restored whole",)
+    return sel.chosen, notes
+
+
+def _pick_set(repo: LocalRepository, backup_id: str | None, at: datetime | None) -> tuple[Manifest, tuple[str, ...]]:
+    """(the set to restore, notes for the operator: the newer sets skipped and why)."""
+    if backup_id:
+        return _pick_named(repo, backup_id), ()
+    return _pick_newest(repo, at)
 
 
 def preflight(repo: LocalRepository, req: RestoreRequest, *, live: DatabaseUrl | None,
@@ -352,7 +400,7 @@ def preflight(repo: LocalRepository, req: RestoreRequest, *, live: DatabaseUrl |
         raise ConfigError("nothing to restore into", hint="give --target-dir and/or --target-database")
     if req.jobs < 1:
         raise ConfigError(f"--jobs {req.jobs}: must be 1 or more", hint="e.g. --jobs 2")
-    m = _pick_set(repo, req.backup_id, req.at)
+    m, notes = _pick_set(repo, req.backup_id, req.at)
     target_dir = os.path.abspath(req.target_dir) if req.target_dir is not None else None
     if target_dir is not None:
         t = Path(target_dir)
@@ -385,7 +433,7 @@ def preflight(repo: LocalRepository, req: RestoreRequest, *, live: DatabaseUrl |
     else:
         target_text = dataclasses.replace(target_db, password="").redacted()
     return RestorePlan(set_id=m.id.value, target_dir=target_dir, target_database=target_text,
-                       replace=req.force or req.yes, into_live=into_live, jobs=req.jobs)
+                       replace=req.force or req.yes, into_live=into_live, jobs=req.jobs, notes=notes)
 
 
 def execute(repo: LocalRepository, plan: RestorePlan, target_db: DatabaseUrl | None) -> RestoreReport:
@@ -405,7 +453,7 @@ def execute(repo: LocalRepository, plan: RestorePlan, target_db: DatabaseUrl | N
     return RestoreReport(set_id=m.id.value, target_dir=plan.target_dir or "", sets_read=counts.sets_read,
                          files=counts.files, dirs=counts.dirs, symlinks=counts.symlinks, bytes=counts.bytes,
                          database=plan.target_database if target_db is not None else None, db_tables=tables,
-                         duration_s=time.monotonic() - t0, notes=notes)
+                         duration_s=time.monotonic() - t0, notes=plan.notes + notes)
 
 
 def target_database_of(plan: RestorePlan, live: DatabaseUrl | None) -> DatabaseUrl | None:

@@ -10,17 +10,18 @@ full:  quick + decompression of every artifact to its end, the tar structure,
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from erp_backup.adapters import archive
 from erp_backup.adapters.databases.base import adapter_for
 from erp_backup.adapters.storage.local import MANIFEST, SUMS, LocalRepository
+from erp_backup.core import chain
 from erp_backup.core import manifest as mf
 from erp_backup.core.dburl import DatabaseUrl
 from erp_backup.core.errors import BackupError, IntegrityError
-from erp_backup.core.models import EntryType, Manifest
+from erp_backup.core.models import Artifact, BackupId, EntryType, Manifest
 
 
 @dataclass
@@ -32,9 +33,11 @@ class _Findings:
     problems: list[str] = field(default_factory=list)
     files_checked: int = 0
     bytes_checked: int = 0
+    own_only: set[str] = field(default_factory=set)  # problems that do not concern the sets depending on this one
 
     def freeze(self) -> VerifyReport:
-        return VerifyReport(self.set_id, self.level, tuple(self.problems), self.files_checked, self.bytes_checked)
+        return VerifyReport(self.set_id, self.level, tuple(self.problems), self.files_checked, self.bytes_checked,
+                            tuple(p for p in self.problems if p not in self.own_only))
 
 
 @dataclass(frozen=True)
@@ -44,16 +47,21 @@ class VerifyReport:
     problems: tuple[str, ...] = ()
     files_checked: int = 0
     bytes_checked: int = 0
+    # the problems that also break every set whose restore reads this one (its manifest, SHA256SUMS,
+    # files archive); the others (database dump, key files, its own chain) concern this set only
+    shared_problems: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
+    def message(self) -> str:
+        more = f" (+{len(self.problems) - 1} more)" if len(self.problems) > 1 else ""
+        return f"verification of {self.set_id} failed: {self.problems[0]}{more}" if self.problems else ""
+
     def raise_if_bad(self) -> None:
         if self.problems:
-            more = f" (+{len(self.problems) - 1} more)" if len(self.problems) > 1 else ""
-            raise IntegrityError(f"verification of {self.set_id} failed: {self.problems[0]}{more}",
-                                 hint="do not rely on this set; run a new full backup and "
+            raise IntegrityError(self.message(), hint="do not rely on this set; run a new full backup and "
                                  "restore from another set if needed")
 
 
@@ -63,18 +71,42 @@ def _digest_problem(sid: str, name: str, digest: str, expected: str) -> str | No
     return f"{sid}/{name}: checksum mismatch (sha256 {digest[:12]}…, expected {expected[:12]}…)"
 
 
+def _read_sums(set_dir: Path, sid: str, rep: _Findings) -> dict[str, str]:
+    try:
+        return mf.parse_sha256sums((set_dir / SUMS).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        rep.problems.append(f"{sid}/{SUMS} is missing")
+    except (BackupError, UnicodeDecodeError) as e:
+        rep.problems.append(f"{sid}/{SUMS}: {e.message if isinstance(e, BackupError) else 'not text'}")
+    except OSError as e:
+        rep.problems.append(f"{sid}/{SUMS}: cannot read it ({e.strerror})")
+    return {}
+
+
+def _check_artifact(set_dir: Path, sid: str, a: Artifact, sums: dict[str, str], rep: _Findings, *,
+                    hash_now: bool) -> None:
+    p = set_dir / a.name
+    if not p.is_file():
+        rep.problems.append(f"{sid}/{a.name} is missing")
+        return
+    if sums.get(a.name) != a.sha256:
+        rep.problems.append(f"{sid}/{a.name}: {SUMS} and the manifest disagree")
+    size = p.stat().st_size
+    if size != a.size:
+        rep.problems.append(f"{sid}/{a.name}: size {size} bytes, manifest says {a.size}")
+        return
+    if hash_now:
+        rep.bytes_checked += size
+        problem = _digest_problem(sid, a.name, archive.file_digest(p), a.sha256)
+        if problem:
+            rep.problems.append(problem)
+
+
 def _check_artifacts(set_dir: Path, m: Manifest, rep: _Findings, *, hash_now: bool) -> None:
     """Presence, size, SHA256SUMS agreement; with ``hash_now`` also the SHA-256 (quick level).
     The full level hashes while it decompresses, in the same pass."""
     sid = m.id.value
-    try:
-        sums = mf.parse_sha256sums((set_dir / SUMS).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        rep.problems.append(f"{sid}/{SUMS} is missing")
-        sums = {}
-    except BackupError as e:
-        rep.problems.append(f"{sid}/{SUMS}: {e.message}")
-        sums = {}
+    sums = _read_sums(set_dir, sid, rep)
     if sums:
         if MANIFEST not in sums:
             rep.problems.append(f"{sid}/{SUMS} does not list {MANIFEST}")
@@ -83,21 +115,22 @@ def _check_artifacts(set_dir: Path, m: Manifest, rep: _Findings, *, hash_now: bo
         for name in sorted(set(sums) - {a.name for a in m.artifacts} - {MANIFEST}):
             rep.problems.append(f"{sid}/{SUMS} lists {name!r}, which is not an artifact of the set")
     for a in m.artifacts:
-        p = set_dir / a.name
-        if not p.is_file():
-            rep.problems.append(f"{sid}/{a.name} is missing")
-            continue
-        if sums.get(a.name) != a.sha256:
-            rep.problems.append(f"{sid}/{a.name}: {SUMS} and the manifest disagree")
-        size = p.stat().st_size
-        if size != a.size:
-            rep.problems.append(f"{sid}/{a.name}: size {size} bytes, manifest says {a.size}")
-            continue
-        if hash_now:
-            rep.bytes_checked += size
-            problem = _digest_problem(sid, a.name, archive.file_digest(p), a.sha256)
-            if problem:
-                rep.problems.append(problem)
+        before = len(rep.problems)
+        _check_artifact(set_dir, sid, a, sums, rep, hash_now=hash_now)
+        if a.role == "database":
+            rep.own_only.update(rep.problems[before:])
+
+
+def artifacts_problem(repo: LocalRepository, m: Manifest, roles: frozenset[str] | None = None) -> str | None:
+    """The quick level for the artifacts of ``m`` a restore reads (``roles``; None: all): present,
+    the size and SHA-256 the manifest and ``SHA256SUMS`` give. The first problem, or None. (The
+    manifest itself is checked by ``LocalRepository.scan``/``read_header``.)"""
+    rep = _Findings(m.id.value, "quick")
+    sums = _read_sums(repo.set_dir(m.id), m.id.value, rep)
+    for a in m.artifacts:
+        if roles is None or a.role in roles:
+            _check_artifact(repo.set_dir(m.id), m.id.value, a, sums, rep, hash_now=True)
+    return rep.problems[0] if rep.problems else None
 
 
 def _drain_and_check(r: archive.DecompressingReader, sid: str, name: str, expected: str, rep: _Findings) -> None:
@@ -155,7 +188,9 @@ def _check_database(set_dir: Path, m: Manifest, rep: _Findings) -> None:
                 _drain_and_check(r, m.id.value, art.name, art.sha256, rep)
         except BackupError as e:
             problems = [str(e)]
-    rep.problems.extend(f"{m.id}/{art.name}: {p}" for p in problems)
+    found = [f"{m.id}/{art.name}: {p}" for p in problems]
+    rep.problems.extend(found)
+    rep.own_only.update(found)
 
 
 def verify_dir(set_dir: Path, m: Manifest, *, level: str = "full", key_files: list[str] | None = None,
@@ -169,6 +204,7 @@ def verify_dir(set_dir: Path, m: Manifest, *, level: str = "full", key_files: li
     _check_files_archive(set_dir, m, rep)
     _check_database(set_dir, m, rep)
     index = {e.path for e in m.files}
+    own = len(rep.problems)
     for k in key_files or []:
         if k.strip("/") not in index:
             rep.problems.append(f"{m.id}: key file {k} is not in the backup")
@@ -176,18 +212,62 @@ def verify_dir(set_dir: Path, m: Manifest, *, level: str = "full", key_files: li
         for dep in m.depends_on:
             if not repo.exists(dep):
                 rep.problems.append(f"{m.id}: needs set {dep}, which is no longer in {repo.root}")
+    rep.own_only.update(rep.problems[own:])
     return rep.freeze()
+
+
+def _verify_own(repo: LocalRepository, set_id: str, level: str, key_files: list[str] | None
+                ) -> tuple[VerifyReport, tuple[BackupId, ...]]:
+    """The set by itself (not the sets it needs), and the sets its restore reads."""
+    try:
+        m = repo.read_manifest(BackupId(set_id))
+    except BackupError as e:
+        problem = f"{set_id}/{MANIFEST}: {e.message}" if repo.exists(BackupId(set_id)) \
+            else f"{set_id}/{MANIFEST} is missing"
+        return VerifyReport(set_id, level, (problem,), shared_problems=(problem,)), ()
+    rep = verify_dir(repo.set_dir(m.id), m, level=level, key_files=key_files, repo=repo)
+    inconsistent = chain.header_problem(m, set_id)
+    if inconsistent is not None:
+        problem = f"{set_id}/{MANIFEST}: {inconsistent}"
+        rep = replace(rep, problems=(problem, *rep.problems), shared_problems=(problem, *rep.shared_problems))
+    return rep, m.depends_on
 
 
 def verify_committed(repo: LocalRepository, set_id: str, *, level: str = "full",
                      key_files: list[str] | None = None) -> VerifyReport:
-    from erp_backup.core.models import BackupId
+    """One committed set and, through ``verify_sets``, every set its restore reads."""
+    return verify_sets(repo, [set_id], level=level, key_files=key_files)[0]
 
-    try:
-        m = repo.read_manifest(BackupId(set_id))
-    except BackupError as e:
-        return VerifyReport(set_id, level, (f"{set_id}/{MANIFEST}: {e}",))
-    return verify_dir(repo.set_dir(m.id), m, level=level, key_files=key_files, repo=repo)
+
+def verify_sets(repo: LocalRepository, set_ids: list[str], *, level: str = "full",
+                key_files: list[str] | None = None) -> list[VerifyReport]:
+    """A report per set of ``set_ids``. A set verifies only if every set its restore reads (its
+    ``depends_on``) holds what it needs: a broken member is named ("needs X, which failed: ...").
+    Each set is verified once per call, however many sets need it."""
+    own: dict[str, tuple[VerifyReport, tuple[BackupId, ...]]] = {}
+
+    def checked(sid: str) -> tuple[VerifyReport, tuple[BackupId, ...]]:
+        if sid not in own:
+            own[sid] = _verify_own(repo, sid, level, key_files)
+        return own[sid]
+
+    out = []
+    for sid in set_ids:
+        rep, needs = checked(sid)
+        chain_problems = []
+        for dep in needs:
+            if not repo.exists(dep):
+                gone = f"{sid}: needs set {dep}, which is no longer in {repo.root}"
+                if gone not in rep.problems:  # the full level of verify_dir names it already
+                    chain_problems.append(gone)
+                continue
+            dep_rep, _ = checked(dep.value)
+            if dep_rep.shared_problems:
+                chain_problems.append(f"{sid}: needs {dep}, which failed: {dep_rep.shared_problems[0]}")
+        if chain_problems:
+            rep = replace(rep, problems=rep.problems + tuple(chain_problems))
+        out.append(rep)
+    return out
 
 
 class VerifyFailed(IntegrityError):
@@ -195,8 +275,16 @@ class VerifyFailed(IntegrityError):
     (every set, passed or not) so that the caller can still print it."""
 
     def __init__(self, rows: list[dict[str, Any]], bad: list[VerifyReport]) -> None:
-        super().__init__(f"verification failed for {len(bad)} sets: "
-                         + "; ".join(f"{r.set_id}: {r.problems[0]}" for r in bad),
-                         hint="do not rely on these sets; run a new full backup and restore from another set "
-                         "if needed")
+        if len(bad) == 1:
+            super().__init__(bad[0].message(), hint="do not rely on this set; run a new full backup and "
+                             "restore from another set if needed")
+        else:
+            super().__init__(f"verification failed for {len(bad)} sets: "
+                             + "; ".join(f"{r.set_id}: {r.problems[0]}" for r in bad),
+                             hint="do not rely on these sets; run a new full backup and restore from another set "
+                             "if needed")
         self.rows = rows
+        self.bad = bad
+
+    def __reduce__(self) -> tuple[Any, ...]:  # survives pickling (a Prefect state may carry it)
+        return (VerifyFailed, (self.rows, self.bad))

@@ -52,6 +52,8 @@ def prepare_task(settings: Settings, checked: Preflight, now: datetime | None) -
         log.warning("removed leftovers of interrupted runs: %s", ", ".join(plan.cleaned_partials))
     if plan.promoted:
         log.warning("no full backup to build on: this %s run was promoted to a full", checked.kind.value)
+    for w in plan.passed_over:
+        log.warning(w)
     log.info("backup %s (%s) of %s -> %s; parent %s", plan.id, plan.kind.value, settings.project.root,
              settings.storage.local_dir, plan.parent.id if plan.parent else "none")
     return plan

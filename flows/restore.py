@@ -64,7 +64,7 @@ def restore_flow(target_dir: str | None = None, backup_id: str | None = None, at
       retry_condition_fn=retry_transient)
 def verify_sets_task(settings: Settings, ids: list[str], level: str) -> list[verifier.VerifyReport]:
     repo = LocalRepository(settings.storage.local_dir)
-    return [verifier.verify_committed(repo, i, level=level, key_files=settings.project.key_files) for i in ids]
+    return verifier.verify_sets(repo, ids, level=level, key_files=settings.project.key_files)
 
 
 @flow(name="erp-backup-verify", log_prints=True)
@@ -77,7 +77,10 @@ def verify_flow(backup_ids: list[str] | None = None, level: str = "full", config
     cleaned = repo.clean_leftovers()  # scratch directories of killed runs
     if cleaned:
         log.warning("removed leftovers of interrupted runs: %s", ", ".join(cleaned))
-    ids = [BackupId(i).value for i in backup_ids] if backup_ids else [i.value for i in repo.list_ids()]
+    if backup_ids:
+        ids = [BackupId(i).value for i in backup_ids]
+    else:  # every set directory, damaged ones too: they fail, by name
+        ids = [i.value for i in repo.scan().ids]
     reports = verify_sets_task(s, ids, level)
     rows = []
     for r in reports:
@@ -93,8 +96,6 @@ def verify_flow(backup_ids: list[str] | None = None, level: str = "full", config
         create_table_artifact(key=artifact_key("erp-backup-verify"), table=rows,
                               description=f"Verification of {len(rows)} set(s) in `{repo.root}`")
     bad = [r for r in reports if not r.ok]
-    if len(bad) == 1:
-        bad[0].raise_if_bad()
-    if bad:
+    if bad:  # carries the table: the CLI prints it before the error line
         raise verifier.VerifyFailed(rows, bad)
     return rows

@@ -211,6 +211,9 @@ def cli_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ERP_BACKUP_", "PREFECT_API"))}
     env.pop("DATABASE_URL", None)
     env.update(PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1", PYTHONPATH=str(REPO))
+    # the ephemeral API server shares ~/.prefect with every concurrent run on the machine: under load
+    # its start-up exceeds Prefect's default 20 s ("Timed out while attempting to connect")
+    env.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     env.update(extra)
     return env
 

@@ -205,10 +205,10 @@ def test_select_for_time_skips_broken_chains() -> None:
     i2 = make_manifest(BackupId("20261127T040000Z-incr"), finished_at=T0 + timedelta(hours=2),
                        depends_on=(full.id, BackupId("20261127T035000Z-incr")))  # needs a set that is gone
     sets = [full, i1, i2]
-    assert chain.select_for_time(sets, T0 + timedelta(hours=5)).id == i1.id
-    assert chain.select_for_time(sets, T0 + timedelta(minutes=61)).id == i1.id
-    assert chain.select_for_time(sets, T0 + timedelta(minutes=59)).id == full.id
-    assert chain.select_for_time(sets, T0 + timedelta(hours=5), invalid=[i1.id]).id == full.id
+    assert chain.select_for_time(sets, T0 + timedelta(hours=5)).chosen.id == i1.id
+    assert chain.select_for_time(sets, T0 + timedelta(minutes=61)).chosen.id == i1.id
+    assert chain.select_for_time(sets, T0 + timedelta(minutes=59)).chosen.id == full.id
+    assert chain.select_for_time(sets, T0 + timedelta(hours=5), invalid={i1.id: "bad"}).chosen.id == full.id
     with pytest.raises(ChainError, match="oldest set finished"):
         chain.select_for_time(sets, T0 - timedelta(days=1))
     with pytest.raises(ChainError, match="no committed backup set"):

@@ -14,6 +14,7 @@ flock'ed while in use), and those of the current restore/verify code, ``.restore
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -24,10 +25,14 @@ import socket
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from erp_backup.core import chain
 from erp_backup.core import manifest as mf
+from erp_backup.core.chain import Damaged
 from erp_backup.core.errors import IntegrityError, LockError, StorageError
 from erp_backup.core.models import BackupId, Manifest
 
@@ -73,6 +78,51 @@ def write_private_stream(path: Path, pieces: Iterable[str]) -> tuple[int, str]:
     finally:
         os.close(fd)
     return size, h.hexdigest()
+
+
+MAX_SUMS = 1 << 20  # a SHA256SUMS larger than this is not one this tool wrote
+# set directory -> (stat of manifest.json and SHA256SUMS, what ``inspect`` found): see there
+RACY_NS = 200_000_000
+_INSPECTED: dict[Path, tuple[object, Manifest | Damaged]] = {}
+
+
+@dataclass(frozen=True)
+class RepoScan:
+    """The sets of a repository as ``LocalRepository.scan`` found them, each list oldest first."""
+
+    committed: tuple[Manifest, ...]  # headers (no snapshot index) that passed the cheap checks
+    damaged: tuple[Damaged, ...]
+
+    @property
+    def committed_ids(self) -> list[BackupId]:
+        return [m.id for m in self.committed]
+
+    @property
+    def ids(self) -> list[BackupId]:
+        """Every set directory, intact or damaged, oldest first."""
+        return sorted([*self.committed_ids, *(d.id for d in self.damaged)])
+
+
+def damaged_error(d: Damaged) -> IntegrityError:
+    return IntegrityError(f"backup set {d.id} is damaged: {d.reason}",
+                          hint=f"do not use it: `erp-backup verify {d.id}` says more; restore from another set")
+
+
+def _read_head(path: Path) -> tuple[bytes, bool, str]:
+    """(header bytes, whole, sha256 of the file) in one read: the header is the text before the
+    snapshot index (``whole`` False), or the whole file when it has no index marker."""
+    h = hashlib.sha256()
+    marker = mf.FILES_MARKER.encode()
+    head: list[bytes] = []
+    with open(path, "rb") as f:
+        for line in f:
+            h.update(line)
+            if line.startswith(marker):
+                while chunk := f.read(1 << 20):
+                    h.update(chunk)
+                return b"".join(head), False, h.hexdigest()
+            head.append(line)
+    return b"".join(head), True, h.hexdigest()
 
 
 class LocalRepository:
@@ -139,15 +189,108 @@ class LocalRepository:
 
     # ---------------------------------------------------------------- listing
     def list_ids(self) -> list[BackupId]:
-        """Committed sets, oldest first. ``.partial`` directories are ignored."""
+        """Sets with a manifest, oldest first (intact or not: see ``scan``). ``.partial`` is ignored."""
+        return sorted(i for i in self._set_names() if (self.root / i.value / MANIFEST).is_file())
+
+    def _set_names(self) -> list[BackupId]:
         if not self.root.is_dir():
             return []
         try:
             names = os.listdir(self.root)
         except OSError as e:
             raise StorageError(f"cannot list {self.root}: {e.strerror}", hint="run as root") from e
-        ids = [BackupId(n) for n in names if BackupId.is_valid(n) and (self.root / n / MANIFEST).is_file()]
-        return sorted(ids)
+        return sorted(BackupId(n) for n in names if BackupId.is_valid(n))
+
+    def scan(self) -> RepoScan:
+        """Every set directory, checked cheaply: its manifest must match ``SHA256SUMS`` (one read
+        and hash of manifest.json), parse, describe this directory and hang together. What does
+        not is ``damaged`` with its reason: listed as such, never built on, never restored."""
+        committed: list[Manifest] = []
+        damaged: list[Damaged] = []
+        names = self._set_names()
+        present = {self.set_dir(i) for i in names}
+        for gone in [p for p in _INSPECTED if p.parent == self.root and p not in present]:
+            _INSPECTED.pop(gone, None)
+        workers = min(len(names), os.cpu_count() or 1)
+        if workers > 1:  # hashing releases the GIL: manifests are hashed on every core
+            with ThreadPoolExecutor(workers) as pool:
+                looked = list(pool.map(self.inspect, names))
+        else:
+            looked = [self.inspect(i) for i in names]
+        for found in looked:
+            if found is None:
+                continue  # removed meanwhile (a prune)
+            if isinstance(found, Damaged):
+                damaged.append(found)
+            else:
+                committed.append(found)
+        return RepoScan(tuple(committed), tuple(damaged))
+
+    def inspect(self, backup_id: BackupId) -> Manifest | Damaged | None:
+        """One set, checked as ``scan`` checks it: its header, or why it is damaged; None if there
+        is no such set directory. Remembered for the life of the process while neither manifest.json
+        nor SHA256SUMS changes (same inode, size, mtime and ctime): a backup run asks several times."""
+        d = self.set_dir(backup_id)
+        if not os.path.lexists(d):
+            return None
+        if not d.is_dir():
+            return Damaged(backup_id, "it is not a directory")
+        now_ns = time.time_ns()
+        try:
+            stats = (os.stat(d / MANIFEST), os.stat(d / SUMS))
+        except OSError:
+            return self._inspect(backup_id, d)  # something is missing: quick to tell
+        key = tuple((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) for st in stats)
+        cached = _INSPECTED.get(d)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        found = self._inspect(backup_id, d)
+        # file times tick coarsely (a few ms): a file changed just before it was looked at could change
+        # again with the same times, so only what had been still for a while is remembered ("racy git")
+        if now_ns - max(st.st_ctime_ns for st in stats) > RACY_NS:
+            _INSPECTED[d] = (key, found)
+        return found
+
+    def _inspect(self, backup_id: BackupId, d: Path) -> Manifest | Damaged:
+        try:
+            with open(d / SUMS, "rb") as f:
+                raw = f.read(MAX_SUMS + 1)
+        except FileNotFoundError:
+            return Damaged(backup_id, f"{SUMS} is missing")
+        except OSError as e:
+            return Damaged(backup_id, f"cannot read {SUMS}: {e.strerror}")
+        if len(raw) > MAX_SUMS:
+            return Damaged(backup_id, f"{SUMS} is too large to be a checksum list")
+        try:
+            sums = mf.parse_sha256sums(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            return Damaged(backup_id, f"{SUMS} is not text")
+        except IntegrityError as e:
+            return Damaged(backup_id, f"{SUMS}: {e.message}")
+        expected = sums.pop(MANIFEST, None)
+        if expected is None:
+            return Damaged(backup_id, f"{SUMS} does not list {MANIFEST}")
+        try:
+            head, whole, digest = _read_head(d / MANIFEST)
+        except FileNotFoundError:
+            return Damaged(backup_id, f"{MANIFEST} is missing")
+        except OSError as e:
+            return Damaged(backup_id, f"cannot read {MANIFEST}: {e.strerror}")
+        if digest != expected:
+            return Damaged(backup_id, f"{MANIFEST} does not match its checksum in {SUMS}")
+        where = f"{backup_id}/{MANIFEST}"
+        try:
+            m = mf.loads(mf.header_text(head.decode("utf-8")) if not whole else head, where=where)
+        except UnicodeDecodeError:
+            return Damaged(backup_id, f"{MANIFEST} is not UTF-8 text")
+        except IntegrityError as e:
+            return Damaged(backup_id, e.message.removeprefix(f"{backup_id}/"))
+        problem = chain.header_problem(m, backup_id.value)
+        if problem is not None:
+            return Damaged(backup_id, problem)
+        if sums != {a.name: a.sha256 for a in m.artifacts}:
+            return Damaged(backup_id, f"{SUMS} and {MANIFEST} disagree on the artifacts' checksums")
+        return dataclasses.replace(m, files=()) if whole else m
 
     def partials(self) -> list[Path]:
         if not self.root.is_dir():
@@ -168,6 +311,8 @@ class LocalRepository:
         return d
 
     def read_manifest(self, backup_id: BackupId) -> Manifest:
+        """The whole manifest, as it is on disk (not checked against ``SHA256SUMS``: ``verify``
+        reports that itself; everything else picks sets through ``scan``/``read_header``)."""
         d = self._require(backup_id)
         where = f"{backup_id}/{MANIFEST}"
         try:
@@ -184,19 +329,19 @@ class LocalRepository:
         return m
 
     def read_header(self, backup_id: BackupId) -> Manifest:
-        """The manifest without its snapshot index: cheap, for listings and chains."""
-        d = self._require(backup_id)
-        head: list[str] = []
-        with open(d / MANIFEST, encoding="utf-8") as f:
-            for line in f:
-                if line.startswith(mf.FILES_MARKER):
-                    return mf.loads(mf.header_text("".join(head)), where=f"{backup_id}/{MANIFEST}")
-                head.append(line)
-        # no marker: an unusual (hand-written?) manifest; parse it whole
-        return self.read_manifest(backup_id)
+        """The manifest without its snapshot index, checked like ``scan`` checks it: cheap, for
+        listings and chains. A damaged set raises IntegrityError saying why."""
+        found = self.inspect(backup_id)
+        if found is None:
+            raise StorageError(f"backup set {backup_id} not found in {self.root}",
+                               hint="see `erp-backup list` for the committed sets")
+        if isinstance(found, Damaged):
+            raise damaged_error(found)
+        return found
 
     def headers(self) -> list[Manifest]:
-        return [self.read_header(i) for i in self.list_ids()]
+        """The intact sets' headers, oldest first (damaged sets left out: see ``scan``)."""
+        return list(self.scan().committed)
 
     # ---------------------------------------------------------------- building a set
     def begin(self, backup_id: BackupId) -> Path:
