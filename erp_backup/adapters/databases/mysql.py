@@ -247,7 +247,7 @@ class MysqlAdapter:
             except proc.ProcError as e:
                 raise RestoreError(f"restore into database '{target.name}' failed: {_cause(e, target)}",
                                    hint="the database is left partly restored: fix the cause, then restore "
-                                   "again with replace") from e
+                                   "again with --force") from e
         return self.row_counts(target)
 
     # ---- row counts ---------------------------------------------------------------------------
@@ -534,7 +534,7 @@ def _prepare_target(target: DatabaseUrl, *, replace: bool, timeout: float | None
                     raise RestoreError(
                         f"target database '{target.name}' already exists and holds {objects} "
                         "table(s)/view(s)",
-                        hint="restore into a new database name, or pass replace to drop and recreate it")
+                        hint="restore into a new database name, or pass --force to drop and recreate it")
                 if not objects:
                     return version
                 log.warning("dropping database %s to replace it", target.name)
