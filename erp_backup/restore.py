@@ -175,6 +175,7 @@ class SafeTarget:
         self._written: dict[str, None] = {}  # pre-existing rels replaced or changed, in order
         self._outer: list[tuple[str, int]] = []  # (absolute path, inode): the target and parents we made
         self._fds: OrderedDict[str, int] = OrderedDict()
+        self._root_fd = -1
         missing = []
         p = self.root
         while not os.path.lexists(p):
@@ -217,10 +218,6 @@ class SafeTarget:
     def changed(self, rel: str) -> None:
         """A pre-existing path whose metadata this restore changed."""
         self._replaced(rel)
-
-    @property
-    def created(self) -> bool:
-        return bool(self._created or self._outer)
 
     # ---------------------------------------------------------------- directories
 
@@ -297,6 +294,8 @@ class SafeTarget:
             os.unlink(name, dir_fd=pfd)
             self._replaced(rel)
             os.symlink(target, name, dir_fd=pfd)
+            if rel in self._created:
+                self._made(rel, os.stat(name, dir_fd=pfd, follow_symlinks=False).st_ino)
         else:
             self._made(rel, os.stat(name, dir_fd=pfd, follow_symlinks=False).st_ino)
         if IS_ROOT:

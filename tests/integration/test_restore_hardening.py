@@ -205,6 +205,17 @@ def test_links_planted_at_the_database_file_its_companions_and_old_temporary_are
     assert not [n for n in os.listdir(target) if n.startswith(".db.sqlite3.restoring-")]
 
 
+def test_a_directory_at_the_database_path_of_a_force_target_is_refused_and_the_files_rolled_back(
+        tmp_path: Path, real: RealSet) -> None:
+    target = tmp_path / "restore"
+    write_file(target / "db.sqlite3" / "mine.txt", "mine")
+    before = tree_state(target, exclude=())
+    with pytest.raises(RestoreError) as ei:
+        restore(real.repo, target_dir=target, backup_id=real.sid, force=True)
+    assert "is a directory" in str(ei.value) and "was left as it was found" in str(ei.value)
+    assert tree_state(target, exclude=()) == before
+
+
 @pytest.mark.parametrize("force", [False, True])
 def test_a_target_directory_that_is_a_link_is_refused(tmp_path: Path, real: RealSet, sentinel: Path,
                                                       force: bool) -> None:
