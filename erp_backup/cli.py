@@ -209,7 +209,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
     s = _settings(args)
     request = restorer.RestoreRequest(
         target_dir=args.target_dir, backup_id=args.backup, at=_parse_time(args.at) if args.at else None,
-        target_database=args.target_database, force=args.force, yes=args.yes, jobs=args.jobs)
+        target_database=args.target_database, force=args.force, yes=args.yes, jobs=args.jobs,
+        keep_setid=args.keep_setid)
     plan = restorer.preflight(LocalRepository(s.storage.local_dir), request, live=s.live_database())
     from erp_backup.flows.restore import restore_flow
 
@@ -264,6 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--force", action="store_true", help="write over a non-empty target / existing database")
     sp.add_argument("--yes", action="store_true", help="confirm restoring into the live database")
     sp.add_argument("--jobs", type=int, default=1, help="parallel restore jobs (PostgreSQL)")
+    sp.add_argument("--keep-setid", action="store_true",
+                    help="restore setuid/setgid bits as recorded (default: dropped, with a warning)")
     sp.set_defaults(func=cmd_restore)
 
     sp = sub.add_parser("demo", help="sample ERP: full, incremental, differential, restore each, check")

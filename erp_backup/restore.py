@@ -4,20 +4,25 @@ The snapshot index of the chosen set says which set holds each file's bytes;
 each holder's archive is read once, in one pass, and only the members the index
 wants are written. Nothing is written outside the target directory:
 
-* every index path is validated (relative, no ``..``, no NUL, no empty part);
-* parent directories are created by us and never followed if they are links;
-* files are opened with ``O_NOFOLLOW``; symlinks are created last, so no write
-  ever goes through one;
-* the tar member names themselves are only used as lookup keys.
+* every index path is validated (relative, no ``..``, no NUL, no empty part), and so
+  is the path of a SQLite database restored inside the target, before anything is written;
+* everything is created, written, renamed and deleted relative to directory descriptors
+  opened with ``O_NOFOLLOW`` from the target down (``SafeTarget``): a link where a directory
+  must be is replaced, never followed; symlinks are created last;
+* the tar member names themselves are only used as lookup keys;
+* a failed restore removes what it created (and says what it had already replaced);
+* set-id bits from the set are kept only when asked (``keep_setid``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import os
 import stat
 import time
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -29,7 +34,14 @@ from erp_backup.adapters.databases.base import adapter_for
 from erp_backup.adapters.storage.local import LocalRepository
 from erp_backup.core import chain
 from erp_backup.core.dburl import DatabaseUrl, parse_database_url
-from erp_backup.core.errors import ChainError, ConfigError, IntegrityError, RestoreError, UnsafeArchiveError
+from erp_backup.core.errors import (
+    BackupError,
+    ChainError,
+    ConfigError,
+    IntegrityError,
+    RestoreError,
+    UnsafeArchiveError,
+)
 from erp_backup.core.models import BackupId, EntryType, FileEntry, Manifest
 
 IS_ROOT = os.geteuid() == 0
@@ -46,6 +58,7 @@ class RestoreRequest:
     force: bool = False
     yes: bool = False
     jobs: int = 1
+    keep_setid: bool = False  # restore setuid/setgid bits as recorded (GNU tar keeps them as root too)
 
 
 @dataclass(frozen=True)
@@ -59,6 +72,12 @@ class RestorePlan:
     into_live: bool
     jobs: int = 1
     notes: tuple[str, ...] = ()  # warnings of the choice (newer sets skipped, and why): into the report
+    # set-id bits as recorded: the operator asked (--keep-setid); the in-place restore (restoring
+    # as root into the original place) sets this too. Otherwise they are dropped and reported.
+    keep_setid: bool = False
+    # the SQLite target database lies inside target_dir, at this relative path: it is written by
+    # the rules of the file restore (no link followed, rolled back with the files)
+    database_rel: str | None = None
 
 
 @dataclass(frozen=True)
@@ -68,6 +87,8 @@ class FilesRestored:
     dirs: int
     symlinks: int
     bytes: int
+    setid_dropped: int = 0
+    setid_examples: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -102,6 +123,10 @@ class _Counts:
 
 
 _BAD = "the backup set is damaged or malicious; restore from another set"
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+SETID_BITS = stat.S_ISUID | stat.S_ISGID
+_EXAMPLES = 5
 
 
 def check_rel(path: str) -> str:
@@ -116,115 +141,302 @@ def check_rel(path: str) -> str:
     return path
 
 
-class SafeTarget:
-    """Creates things under ``root`` without ever following a link.
+def _examples(paths: Iterable[str], total: int) -> str:
+    shown = list(paths)[:_EXAMPLES]
+    return ", ".join(shown) + (", …" if total > len(shown) else "")
 
-    Paths given to it must have passed ``check_rel``. Directories it has made or checked
-    are remembered while files are written (no link can appear meanwhile: links come
-    last); ``links_phase()`` drops that memory so every parent is checked again."""
+
+def _ino(dir_fd: int, name: str) -> int | None:
+    """Inode of ``name`` in ``dir_fd`` (not following a link), None if there is nothing."""
+    try:
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_ino
+    except FileNotFoundError:
+        return None
+
+
+class SafeTarget:
+    """Creates things under ``root`` without ever following a link, and remembers them.
+
+    Every operation is relative to a directory file descriptor opened with ``O_NOFOLLOW``
+    from the target's own descriptor down, so no path is resolved twice and none through a
+    link: a link (or file) where a directory must be is replaced, never followed. Paths given
+    to it must have passed ``check_rel``.
+
+    What it creates (the target itself and missing parents included) is recorded with its
+    inode; ``rollback()`` removes exactly that, never anything that was there before, and says
+    which pre-existing paths (a ``--force`` target) were already replaced or changed."""
+
+    MAX_FDS = 64  # directory descriptors kept open (LRU); the target's own is always open
 
     def __init__(self, root: Path) -> None:
         self.root = os.path.abspath(root)
-        self._dirs: set[str] = set()
-        self._cache = True
+        self._created: dict[str, int] = {}  # rel -> inode, in creation order (parents first)
+        self._written: dict[str, None] = {}  # pre-existing rels replaced or changed, in order
+        self._outer: list[tuple[str, int]] = []  # (absolute path, inode): the target and parents we made
+        self._fds: OrderedDict[str, int] = OrderedDict()
+        self._root_fd = -1
+        missing = []
+        p = self.root
+        while not os.path.lexists(p):
+            missing.append(p)
+            p = os.path.dirname(p)
+        try:
+            for d in reversed(missing):  # like mkdir -p: the operator's path, its links followed
+                os.mkdir(d, 0o700 if d == self.root else 0o777)
+                self._outer.append((d, os.lstat(d).st_ino))
+            self._root_fd = os.open(self.root, _DIR_FLAGS)
+        except OSError as e:
+            self._remove_outer()
+            if e.errno == errno.ELOOP:
+                raise RestoreError(f"target {self.root} is a symbolic link",
+                                   hint=f"give the directory itself: --target-dir {os.path.realpath(self.root)}") from e
+            raise RestoreError(f"cannot use target directory {self.root}: {e.strerror}",
+                               hint="give a directory you can write to as --target-dir") from e
 
-    def links_phase(self) -> None:
-        self._dirs.clear()
-        self._cache = False
-
-    def _ensure_dirs(self, rel: str) -> None:
-        """Make every directory of ``rel``'s parent, replacing (never following) links."""
-        parent = rel.rpartition("/")[0]
-        if not parent or (self._cache and parent in self._dirs):
-            return
-        cur_rel = ""
-        for part in parent.split("/"):
-            cur_rel = f"{cur_rel}/{part}" if cur_rel else part
-            if self._cache and cur_rel in self._dirs:
-                continue
-            cur = os.path.join(self.root, cur_rel)
-            try:
-                st = os.lstat(cur)
-            except FileNotFoundError:
-                os.mkdir(cur, 0o700)
-            else:
-                if not stat.S_ISDIR(st.st_mode):
-                    os.unlink(cur)  # a link or file where a directory must be: replace it, never follow
-                    os.mkdir(cur, 0o700)
-            if self._cache:
-                self._dirs.add(cur_rel)
+    # ---------------------------------------------------------------- bookkeeping
 
     def path(self, rel: str) -> str:
         return os.path.join(self.root, rel)
 
-    def mkdir(self, rel: str) -> None:
-        self._ensure_dirs(rel)
-        full = self.path(rel)
+    def _made(self, rel: str, ino: int) -> None:
+        self._created[rel] = ino
+
+    def _replaced(self, rel: str) -> None:
+        if rel not in self._created:
+            self._written[rel] = None
+
+    def settle(self, rel: str, before: int | None) -> None:
+        """Record what happened at ``rel`` (in an existing directory) since its inode was ``before``."""
+        parent, _, name = rel.rpartition("/")
+        now = _ino(self.dir_fd(parent, create=False), name)
+        if before is None and now is not None:
+            self._made(rel, now)
+        elif before is not None and now != before:
+            self._replaced(rel)
+
+    def changed(self, rel: str) -> None:
+        """A pre-existing path whose metadata this restore changed."""
+        self._replaced(rel)
+
+    # ---------------------------------------------------------------- directories
+
+    def dir_fd(self, rel: str, *, create: bool = True) -> int:
+        """A descriptor of directory ``rel`` ('' = the target), made if missing (``create``)."""
+        if not rel:
+            return self._root_fd
+        fd = self._fds.get(rel)
+        if fd is not None:
+            self._fds.move_to_end(rel)
+            return fd
+        parent, _, name = rel.rpartition("/")
+        pfd = self.dir_fd(parent, create=create)
+        fd = self._open_dir(pfd, name, rel, create)
+        self._fds[rel] = fd
+        if len(self._fds) > self.MAX_FDS:
+            os.close(self._fds.popitem(last=False)[1])
+        return fd
+
+    def _open_dir(self, pfd: int, name: str, rel: str, create: bool) -> int:
         try:
-            os.mkdir(full, 0o700)
-        except FileExistsError:
-            if not stat.S_ISDIR(os.lstat(full).st_mode):
-                os.unlink(full)
-                os.mkdir(full, 0o700)
-        self._dirs.add(rel)
+            return os.open(name, _DIR_FLAGS, dir_fd=pfd)
+        except FileNotFoundError:
+            if not create:
+                raise
+        except OSError as e:
+            if not create or e.errno not in (errno.ELOOP, errno.ENOTDIR):
+                raise
+            os.unlink(name, dir_fd=pfd)  # a link or file where a directory must be: replace it, never follow
+            self._replaced(rel)
+            os.mkdir(name, 0o700, dir_fd=pfd)
+            return os.open(name, _DIR_FLAGS, dir_fd=pfd)
+        os.mkdir(name, 0o700, dir_fd=pfd)
+        fd = os.open(name, _DIR_FLAGS, dir_fd=pfd)
+        self._made(rel, os.fstat(fd).st_ino)
+        return fd
+
+    def mkdir(self, rel: str) -> None:
+        self.dir_fd(rel)
+
+    def is_new(self, rel: str) -> bool:
+        return rel in self._created
+
+    # ---------------------------------------------------------------- files and links
 
     def open_file(self, rel: str) -> int:
-        self._ensure_dirs(rel)
-        full = self.path(rel)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        """A new, empty file at ``rel`` opened for writing (whatever was there replaced, never followed)."""
+        parent, _, name = rel.rpartition("/")
+        pfd = self.dir_fd(parent)
         try:
-            return os.open(full, flags | os.O_EXCL, 0o600)
+            fd = os.open(name, _NEW_FILE, 0o600, dir_fd=pfd)
         except FileExistsError:
-            st = os.lstat(full)
-            if stat.S_ISDIR(st.st_mode):
-                raise RestoreError(f"{full} is a directory; cannot restore a file there",
+            if stat.S_ISDIR(os.stat(name, dir_fd=pfd, follow_symlinks=False).st_mode):
+                raise RestoreError(f"{self.path(rel)} is a directory; cannot restore a file there",
                                    hint="restore into an empty directory") from None
-            os.unlink(full)  # a file or a link: replace it, never write through it
-            return os.open(full, flags | os.O_EXCL, 0o600)
+            os.unlink(name, dir_fd=pfd)  # a file or a link: replace it, never write through it
+            self._replaced(rel)
+            fd = os.open(name, _NEW_FILE, 0o600, dir_fd=pfd)
+            if rel in self._created:
+                self._made(rel, os.fstat(fd).st_ino)
+            return fd
+        self._made(rel, os.fstat(fd).st_ino)
+        return fd
 
-    def symlink(self, rel: str, target: str) -> None:
-        self._ensure_dirs(rel)
-        full = self.path(rel)
-        if os.path.lexists(full):
-            if os.path.isdir(full) and not os.path.islink(full):
-                raise RestoreError(f"{full} is a directory; cannot restore a link there",
-                                   hint="restore into an empty directory")
-            os.unlink(full)
-        os.symlink(target, full)
+    def symlink(self, rel: str, target: str, e: FileEntry) -> None:
+        parent, _, name = rel.rpartition("/")
+        pfd = self.dir_fd(parent)
+        try:
+            os.symlink(target, name, dir_fd=pfd)
+        except FileExistsError:
+            if stat.S_ISDIR(os.stat(name, dir_fd=pfd, follow_symlinks=False).st_mode):
+                raise RestoreError(f"{self.path(rel)} is a directory; cannot restore a link there",
+                                   hint="restore into an empty directory") from None
+            os.unlink(name, dir_fd=pfd)
+            self._replaced(rel)
+            os.symlink(target, name, dir_fd=pfd)
+            if rel in self._created:
+                self._made(rel, os.stat(name, dir_fd=pfd, follow_symlinks=False).st_ino)
+        else:
+            self._made(rel, os.stat(name, dir_fd=pfd, follow_symlinks=False).st_ino)
+        if IS_ROOT:
+            os.chown(name, e.uid, e.gid, dir_fd=pfd, follow_symlinks=False)
+        os.utime(name, ns=(e.mtime_ns, e.mtime_ns), dir_fd=pfd, follow_symlinks=False)
+
+    # ---------------------------------------------------------------- the end
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+        if self._root_fd >= 0:
+            os.close(self._root_fd)
+            self._root_fd = -1
+
+    def _remove_outer(self) -> list[str]:
+        left = []
+        for path, ino in reversed(self._outer):
+            try:
+                if os.lstat(path).st_ino == ino:
+                    os.rmdir(path)
+            except FileNotFoundError:
+                pass
+            except OSError:
+                left.append(path)
+        self._outer.clear()
+        return left
+
+    def rollback(self) -> str:
+        """Remove what this restore created (newest first); a sentence for the error message."""
+        left: list[str] = []
+        for rel, ino in reversed(list(self._created.items())):
+            parent, _, name = rel.rpartition("/")
+            try:
+                pfd = self.dir_fd(parent, create=False)
+                st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+                if st.st_ino != ino:
+                    continue  # not what we made: leave it
+                if stat.S_ISDIR(st.st_mode):
+                    fd = self._fds.pop(rel, None)
+                    if fd is not None:
+                        os.close(fd)
+                    os.rmdir(name, dir_fd=pfd)
+                else:
+                    os.unlink(name, dir_fd=pfd)
+            except FileNotFoundError:
+                continue
+            except OSError:
+                left.append(self.path(rel))
+        removed = len(self._created) - len(left)
+        self._created.clear()
+        self.close()
+        outer = len(self._outer)
+        left += self._remove_outer()
+        parts = []
+        if self._written:
+            parts.append(f"it had already written over {len(self._written)} path(s) that were in {self.root} "
+                         f"before: {_examples(self._written, len(self._written))}")
+        if left:
+            parts.append(f"could not remove {len(left)} path(s) it had created: {_examples(left, len(left))}")
+        if not parts:
+            parts.append(f"{self.root} was left as it was found" if removed or outer
+                         else f"nothing was written to {self.root}")
+        elif removed or outer:
+            parts.append("what it had created was removed")
+        return "; ".join(parts)
 
 
-def _apply_meta(full: str, e: FileEntry) -> None:
-    if IS_ROOT:
-        os.lchown(full, e.uid, e.gid)
-    if e.type is not EntryType.SYMLINK:
-        os.chmod(full, e.mode, follow_symlinks=False)
-    os.utime(full, ns=(e.mtime_ns, e.mtime_ns), follow_symlinks=False)
-
-
-def _apply_meta_fd(fd: int, e: FileEntry) -> None:
+def _dir_meta(safe: SafeTarget, e: FileEntry, mode: int) -> None:
+    fd = safe.dir_fd(e.path)
+    if not safe.is_new(e.path):
+        safe.changed(e.path)
     if IS_ROOT:
         os.fchown(fd, e.uid, e.gid)
-    os.fchmod(fd, e.mode)  # after chown, which would clear set-id bits
+    os.fchmod(fd, mode)
     os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
 
 
-def restore_files(repo: LocalRepository, m: Manifest, target: Path) -> FilesRestored:
-    """Write the set's snapshot into ``target`` (checked by ``preflight``: empty, or ``force``)."""
-    rep = _Counts()
-    missing = [d for d in m.depends_on if not repo.exists(d)]
-    if missing:
-        raise ChainError(f"set {m.id} needs set {missing[0]}, which is not in {repo.root}",
-                         hint="pick another set (`erp-backup list`) or fetch the missing set from remote storage")
-    types = {}
+def _apply_meta_fd(fd: int, e: FileEntry, mode: int) -> None:
+    if IS_ROOT:
+        os.fchown(fd, e.uid, e.gid)
+    os.fchmod(fd, mode)  # after chown, which would clear set-id bits
+    os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
+
+
+class _SetidPolicy:
+    """Set-id bits from the set are kept only when asked (``keep_setid``); otherwise dropped and counted."""
+
+    def __init__(self, keep: bool) -> None:
+        self.keep = keep
+        self.dropped = 0
+        self.examples: list[str] = []
+
+    def mode(self, e: FileEntry) -> int:
+        if self.keep or not e.mode & SETID_BITS:
+            return e.mode
+        self.dropped += 1
+        if len(self.examples) < _EXAMPLES:
+            self.examples.append(e.path)
+        return e.mode & ~SETID_BITS
+
+
+def check_set(repo: LocalRepository, m: Manifest, database_rel: str | None = None) -> None:
+    """Everything about the set's index that can be checked before a byte is written: safe paths,
+    one type per path, parents that are directories, the sets it needs, and a SQLite database
+    path inside the target that is no entry of the index and lies under no link or file of it."""
+    types: dict[str, EntryType] = {}
     for e in m.files:
-        types[check_rel(e.path)] = e.type
+        p = check_rel(e.path)
+        if types.setdefault(p, e.type) is not e.type:
+            raise UnsafeArchiveError(f"refusing {p!r}: the index lists it as a {types[p].value} and a "
+                                     f"{e.type.value}", hint=_BAD)
     for path in types:
         parent = path.rpartition("/")[0]
         if parent and types.get(parent, EntryType.DIR) is not EntryType.DIR:
             kind = types[parent].value
             raise UnsafeArchiveError(f"refusing {path!r}: its parent {parent!r} is a {kind} in the index", hint=_BAD)
-    target.mkdir(parents=True, exist_ok=True, mode=0o700)
-    safe = SafeTarget(target)
+    if database_rel is not None:
+        check_rel(database_rel)
+        if database_rel in types:
+            raise UnsafeArchiveError(f"refusing SQLite database path {database_rel!r}: the index holds a "
+                                     f"{types[database_rel].value} there", hint=_BAD)
+        parent = database_rel.rpartition("/")[0]
+        while parent:
+            if types.get(parent, EntryType.DIR) is not EntryType.DIR:
+                raise UnsafeArchiveError(f"refusing SQLite database path {database_rel!r}: its parent {parent!r} "
+                                         f"is a {types[parent].value} in the index", hint=_BAD)
+            parent = parent.rpartition("/")[0]
+    holders = {e.holder for e in m.files if e.type is EntryType.FILE and e.holder and e.holder != m.id.value}
+    missing = sorted(d for d in {*m.depends_on, *map(BackupId, holders)} if not repo.exists(d))
+    if missing:
+        raise ChainError(f"set {m.id} needs set {missing[0]}, which is not in {repo.root}",
+                         hint="pick another set (`erp-backup list`) or fetch the missing set from remote storage")
+
+
+def restore_files(repo: LocalRepository, m: Manifest, safe: SafeTarget, *, keep_setid: bool = False
+                  ) -> FilesRestored:
+    """Write the set's snapshot (checked by ``check_set``) into ``safe``'s target (checked by
+    ``preflight``: empty, or ``force``)."""
+    rep = _Counts()
+    setid = _SetidPolicy(keep_setid)
     dirs = [e for e in m.files if e.type is EntryType.DIR]
     for d in dirs:
         safe.mkdir(d.path)
@@ -248,15 +460,12 @@ def restore_files(repo: LocalRepository, m: Manifest, target: Path) -> FilesRest
                 if not member.isfile():
                     raise IntegrityError(f"{where}: {member.name} is not a regular file", hint="verify the set")
                 fd = safe.open_file(e.path)
-                h = hashlib.sha256()
                 try:
-                    while chunk := tar.read(archive.CHUNK):
-                        h.update(chunk)
-                        _write_all(fd, chunk)
-                    if e.sha256 and h.hexdigest() != e.sha256:
+                    digest = _write_member(tar, fd)
+                    if e.sha256 and digest != e.sha256:
                         raise IntegrityError(f"{where}: {e.path} does not match its checksum",
                                              hint="verify the set; restore from another one")
-                    _apply_meta_fd(fd, e)
+                    _apply_meta_fd(fd, e, setid.mode(e))
                 finally:
                     os.close(fd)
                 rep.files += 1
@@ -267,41 +476,105 @@ def restore_files(repo: LocalRepository, m: Manifest, target: Path) -> FilesRest
             first = next(iter(wanted))
             raise IntegrityError(f"{holder}/{art.name} lacks {len(wanted)} file(s) of the index, e.g. {first}",
                                  hint="verify the set; restore from another one")
-    safe.links_phase()
     for e in m.files:
         if e.type is EntryType.SYMLINK:
-            safe.symlink(e.path, e.target or "")
-            _apply_meta(safe.path(e.path), e)
+            safe.symlink(e.path, e.target or "", e)
             rep.symlinks += 1
     for d in sorted(dirs, key=lambda e: e.path.count("/"), reverse=True):
-        _apply_meta(safe.path(d.path), d)
+        _dir_meta(safe, d, setid.mode(d))
         rep.dirs += 1
-    return FilesRestored(tuple(rep.sets_read), rep.files, rep.dirs, rep.symlinks, rep.bytes)
+    return FilesRestored(tuple(rep.sets_read), rep.files, rep.dirs, rep.symlinks, rep.bytes,
+                         setid.dropped, tuple(setid.examples))
 
 
-def _write_all(fd: int, data: bytes) -> None:
+_HOLE = 1 << 16  # all-zero blocks of this size (aligned on the file offset) become holes
+_ZEROS = bytes(max(archive.CHUNK, _HOLE))
+_ZEROS_VIEW = memoryview(_ZEROS)
+
+
+def _write_member(tar: archive.TarStream, fd: int) -> str:
+    """Copy the current member into the new, empty file ``fd``; return the SHA-256 of its bytes.
+    Zeros are not written (the file stays sparse: unwritten ranges of a new file read as zeros):
+    a whole all-zero read is skipped, and inside other reads every all-zero block (64 KiB, aligned
+    on the file offset, or the partial ones at either end); the size is set at the end."""
+    h = hashlib.sha256()
+    pos = 0
+    hole_at_end = False
+    while chunk := tar.read(archive.CHUNK):
+        h.update(chunk)
+        n = len(chunk)
+        hole_at_end = _ZEROS.startswith(chunk) or _write_sparse(fd, chunk, pos)
+        pos += n
+    if hole_at_end:
+        os.ftruncate(fd, pos)
+    return h.hexdigest()
+
+
+def _write_sparse(fd: int, data: bytes, pos: int) -> bool:
+    """``pwrite`` ``data`` at ``pos`` except its all-zero blocks; True if it ended in one."""
+    n = len(data)
     view = memoryview(data)
+    start = 0  # data[start:] is not written yet
+    a, b = 0, min(n, (-pos) % _HOLE or _HOLE)  # the first block ends at an aligned file offset
+    while a < n:
+        if data.startswith(_ZEROS_VIEW[:b - a], a):
+            if a > start:
+                _pwrite_all(fd, view[start:a], pos + start)
+            start = b
+        a, b = b, min(n, b + _HOLE)
+    if start < n:
+        _pwrite_all(fd, view[start:], pos + start)
+        return False
+    return True
+
+
+def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
     while view:
-        n = os.write(fd, view)
-        view = view[n:]
+        k = os.pwrite(fd, view, offset)
+        view = view[k:]
+        offset += k
 
 
 def restore_database(repo: LocalRepository, m: Manifest, target_db: DatabaseUrl, *, replace: bool,
-                     jobs: int = 1) -> dict[str, int]:
-    """Restore the set's dump into ``target_db`` (checked by ``preflight``: engine, live guard)."""
+                     jobs: int = 1, safe: SafeTarget | None = None, rel: str | None = None) -> dict[str, int]:
+    """Restore the set's dump into ``target_db`` (checked by ``preflight``: engine, live guard).
+    With ``safe`` and ``rel``, ``target_db`` is a SQLite file inside the restore target: it is
+    written there by the rules of the file restore (relative to directory descriptors, no link
+    followed, recorded for a rollback)."""
     art = m.artifact("database")
     if m.database is None or art is None:
         raise RestoreError(f"set {m.id} has no database dump", hint="pick another set")
     adapter = adapter_for(target_db)
-    with repo.scratch("restore") as work:  # removed on exit; by the next run if this one is killed
-        chunks: Iterable[bytes] = archive.iter_decompressed(repo.set_dir(m.id) / art.name)
-        counts = adapter.restore(chunks, m.database, target_db, replace=replace, workdir=work, jobs=jobs)
+    chunks: Iterable[bytes] = archive.iter_decompressed(repo.set_dir(m.id) / art.name)
+    if safe is not None and rel is not None:
+        counts = _restore_sqlite_in_target(adapter, chunks, safe, check_rel(rel), replace=replace)
+    else:
+        with repo.scratch("restore") as work:  # a fresh name; cleaned by the next run if killed
+            counts = adapter.restore(chunks, m.database, target_db, replace=replace, workdir=work, jobs=jobs)
     diff = {t: (n, counts.get(t)) for t, n in m.database.tables.items() if counts.get(t) != n}
     if diff:
         t, (want, got) = next(iter(diff.items()))
         raise IntegrityError(f"restored database differs from the manifest: {t} has {got} rows, expected {want}",
                              hint="the dump may be damaged; verify the set")
     return counts
+
+
+def _restore_sqlite_in_target(adapter: object, chunks: Iterable[bytes], safe: SafeTarget, rel: str, *,
+                              replace: bool) -> dict[str, int]:
+    from erp_backup.adapters.databases.sqlite import COMPANIONS, SqliteAdapter
+
+    if not isinstance(adapter, SqliteAdapter):
+        raise RestoreError(f"the database inside the target must be SQLite, not {type(adapter).__name__}",
+                           hint="give --target-database")
+    parent, _, name = rel.rpartition("/")
+    dfd = safe.dir_fd(parent)
+    names = [name, *(name + s for s in COMPANIONS)]
+    before = {n: _ino(dfd, n) for n in names}
+    try:
+        return adapter.restore_at(chunks, dfd, name, replace=replace, where=safe.path(rel))
+    finally:
+        for n in names:
+            safe.settle(f"{parent}/{n}" if parent else n, before[n])
 
 
 # ----------------------------------------------------------------------------- preflight and the whole restore
@@ -404,6 +677,9 @@ def preflight(repo: LocalRepository, req: RestoreRequest, *, live: DatabaseUrl |
     target_dir = os.path.abspath(req.target_dir) if req.target_dir is not None else None
     if target_dir is not None:
         t = Path(target_dir)
+        if t.is_symlink():
+            raise RestoreError(f"target {t} is a symbolic link",
+                               hint=f"give the directory itself: --target-dir {os.path.realpath(t)}")
         if t.exists() and not t.is_dir():
             raise RestoreError(f"target {t} is a file, not a directory", hint="give a directory for --target-dir")
         if not _target_empty(t) and not req.force:
@@ -412,8 +688,11 @@ def preflight(repo: LocalRepository, req: RestoreRequest, *, live: DatabaseUrl |
     if target_db is None:
         target_db = resolve_target_database(req.target_database, live)
     if target_db is None and m.database is not None and m.database.engine == "sqlite" and target_dir is not None \
-            and not os.path.isabs(m.database.database):
+            and not os.path.isabs(m.database.database):  # an absolute one (outside the project) needs a URL
         target_db = DatabaseUrl("sqlite", os.path.join(target_dir, check_rel(m.database.database)))
+    database_rel = None
+    if target_db is not None and target_db.engine == "sqlite" and target_dir is not None:
+        database_rel = _inside(target_dir, target_db.name)
     into_live = False
     if target_db is not None:
         if m.database is None or m.artifact("database") is None:
@@ -433,27 +712,66 @@ def preflight(repo: LocalRepository, req: RestoreRequest, *, live: DatabaseUrl |
     else:
         target_text = dataclasses.replace(target_db, password="").redacted()
     return RestorePlan(set_id=m.id.value, target_dir=target_dir, target_database=target_text,
-                       replace=req.force or req.yes, into_live=into_live, jobs=req.jobs, notes=notes)
+                       replace=req.force or req.yes, into_live=into_live, jobs=req.jobs,
+                       keep_setid=req.keep_setid, database_rel=database_rel, notes=notes)
+
+
+def _inside(target_dir: str, path: str) -> str | None:
+    """``path`` relative to ``target_dir`` if it lies inside it (as written, links not resolved)."""
+    full = os.path.abspath(path)
+    if full == target_dir:
+        raise ConfigError(f"the SQLite target database {full} is the target directory",
+                          hint="give a file path to --target-database")
+    if os.path.commonpath([full, target_dir]) != target_dir:
+        return None
+    return check_rel(os.path.relpath(full, target_dir))
 
 
 def execute(repo: LocalRepository, plan: RestorePlan, target_db: DatabaseUrl | None) -> RestoreReport:
     """Restore what ``plan`` says; ``target_db`` is its database with credentials
-    (``resolve_target_database``)."""
+    (``resolve_target_database``). If it fails, what it created in the target directory is
+    removed again, and the error says what it had already replaced there (``--force``)."""
     t0 = time.monotonic()
     repo.clean_leftovers()  # scratch directories of killed runs
     m = repo.read_manifest(BackupId(plan.set_id))
-    files = restore_files(repo, m, Path(plan.target_dir)) if plan.target_dir is not None else None
+    rel = plan.database_rel if plan.target_dir is not None and target_db is not None else None
+    if plan.target_dir is not None:
+        check_set(repo, m, rel)
+    safe = SafeTarget(Path(plan.target_dir)) if plan.target_dir is not None else None
+    files = None
     tables: dict[str, int] = {}
-    notes: tuple[str, ...] = ()
-    if target_db is not None:
-        tables = restore_database(repo, m, target_db, replace=plan.replace, jobs=plan.jobs)
-    elif m.database is not None:
-        notes = ("database not restored: pass --target-database URL",)
+    try:
+        if safe is not None:
+            files = restore_files(repo, m, safe, keep_setid=plan.keep_setid)
+        if target_db is not None:
+            tables = restore_database(repo, m, target_db, replace=plan.replace, jobs=plan.jobs, safe=safe, rel=rel)
+    except BaseException as e:
+        note = safe.rollback() if safe is not None else ""
+        if isinstance(e, BackupError):
+            if note:
+                e.message = f"{e.message}; {note}"
+                e.args = (str(e),)
+            raise
+        if isinstance(e, OSError):
+            where = f" ({e.filename})" if e.filename else ""
+            raise RestoreError(f"restore failed: {e.strerror or e}{where}" + (f"; {note}" if note else ""),
+                               hint="fix the cause (free space, permissions), then restore again") from e
+        raise
+    finally:
+        if safe is not None:
+            safe.close()
+    notes: list[str] = []
+    if target_db is None and m.database is not None:
+        notes.append("database not restored: pass --target-database URL")
     counts = files or FilesRestored((), 0, 0, 0, 0)
+    if counts.setid_dropped:
+        notes.append(f"dropped the setuid/setgid bits of {counts.setid_dropped} path(s) "
+                     f"({_examples(counts.setid_examples, counts.setid_dropped)}): "
+                     "pass --keep-setid to restore them as recorded")
     return RestoreReport(set_id=m.id.value, target_dir=plan.target_dir or "", sets_read=counts.sets_read,
                          files=counts.files, dirs=counts.dirs, symlinks=counts.symlinks, bytes=counts.bytes,
                          database=plan.target_database if target_db is not None else None, db_tables=tables,
-                         duration_s=time.monotonic() - t0, notes=plan.notes + notes)
+                         duration_s=time.monotonic() - t0, notes=plan.notes + tuple(notes))
 
 
 def target_database_of(plan: RestorePlan, live: DatabaseUrl | None) -> DatabaseUrl | None:
@@ -467,10 +785,10 @@ def target_database_of(plan: RestorePlan, live: DatabaseUrl | None) -> DatabaseU
 
 def restore(repo: LocalRepository, *, target_dir: Path | None, backup_id: str | None = None,
             at: datetime | None = None, target_db: DatabaseUrl | None = None, live_db: DatabaseUrl | None = None,
-            force: bool = False, yes: bool = False, jobs: int = 1) -> RestoreReport:
+            force: bool = False, yes: bool = False, jobs: int = 1, keep_setid: bool = False) -> RestoreReport:
     """Preflight, then restore: the engine without Prefect (tests, the demo's checks)."""
     req = RestoreRequest(target_dir=str(target_dir) if target_dir is not None else None, backup_id=backup_id,
-                         at=at, target_database=None, force=force, yes=yes, jobs=jobs)
+                         at=at, target_database=None, force=force, yes=yes, jobs=jobs, keep_setid=keep_setid)
     plan = preflight(repo, req, live=live_db, target_db=target_db)
     if target_db is None and plan.target_database is not None:  # the SQLite file inside target_dir
         target_db = parse_database_url(plan.target_database, key="target_database")

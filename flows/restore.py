@@ -38,15 +38,17 @@ def restore_task(settings: Settings, plan: restorer.RestorePlan) -> restorer.Res
 @flow(name="erp-backup-restore", log_prints=True)
 def restore_flow(target_dir: str | None = None, backup_id: str | None = None, at: datetime | None = None,
                  target_database: str | None = None, force: bool = False, yes: bool = False, jobs: int = 1,
-                 config: str | None = None, settings: Settings | None = None,
+                 keep_setid: bool = False, config: str | None = None, settings: Settings | None = None,
                  plan: restorer.RestorePlan | None = None) -> dict[str, Any]:
     """Restore a backup set (``backup_id``), the newest set finished at or before ``at``,
-    or the newest set, into ``target_dir`` and/or ``target_database``."""
+    or the newest set, into ``target_dir`` and/or ``target_database``. Setuid/setgid bits recorded
+    in the set are dropped (a warning says how many) unless ``keep_setid``."""
     s = settings or settings_for(config)
     log = get_run_logger()
     if plan is None:
         request = restorer.RestoreRequest(target_dir=target_dir, backup_id=backup_id, at=at,
-                                          target_database=target_database, force=force, yes=yes, jobs=jobs)
+                                          target_database=target_database, force=force, yes=yes, jobs=jobs,
+                                          keep_setid=keep_setid)
         plan = restore_preflight_task(s, request)
     rep = restore_task(s, plan)
     row = rep.row()

@@ -312,7 +312,7 @@ def test_restore_refuses_a_non_empty_target_unless_replace(my_db, dump_to_file, 
 
     with pytest.raises(RestoreError) as e:
         adapter.restore(dump.chunks(), dump.info, dst, replace=False, workdir=workdir)
-    assert_actionable(e.value, f"'{dst.name}' already exists", "replace")
+    assert_actionable(e.value, f"'{dst.name}' already exists", "pass --force to drop and recreate it")
     assert query(dst, "SELECT COUNT(*) FROM precious") == [(1,)]
 
     assert adapter.restore(dump.chunks(), dump.info, dst, replace=True, workdir=workdir) == {"t": 10}

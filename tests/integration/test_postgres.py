@@ -293,7 +293,7 @@ def test_restore_refuses_a_non_empty_target_unless_replace(pg_db, dump_to_file, 
 
     with pytest.raises(RestoreError) as e:
         adapter.restore(dump.chunks(), dump.info, dst, replace=False, workdir=workdir)
-    assert_actionable(e.value, f"'{dst.name}' already exists", "replace")
+    assert_actionable(e.value, f"'{dst.name}' already exists", "pass --force to drop and recreate it")
     assert query(dst, "SELECT count(*) FROM precious") == [(1,)]
 
     assert adapter.restore(dump.chunks(), dump.info, dst, replace=True, workdir=workdir) == {"public.t": 10}
@@ -313,7 +313,7 @@ def test_failed_restore_is_reported(pg_db, dump_to_file, workdir) -> None:
     size = dump.path.stat().st_size
     with pytest.raises(RestoreError) as e:
         adapter.restore(dump.chunks(limit=size - 50), dump.info, dst, replace=False, workdir=workdir)
-    assert_actionable(e.value, "pg_restore into database", "restore again with replace")
+    assert_actionable(e.value, "pg_restore into database", "restore again with --force")
 
 
 # ---- 4. parallel restore ------------------------------------------------------------------------------

@@ -5,11 +5,12 @@ The tar stream is plain ustar/PAX, so ``zstd -d < files.tar.zst | tar -x`` resto
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import stat
 import tarfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeAlias
@@ -111,6 +112,52 @@ def _open_nofollow(full: str) -> int:
         return os.open(full, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
 
 
+def _chunks(fd: int, size: int, view: memoryview) -> Iterator[memoryview]:
+    """The first ``size`` bytes of ``fd`` (fewer if it shrank), read into ``view`` chunk by chunk."""
+    left = size
+    while left > 0:
+        n = os.readv(fd, [view[: min(CHUNK, left)]])
+        if n == 0:
+            return
+        yield view[:n]
+        left -= n
+
+
+_ZEROS = memoryview(bytes(CHUNK))
+
+
+def _sparse_chunks(fd: int, size: int, view: memoryview) -> Iterator[memoryview]:
+    """Like ``_chunks`` for a file with holes: ``SEEK_DATA``/``SEEK_HOLE`` find them, and their
+    zeros come from a constant buffer instead of being read (reading a hole costs as much as
+    reading data, and fills the page cache with zero pages). The stream is the same bytes: a
+    plain tar member that any tar extracts."""
+    pos = 0
+    while pos < size:
+        try:
+            data = min(os.lseek(fd, pos, os.SEEK_DATA), size)
+            hole = min(os.lseek(fd, data, os.SEEK_HOLE), size) if data < size else size
+        except OSError as e:
+            if e.errno != errno.ENXIO:  # ENXIO: no data after pos (a hole to the end, or it shrank)
+                yield from _read_from(fd, pos, size, view)
+                return
+            data = hole = size
+        while pos < data:
+            n = min(CHUNK, data - pos)
+            yield _ZEROS[:n]
+            pos += n
+        while pos < hole:
+            n = os.preadv(fd, [view[: min(CHUNK, hole - pos)]], pos)
+            if n == 0:
+                return  # shrank meanwhile: the caller pads and reports
+            yield view[:n]
+            pos += n
+
+
+def _read_from(fd: int, pos: int, size: int, view: memoryview) -> Iterator[memoryview]:
+    os.lseek(fd, pos, os.SEEK_SET)
+    yield from _chunks(fd, size - pos, view)
+
+
 def write_tar(root: Path, entries: Iterable[FileEntry], out: Sink, holder: str) -> TarResult:
     """Stream ``entries`` (from the change plan) as a tar into ``out``.
 
@@ -146,14 +193,11 @@ def write_tar(root: Path, entries: Iterable[FileEntry], out: Sink, holder: str) 
                                     gid=st.st_gid), size))
             h = hashlib.sha256()
             left = size
-            while left > 0:
-                n = os.readv(fd, [view[: min(CHUNK, left)]])
-                if n == 0:
-                    break
-                chunk = view[:n]
+            # fewer blocks than bytes: holes, whose zeros are not read (the archive still holds them)
+            for chunk in _sparse_chunks(fd, size, view) if st.st_blocks * 512 < size else _chunks(fd, size, view):
                 h.update(chunk)
                 w.write(chunk)
-                left -= n
+                left -= len(chunk)
             ino = st.st_ino
             if left > 0:  # shrank while being read
                 pad = bytes(min(left, CHUNK))

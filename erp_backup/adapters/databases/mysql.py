@@ -533,7 +533,7 @@ def _prepare_target(target: DatabaseUrl, *, replace: bool, timeout: float | None
                     raise RestoreError(
                         f"target database '{target.name}' already exists and holds {objects} "
                         "table(s)/view(s)",
-                        hint="restore into a new database name, or pass replace to drop and recreate it")
+                        hint="restore into a new database name, or pass --force to drop and recreate it")
                 if not objects:
                     return version
                 log.warning("dropping database %s to replace it", target.name)

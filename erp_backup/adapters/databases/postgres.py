@@ -223,7 +223,7 @@ class PostgresAdapter:
         except proc.ProcError as e:
             raise RestoreError(f"pg_restore into database '{target.name}' failed: {_cause(e, target)}",
                                hint="the database is left partly restored: fix the cause, then restore "
-                               "again with replace") from e
+                               "again with --force") from e
         return self.row_counts(target)
 
     def _restore_parallel(self, argv: list[str], chunks: Iterable[bytes], target: DatabaseUrl,
@@ -236,7 +236,7 @@ class PostgresAdapter:
             except OSError as e:
                 raise RestoreError(f"cannot spool the dump to {workdir} for a parallel restore: {e.strerror or e}",
                                    hint="free disk space there (it needs the raw dump size) or restore with "
-                                   "jobs=1, which streams") from e
+                                   "--jobs 1, which streams") from e
             proc.run([*argv, f"--jobs={jobs}", path], env_extra=_env(target), secrets=_secrets(target),
                      timeout=self.timeout, what="pg_restore")
         finally:
@@ -487,7 +487,7 @@ def _prepare_target(target: DatabaseUrl, *, replace: bool, timeout: float | None
                 if tables and not replace:
                     raise RestoreError(
                         f"target database '{target.name}' already exists and holds {tables} table(s)",
-                        hint="restore into a new database name, or pass replace to drop and recreate it")
+                        hint="restore into a new database name, or pass --force to drop and recreate it")
                 if not tables:
                     return
                 log.warning("dropping database %s to replace it", target.name)

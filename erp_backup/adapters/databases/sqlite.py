@@ -9,10 +9,14 @@ row-counted, then streamed (through the engine's zstd) into the set.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
 import sqlite3
+import stat
 from collections.abc import Iterable
 from pathlib import Path
+from urllib.parse import quote
 
 from erp_backup.adapters.databases.base import Write
 from erp_backup.core.dburl import DatabaseUrl
@@ -147,28 +151,67 @@ class SqliteAdapter:
 
     def restore(self, chunks: Iterable[bytes], info: DatabaseInfo, target: DatabaseUrl, *, replace: bool,
                 workdir: Path, jobs: int = 1) -> dict[str, int]:
-        dest = Path(target.name)
-        if dest.exists() and dest.stat().st_size > 0 and not replace:
-            raise RestoreError(f"target database {dest} already exists",
-                               hint="choose another --target-database, or pass --force to replace it")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.parent / f".{dest.name}.restoring"
+        """Restore into the file the operator named (``--target-database sqlite:///…``): its directory
+        is the operator's choice (made if missing); inside it, ``restore_at`` follows no link."""
+        dest = Path(os.path.abspath(target.name))
         try:
-            self._materialize(chunks, tmp)
-            conn = sqlite3.connect(tmp)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dir_fd = os.open(dest.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as e:
+            raise RestoreError(f"cannot use directory {dest.parent} for the SQLite database: {e.strerror}",
+                               hint="choose another --target-database, in a directory you can write to") from e
+        try:
+            return self.restore_at(chunks, dir_fd, dest.name, replace=replace, where=str(dest))
+        finally:
+            os.close(dir_fd)
+
+    def restore_at(self, chunks: Iterable[bytes], dir_fd: int, name: str, *, replace: bool,
+                   where: str) -> dict[str, int]:
+        """Restore the database as ``name`` in the directory ``dir_fd`` (``where`` names it in messages).
+
+        Every step is relative to ``dir_fd`` and follows no link: the temporary file is new
+        (``O_EXCL | O_NOFOLLOW``, a random name), it is checked read-only and immutable (SQLite
+        creates no ``-wal``/``-shm``/``-journal`` beside it), the old ``-wal``/``-shm``/``-journal``
+        are unlinked (a link is removed, not followed), and the temporary file is renamed over
+        ``name`` (a link there is replaced). Returns the per-table row counts."""
+        try:
+            st: os.stat_result | None = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            st = None
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            raise RestoreError(f"target database {where} is a directory",
+                               hint="give the SQLite database a file path (--target-database sqlite:////dir/db.sqlite3)")
+        if st is not None and (st.st_size > 0 or stat.S_ISLNK(st.st_mode)) and not replace:
+            raise RestoreError(f"target database {where} already exists",
+                               hint="choose another --target-database, or pass --force to replace it")
+        tmp, fd = _new_temp(dir_fd, name)
+        done = False
+        try:
             try:
-                problem = integrity(conn)
-                counts = table_counts(conn)
-            finally:
-                conn.close()
+                with os.fdopen(fd, "wb", closefd=False) as f:
+                    for c in chunks:
+                        f.write(c)
+                os.fsync(fd)
+            except OSError as e:
+                raise RestoreError(f"writing the SQLite database beside {where} failed: {e.strerror}",
+                                   hint="free space there, then restore again") from e
+            problem, counts = _check_copy(dir_fd, tmp, where)
             if problem != "ok":
                 raise RestoreError(f"restored SQLite database fails integrity_check: {problem}",
                                    hint="verify the set; restore from another one")
-            for comp in (Path(str(dest) + s) for s in COMPANIONS):
-                comp.unlink(missing_ok=True)
-            os.replace(tmp, dest)
+            if _ino(dir_fd, tmp) != os.fstat(fd).st_ino:
+                raise RestoreError(f"the temporary file of {where} was replaced while the restore ran",
+                                   hint="make sure nobody else writes to that directory, then restore again")
+            for comp in COMPANIONS:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name + comp, dir_fd=dir_fd)
+            os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            os.fsync(dir_fd)
+            done = True
         finally:
-            tmp.unlink(missing_ok=True)
+            if not done and _ino(dir_fd, tmp) == os.fstat(fd).st_ino:
+                os.unlink(tmp, dir_fd=dir_fd)
+            os.close(fd)
         return counts
 
     def row_counts(self, url: DatabaseUrl) -> dict[str, int]:
@@ -177,3 +220,40 @@ class SqliteAdapter:
             return table_counts(conn)
         finally:
             conn.close()
+
+
+def _ino(dir_fd: int, name: str) -> int | None:
+    try:
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_ino
+    except FileNotFoundError:
+        return None
+
+
+def _new_temp(dir_fd: int, name: str) -> tuple[str, int]:
+    """A new, empty 0600 file ``.<name>.restoring-<random>`` in ``dir_fd``: (name, descriptor)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    for _ in range(100):
+        tmp = f".{name}.restoring-{secrets.token_hex(4)}"
+        try:
+            return tmp, os.open(tmp, flags, 0o600, dir_fd=dir_fd)
+        except FileExistsError:
+            continue
+    raise RestoreError(f"cannot create a temporary file beside {name}", hint="clean up the target directory")
+
+
+def _check_copy(dir_fd: int, tmp: str, where: str) -> tuple[str, dict[str, int]]:
+    """integrity_check and row counts of the restored copy, opened read-only and immutable
+    through the directory descriptor (/proc/self/fd/N/…): SQLite writes nothing beside it."""
+    base = f"/proc/self/fd/{dir_fd}"
+    if not os.path.isdir(base):
+        base = os.path.dirname(where) or "."
+    uri = f"file:{quote(os.path.join(base, tmp))}?mode=ro&immutable=1"
+    try:
+        conn = sqlite3.connect(uri, uri=True)
+        try:
+            return integrity(conn), table_counts(conn)
+        finally:
+            conn.close()
+    except sqlite3.Error as e:
+        raise RestoreError(f"restored SQLite database {where} is unreadable: {e}",
+                           hint="verify the set; restore from another one") from e
