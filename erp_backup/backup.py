@@ -139,6 +139,7 @@ class BackupReport:
     row: dict[str, object]
     size: SizeVerdict
     warnings: tuple[str, ...]
+    timings: dict[str, float]  # seconds per stage, up to the commit
 
 
 @dataclass(frozen=True)
@@ -352,8 +353,10 @@ def commit(plan: BackupPlan, sealed: SealedSet, verified: VerifyReport) -> Commi
     return CommittedSet(sealed.manifest, plan.repo.commit(plan.id), verified)
 
 
-def report(plan: BackupPlan, committed: CommittedSet, warnings: tuple[str, ...]) -> BackupReport:
-    """The summary row and the size check against the last 10 sets of the same job."""
+def report(plan: BackupPlan, committed: CommittedSet, warnings: tuple[str, ...],
+           timings: dict[str, float]) -> BackupReport:
+    """The summary row and the size check against the last 10 sets of the same kind (a monthly
+    archive is a full and is compared with the fulls)."""
     m = committed.manifest
     dur = max(m.stats.duration_s, 1e-6)
     row: dict[str, object] = {
@@ -369,7 +372,7 @@ def report(plan: BackupPlan, committed: CommittedSet, warnings: tuple[str, ...])
         "throughput MB/s": round(m.stats.bytes_in / dur / 1e6, 1),
         "verification": "skipped" if committed.verify.level == "none" else "passed",
     }
-    history = [h.size_bytes for h in plan.repo.headers() if h.job is m.job and h.id != m.id][-10:]
+    history = [h.size_bytes for h in plan.repo.headers() if h.kind is m.kind and h.id != m.id][-10:]
     verdict = size_anomaly(m.size_bytes, history)
     row["size check"] = verdict.reason
-    return BackupReport(row, verdict, warnings)
+    return BackupReport(row, verdict, warnings, dict(timings))

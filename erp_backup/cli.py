@@ -21,7 +21,10 @@ from erp_backup.core.errors import BackupError, ConfigError
 from erp_backup.tables import human as _human
 from erp_backup.tables import print_table
 
-for _k, _v in (("PREFECT_SERVER_ANALYTICS_ENABLED", "false"), ("DO_NOT_TRACK", "1")):
+# the ephemeral API server gets 2 minutes to start (Prefect's default, 20 s, is not enough on a
+# loaded host: the run then died with a traceback instead of doing its job)
+for _k, _v in (("PREFECT_SERVER_ANALYTICS_ENABLED", "false"), ("DO_NOT_TRACK", "1"),
+               ("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")):
     os.environ.setdefault(_k, _v)
 
 
@@ -166,9 +169,9 @@ def cmd_backup(args: argparse.Namespace) -> int:
     s = _settings(args)
     job = BackupJob(args.kind)
     checked = preflight(s, job.kind, job.tags)  # before Prefect starts: bad input costs a second, not ten
-    from erp_backup.flows.backup import FLOWS
+    from erp_backup.flows.backup import CLI_FLOWS
 
-    row = FLOWS[job](settings=s, checked=checked)
+    row = CLI_FLOWS[job](s, checked)
     print(row["id"])
     return 0
 
@@ -183,10 +186,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
     for i in args.ids:
         if not repo.exists(BackupId(i)):
             raise BackupError(f"backup set {i} not found in {repo.root}", hint="see `erp-backup list`")
-    from erp_backup.flows.restore import verify_flow
+    from erp_backup.flows.restore import verify_checked_flow
 
     try:
-        rows = verify_flow(backup_ids=args.ids or None, level="quick" if args.quick else "full", settings=s)
+        rows = verify_checked_flow(settings=s, backup_ids=args.ids or None,
+                                   level="quick" if args.quick else "full")
     except VerifyFailed as e:
         print_table(e.rows)  # every set, passed or not, before the error line
         raise
@@ -212,9 +216,9 @@ def cmd_restore(args: argparse.Namespace) -> int:
         target_database=args.target_database, force=args.force, yes=args.yes, jobs=args.jobs,
         keep_setid=args.keep_setid)
     plan = restorer.preflight(LocalRepository(s.storage.local_dir), request, live=s.live_database())
-    from erp_backup.flows.restore import restore_flow
+    from erp_backup.flows.restore import restore_checked_flow
 
-    row = restore_flow(settings=s, plan=plan)
+    row = restore_checked_flow(settings=s, plan=plan)
     print_table([row])
     return 0
 

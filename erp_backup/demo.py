@@ -199,7 +199,8 @@ def compare(expected: State, actual: State) -> list[str]:
 
 def run_demo(workdir: Path | None = None, *, keep: bool = False) -> int:
     from erp_backup.config import load_settings
-    from erp_backup.flows.backup import differential_backup, full_backup, incremental_backup
+    from erp_backup.core.models import BackupJob
+    from erp_backup.flows.backup import CLI_FLOWS
     from erp_backup.flows.restore import restore_flow
 
     base = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="erp-backup-demo-"))
@@ -219,7 +220,7 @@ def run_demo(workdir: Path | None = None, *, keep: bool = False) -> int:
     settings = load_settings(config)  # loaded once, handed to every flow
     print(f"demo project: {root}\nbackups:      {backups}\nconfig:       {config}\n")
     skip = {"db.sqlite3", "db.sqlite3-wal", "db.sqlite3-shm"}
-    steps = [("full", full_backup), ("incremental", incremental_backup), ("differential", differential_backup)]
+    steps = [(job.value, CLI_FLOWS[job]) for job in (BackupJob.FULL, BackupJob.INCREMENTAL, BackupJob.DIFFERENTIAL)]
     captured = []
     for n, (name, fl) in enumerate(steps):
         if n:
@@ -227,7 +228,7 @@ def run_demo(workdir: Path | None = None, *, keep: bool = False) -> int:
             mutate_files(root, n)
             mutate_db(db, n)
         t = time.monotonic()
-        row = fl(settings=settings)
+        row = fl(settings, None)
         row["_wall"] = time.monotonic() - t
         captured.append((name, row, tree_state(root, list(DEFAULT_EXCLUDES), skip), db_state(db)))
     summary = []
@@ -235,7 +236,7 @@ def run_demo(workdir: Path | None = None, *, keep: bool = False) -> int:
     for name, row, files, dbs in captured:
         target = base / f"restore-{name}"
         t = time.monotonic()
-        restore_flow(target_dir=str(target), backup_id=str(row["id"]), settings=settings)
+        restore_flow(target_dir=str(target), backup_id=str(row["id"]), config=str(config))
         took = time.monotonic() - t
         problems = compare(files, tree_state(target, list(DEFAULT_EXCLUDES), skip))
         restored_db = db_state(target / "db.sqlite3")

@@ -48,7 +48,7 @@ class Stages:
     seal: Callable[[BackupPlan, ScanResult, FilesResult, DumpResult | None, datetime | None], SealedSet]
     verify: Callable[[BackupPlan, SealedSet], VerifyReport]
     commit: Callable[[BackupPlan, SealedSet, VerifyReport], CommittedSet]
-    report: Callable[[BackupPlan, CommittedSet, tuple[str, ...]], BackupReport]
+    report: Callable[[BackupPlan, CommittedSet, tuple[str, ...], dict[str, float]], BackupReport]
 
     @staticmethod
     def order() -> tuple[str, ...]:
@@ -87,8 +87,9 @@ def run_pipeline(settings: Settings, job: BackupJob, run: Stages = PLAIN_STAGES,
             timings[name] = round(time.monotonic() - t, 3)
 
     if checked is not None and (checked.kind, checked.tags) != (job.kind, job.tags):
+        made_for = BackupJob.MONTHLY if MONTHLY_TAG in checked.tags else BackupJob(checked.kind.value)
         raise ConfigError(f"the preflight handed to this {job.value} backup was made for a "
-                          f"{checked.kind.value} backup", hint="leave the `checked` parameter out")
+                          f"{made_for.value} backup", hint="leave the `checked` parameter out")
     if checked is None:
         checked = timed("preflight", lambda: run.preflight(settings, job.kind, job.tags))
     repo = LocalRepository(settings.storage.local_dir)
@@ -106,7 +107,7 @@ def run_pipeline(settings: Settings, job: BackupJob, run: Stages = PLAIN_STAGES,
             repo.discard(plan.id)
             raise
     warnings = plan.passed_over + (dumped.warnings if dumped else ()) + files.warnings
-    reported = timed("report", lambda: run.report(plan, committed, warnings))
+    reported = timed("report", lambda: run.report(plan, committed, warnings, dict(timings)))
     return BackupResult(committed.manifest, committed.path, committed.verify, reported, timings, plan)
 
 

@@ -25,7 +25,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from erp_backup import verify as verifier
@@ -657,6 +657,20 @@ def _pick_newest(repo: LocalRepository, at: datetime | None) -> tuple[Manifest, 
     return sel.chosen, notes
 
 
+def _same_database(a: DatabaseUrl, b: DatabaseUrl) -> bool:
+    """``same_database``, with SQLite paths resolved on this machine: a target reached through a
+    symlink, a relative path or ``..`` is still the live file."""
+    if a.engine == b.engine == "sqlite":
+        ra, rb = os.path.realpath(a.name), os.path.realpath(b.name)
+        if ra == rb:
+            return True
+        try:
+            return os.path.samefile(ra, rb)
+        except OSError:
+            return False
+    return a.same_database(b)
+
+
 def _pick_set(repo: LocalRepository, backup_id: str | None, at: datetime | None) -> tuple[Manifest, tuple[str, ...]]:
     """(the set to restore, notes for the operator: the newer sets skipped and why)."""
     if backup_id:
@@ -673,7 +687,10 @@ def preflight(repo: LocalRepository, req: RestoreRequest, *, live: DatabaseUrl |
         raise ConfigError("nothing to restore into", hint="give --target-dir and/or --target-database")
     if req.jobs < 1:
         raise ConfigError(f"--jobs {req.jobs}: must be 1 or more", hint="e.g. --jobs 2")
-    m, notes = _pick_set(repo, req.backup_id, req.at)
+    at = req.at
+    if at is not None:  # a time without a zone (from the UI or the API) is UTC, as on the command line
+        at = at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+    m, notes = _pick_set(repo, req.backup_id, at)
     target_dir = os.path.abspath(req.target_dir) if req.target_dir is not None else None
     if target_dir is not None:
         t = Path(target_dir)
@@ -701,7 +718,7 @@ def preflight(repo: LocalRepository, req: RestoreRequest, *, live: DatabaseUrl |
         if target_db.engine != m.database.engine:
             raise RestoreError(f"set {m.id} holds a {m.database.engine} dump; cannot restore it into "
                                f"{target_db.engine}", hint="give a --target-database of the same engine")
-        into_live = live is not None and target_db.same_database(live)
+        into_live = live is not None and _same_database(target_db, live)
         if into_live and not req.yes:
             raise RestoreError(f"{target_db.redacted()} is the live database",
                                hint="pass --yes to overwrite the live database, or restore into another one")

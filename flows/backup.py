@@ -14,7 +14,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from prefect import flow, get_run_logger, task
+from prefect import Flow, flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
@@ -123,15 +123,17 @@ def commit_task(plan: BackupPlan, sealed: SealedSet, verified: VerifyReport) -> 
 
 
 @task(name="report", cache_policy=NO_CACHE)
-def report_task(plan: BackupPlan, committed: CommittedSet, warnings: tuple[str, ...]) -> BackupReport:
-    rep = engine.report(plan, committed, warnings)
+def report_task(plan: BackupPlan, committed: CommittedSet, warnings: tuple[str, ...],
+                timings: dict[str, float]) -> BackupReport:
+    rep = engine.report(plan, committed, warnings, timings)
     log = get_run_logger()
     m = committed.manifest
     row = rep.row
     create_table_artifact(
-        key=artifact_key(f"erp-backup-{m.job.value}"),
+        key=artifact_key(f"erp-backup-{m.kind.value}" + ("-monthly" if m.is_monthly else "")),
         table=[row],
-        description=f"Backup set **{m.id}** committed in `{committed.path}`"
+        description=f"Backup set **{m.id}** committed in `{committed.path}`; stage timings (s): "
+        + ", ".join(f"{k} {v}" for k, v in timings.items())
         + (f"; {len(warnings)} warning(s): " + "; ".join(warnings[:5]) if warnings else ""),
     )
     resource = {"prefect.resource.id": f"erp-backup.set.{m.id}", "prefect.resource.name": m.id.value,
@@ -163,39 +165,37 @@ def task_stages(settings: Settings) -> Stages:
     )
 
 
-def run_backup_flow(job: BackupJob, config: str | None, settings: Settings | None,
-                    checked: Preflight | None) -> dict[str, Any]:
-    s = settings or settings_for(config)
-    result = run_pipeline(s, job, task_stages(s), checked=checked)
+def run_backup_flow(job: BackupJob, settings: Settings, checked: Preflight | None) -> dict[str, Any]:
+    result = run_pipeline(settings, job, task_stages(settings), checked=checked)
     return {**result.report.row, "timings": result.timings}
 
 
+# ---- the deployments' flows: what the UI and the schedules run. They take a config path only, so
+# ---- every run is checked by its own preflight task and its settings pass the config file's rules.
+
+
 @flow(name="erp-backup-full", log_prints=True)
-def full_backup(config: str | None = None, settings: Settings | None = None,
-                checked: Preflight | None = None) -> dict[str, Any]:
+def full_backup(config: str | None = None) -> dict[str, Any]:
     """Full backup: every included file and a fresh database dump."""
-    return run_backup_flow(BackupJob.FULL, config, settings, checked)
+    return run_backup_flow(BackupJob.FULL, settings_for(config), None)
 
 
 @flow(name="erp-backup-incremental", log_prints=True)
-def incremental_backup(config: str | None = None, settings: Settings | None = None,
-                       checked: Preflight | None = None) -> dict[str, Any]:
+def incremental_backup(config: str | None = None) -> dict[str, Any]:
     """Files changed since the previous backup of any kind, plus a fresh database dump."""
-    return run_backup_flow(BackupJob.INCREMENTAL, config, settings, checked)
+    return run_backup_flow(BackupJob.INCREMENTAL, settings_for(config), None)
 
 
 @flow(name="erp-backup-differential", log_prints=True)
-def differential_backup(config: str | None = None, settings: Settings | None = None,
-                        checked: Preflight | None = None) -> dict[str, Any]:
+def differential_backup(config: str | None = None) -> dict[str, Any]:
     """Files changed since the last full backup, plus a fresh database dump."""
-    return run_backup_flow(BackupJob.DIFFERENTIAL, config, settings, checked)
+    return run_backup_flow(BackupJob.DIFFERENTIAL, settings_for(config), None)
 
 
 @flow(name="erp-backup-monthly", log_prints=True)
-def monthly_archive(config: str | None = None, settings: Settings | None = None,
-                    checked: Preflight | None = None) -> dict[str, Any]:
+def monthly_archive(config: str | None = None) -> dict[str, Any]:
     """A full backup tagged ``monthly`` (kept one year)."""
-    return run_backup_flow(BackupJob.MONTHLY, config, settings, checked)
+    return run_backup_flow(BackupJob.MONTHLY, settings_for(config), None)
 
 
 FLOWS = {
@@ -204,3 +204,19 @@ FLOWS = {
     BackupJob.DIFFERENTIAL: differential_backup,
     BackupJob.MONTHLY: monthly_archive,
 }
+
+
+# ---- the CLI's flows: same names (so runs, automations and the UI see one flow per job), never
+# ---- deployed. The CLI hands them the settings it loaded and the preflight it ran before Prefect
+# ---- started; nothing else can start them with made-up parameters.
+
+
+def _cli_flow(job: BackupJob) -> Flow[[Settings, Preflight | None], dict[str, Any]]:
+    def run(settings: Settings, checked: Preflight | None = None) -> dict[str, Any]:
+        return run_backup_flow(job, settings, checked)
+
+    run.__doc__ = FLOWS[job].description
+    return flow(name=FLOWS[job].name, log_prints=True)(run)
+
+
+CLI_FLOWS = {job: _cli_flow(job) for job in BackupJob}

@@ -35,21 +35,8 @@ def restore_task(settings: Settings, plan: restorer.RestorePlan) -> restorer.Res
                             restorer.target_database_of(plan, live))
 
 
-@flow(name="erp-backup-restore", log_prints=True)
-def restore_flow(target_dir: str | None = None, backup_id: str | None = None, at: datetime | None = None,
-                 target_database: str | None = None, force: bool = False, yes: bool = False, jobs: int = 1,
-                 keep_setid: bool = False, config: str | None = None, settings: Settings | None = None,
-                 plan: restorer.RestorePlan | None = None) -> dict[str, Any]:
-    """Restore a backup set (``backup_id``), the newest set finished at or before ``at``,
-    or the newest set, into ``target_dir`` and/or ``target_database``. Setuid/setgid bits recorded
-    in the set are dropped (a warning says how many) unless ``keep_setid``."""
-    s = settings or settings_for(config)
+def run_restore(s: Settings, plan: restorer.RestorePlan) -> dict[str, Any]:
     log = get_run_logger()
-    if plan is None:
-        request = restorer.RestoreRequest(target_dir=target_dir, backup_id=backup_id, at=at,
-                                          target_database=target_database, force=force, yes=yes, jobs=jobs,
-                                          keep_setid=keep_setid)
-        plan = restore_preflight_task(s, request)
     rep = restore_task(s, plan)
     row = rep.row()
     for n in rep.notes:
@@ -62,6 +49,27 @@ def restore_flow(target_dir: str | None = None, backup_id: str | None = None, at
     return row
 
 
+@flow(name="erp-backup-restore", log_prints=True)
+def restore_flow(target_dir: str | None = None, backup_id: str | None = None, at: datetime | None = None,
+                 target_database: str | None = None, force: bool = False, yes: bool = False, jobs: int = 1,
+                 keep_setid: bool = False, config: str | None = None) -> dict[str, Any]:
+    """Restore a backup set (``backup_id``), the newest set finished at or before ``at``,
+    or the newest set, into ``target_dir`` and/or ``target_database``. Setuid/setgid bits recorded
+    in the set are dropped (a warning says how many) unless ``keep_setid``."""
+    s = settings_for(config)
+    request = restorer.RestoreRequest(target_dir=target_dir, backup_id=backup_id, at=at,
+                                      target_database=target_database, force=force, yes=yes, jobs=jobs,
+                                      keep_setid=keep_setid)
+    return run_restore(s, restore_preflight_task(s, request))
+
+
+@flow(name="erp-backup-restore", log_prints=True)
+def restore_checked_flow(settings: Settings, plan: restorer.RestorePlan) -> dict[str, Any]:
+    """The CLI's restore: the plan of the preflight it ran before Prefect started (never deployed,
+    so no one can hand it a plan that skipped the checks)."""
+    return run_restore(settings, plan)
+
+
 @task(name="verify-sets", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5,
       retry_condition_fn=retry_transient)
 def verify_sets_task(settings: Settings, ids: list[str], level: str) -> list[verifier.VerifyReport]:
@@ -70,10 +78,20 @@ def verify_sets_task(settings: Settings, ids: list[str], level: str) -> list[ver
 
 
 @flow(name="erp-backup-verify", log_prints=True)
-def verify_flow(backup_ids: list[str] | None = None, level: str = "full", config: str | None = None,
-                settings: Settings | None = None) -> list[dict[str, Any]]:
+def verify_flow(backup_ids: list[str] | None = None, level: str = "full", config: str | None = None
+                ) -> list[dict[str, Any]]:
     """Verify committed sets (all of them by default): checksums, archives, key files, dumps."""
-    s = settings or settings_for(config)
+    return run_verify(settings_for(config), backup_ids, level)
+
+
+@flow(name="erp-backup-verify", log_prints=True)
+def verify_checked_flow(settings: Settings, backup_ids: list[str] | None = None, level: str = "full"
+                        ) -> list[dict[str, Any]]:
+    """The CLI's verify, with the settings it loaded (never deployed)."""
+    return run_verify(settings, backup_ids, level)
+
+
+def run_verify(s: Settings, backup_ids: list[str] | None, level: str) -> list[dict[str, Any]]:
     log = get_run_logger()
     repo = LocalRepository(s.storage.local_dir)
     cleaned = repo.clean_leftovers()  # scratch directories of killed runs

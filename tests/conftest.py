@@ -213,7 +213,7 @@ def cli_env(**extra: str) -> dict[str, str]:
     env.update(PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1", PYTHONPATH=str(REPO))
     # the ephemeral API server shares ~/.prefect with every concurrent run on the machine: under load
     # its start-up exceeds Prefect's default 20 s ("Timed out while attempting to connect")
-    env.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    env.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")  # as the CLI sets it
     env.update(extra)
     return env
 

@@ -71,11 +71,13 @@ class DatabaseUrl:
         if self.engine == "sqlite":
             return posixpath.normpath(self.name) == posixpath.normpath(other.name)
         local = {"", "localhost", "127.0.0.1", "::1"}
-        h1 = "local" if self.host in local else self.host
-        h2 = "local" if other.host in local else other.host
-        return (h1, self.port or 0, self.name) == (h2, other.port or 0, other.name)
+        h1 = "local" if self.host in local else self.host.lower()
+        h2 = "local" if other.host in local else other.host.lower()
+        default = DEFAULT_PORTS.get(self.engine, 0)  # ":5432" written or not is the same server
+        return (h1, self.port or default, self.name) == (h2, other.port or default, other.name)
 
 
+DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306}
 _SECRET_OPTION = re.compile(r"pass|pwd|secret|token", re.I)
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:(?://?)?")
 _HOST_AND_NAME = re.compile(r"[A-Za-z0-9.-]+(?::[0-9]{1,5})?/[A-Za-z0-9_.$-]*")

@@ -270,3 +270,22 @@ def test_restoring_into_the_live_database_needs_yes(tmp_path: Path,
     conn = sqlite3.connect(db)
     assert conn.execute("SELECT COUNT(*), MAX(x) FROM t").fetchone() == (10, 9)
     conn.close()
+
+
+def test_the_live_sqlite_database_is_recognised_through_links_and_relative_paths(
+        tmp_path: Path, real_set: tuple[LocalRepository, str, Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A review found ``--target-dir <link to the project's parent>/erp --force`` replaced the live
+    database without --yes: the guard compared paths as written. It compares the files now."""
+    repo, sid, db, _ = real_set
+    digest = hashlib.sha256(db.read_bytes()).hexdigest()
+    live = DatabaseUrl("sqlite", str(db))
+    link = tmp_path / "via-link"
+    link.symlink_to(db.parent.parent)
+    through_link = link / db.parent.name  # the project directory, reached through a link
+    with pytest.raises(RestoreError) as ei:
+        restore(repo, target_dir=through_link, backup_id=sid, live_db=live, force=True)
+    assert "live database" in str(ei.value) and "--yes" in str(ei.value)
+    monkeypatch.chdir(db.parent)
+    with pytest.raises(RestoreError):
+        restore(repo, target_dir=None, backup_id=sid, target_db=DatabaseUrl("sqlite", db.name), live_db=live)
+    assert hashlib.sha256(db.read_bytes()).hexdigest() == digest

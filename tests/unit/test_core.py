@@ -267,6 +267,14 @@ def test_same_database() -> None:
     assert a.same_database(parse_database_url("postgresql://other@127.0.0.1:5432/erp"))
     assert not a.same_database(parse_database_url("postgresql://u@localhost:5432/erp_restore"))
     assert parse_database_url("sqlite:////a/b/../db").same_database(parse_database_url("sqlite:////a/db"))
+    # the default port written or left out is the same server (a review found the live guard
+    # passed over "@127.0.0.1/erp" against "@127.0.0.1:5432/erp", and --force dropped the live db)
+    assert a.same_database(parse_database_url("postgresql://u@127.0.0.1/erp"))
+    assert a.same_database(parse_database_url("postgresql://u@LOCALHOST/erp"))
+    assert not a.same_database(parse_database_url("postgresql://u@127.0.0.1:5433/erp"))
+    m = parse_database_url("mysql://root@db.internal/erp")
+    assert m.same_database(parse_database_url("mysql://root@DB.internal:3306/erp"))
+    assert not m.same_database(parse_database_url("mysql://root@db.internal:3307/erp"))
 
 
 # ----------------------------------------------------------------------------- anomaly

@@ -113,3 +113,23 @@ def test_target_with_a_password_is_refused_and_none_is_none() -> None:
     assert resolve_target_database(None, LIVE_PG) is None and resolve_target_database("", None) is None
     s = resolve_target_database("sqlite:////tmp/x.sqlite3", None)
     assert s is not None and (s.engine, s.name, s.user, s.password) == ("sqlite", "/tmp/x.sqlite3", "", "")
+
+
+def test_deployed_flows_take_no_settings_plan_or_preflight() -> None:
+    """What the UI can start (every deployment's entrypoint) takes a config path and the operator's
+    request, never pre-checked values: a run from the UI always runs its own checks."""
+    import inspect
+
+    import yaml
+
+    from erp_backup.flows import backup as fb
+    from erp_backup.flows import restore as fr
+
+    modules = {"flows/backup.py": fb, "flows/restore.py": fr}
+    deployments = yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]
+    for d in deployments:
+        path, name = d["entrypoint"].split(":")
+        params = set(inspect.signature(getattr(modules[path], name).fn).parameters)
+        assert "config" in params and not params & {"settings", "checked", "plan"}, (name, params)
+    for job, cli_flow in fb.CLI_FLOWS.items():
+        assert cli_flow.name == fb.FLOWS[job].name  # one flow per job in the UI and the automations
