@@ -41,7 +41,15 @@ from tests.conftest import (
     write_config,
     write_file,
 )
-from tests.integration.test_restore_safety import T0, craft_set, dentry, fentry, holder_id, lentry
+from tests.integration.test_restore_safety import (
+    T0,
+    back_up_project_with_db,
+    craft_set,
+    dentry,
+    fentry,
+    holder_id,
+    lentry,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -102,17 +110,8 @@ class RealSet:
 
 def make_real_set(tmp_path: Path, *, extra: Callable[[Path], None] | None = None) -> RealSet:
     """A real backup of a small project whose SQLite database (table t, 10 rows) is inside it."""
-    root = make_small_project(tmp_path / "erp")
-    if extra is not None:
-        extra(root)
-    db = root / "db.sqlite3"
-    conn = sqlite3.connect(db)
-    conn.execute("CREATE TABLE t (x INTEGER)")
-    conn.executemany("INSERT INTO t VALUES (?)", [(i,) for i in range(10)])
-    conn.commit()
-    conn.close()
-    s = make_settings(tmp_path, root=root, db=db)
-    res = run_backup(s, BackupKind.FULL, now=T0)
+    s, res = back_up_project_with_db(tmp_path, extra)
+    root = s.project.root
     assert res.manifest.database is not None and res.manifest.database.database == "db.sqlite3"
     return RealSet(LocalRepository(s.storage.local_dir), res.manifest.id.value, root,
                    write_config(tmp_path / "c.toml", s))

@@ -10,7 +10,7 @@ import os
 import sqlite3
 import tarfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -18,6 +18,8 @@ import pytest
 import zstandard
 
 from erp_backup.adapters.storage.local import LocalRepository
+from erp_backup.backup import BackupResult
+from erp_backup.config import Settings
 from erp_backup.core import manifest as mf
 from erp_backup.core.dburl import DatabaseUrl
 from erp_backup.core.errors import BackupError, RestoreError, UnsafeArchiveError
@@ -209,7 +211,18 @@ def test_force_over_planted_links_replaces_them_without_following(tmp_path: Path
 @pytest.fixture
 def real_set(tmp_path: Path) -> tuple[LocalRepository, str, Path, Path]:
     """(repo, set id, live db path, config) of a real backup of a project with its SQLite db inside."""
+    s, res = back_up_project_with_db(tmp_path)
+    db = s.project.root / "db.sqlite3"
+    return LocalRepository(s.storage.local_dir), res.manifest.id.value, db, write_config(tmp_path / "c.toml", s)
+
+
+def back_up_project_with_db(tmp_path: Path, extra: Callable[[Path], None] | None = None
+                            ) -> tuple[Settings, BackupResult]:
+    """A full backup (at T0) of a small project whose SQLite database (table t, 10 rows) is inside it;
+    ``extra`` may add to the project first."""
     root = make_small_project(tmp_path / "erp")
+    if extra is not None:
+        extra(root)
     db = root / "db.sqlite3"
     conn = sqlite3.connect(db)
     conn.execute("CREATE TABLE t (x INTEGER)")
@@ -217,8 +230,7 @@ def real_set(tmp_path: Path) -> tuple[LocalRepository, str, Path, Path]:
     conn.commit()
     conn.close()
     s = make_settings(tmp_path, root=root, db=db)
-    res = run_backup(s, BackupKind.FULL, now=T0)
-    return LocalRepository(s.storage.local_dir), res.manifest.id.value, db, write_config(tmp_path / "c.toml", s)
+    return s, run_backup(s, BackupKind.FULL, now=T0)
 
 
 def test_non_empty_target_needs_force(tmp_path: Path, real_set: tuple[LocalRepository, str, Path, Path]) -> None:
