@@ -186,6 +186,10 @@ def test_tampered_or_truncated_ciphertext_fails(gpg_keys: GpgTestKeys, encrypted
             with pytest.raises((CryptoError, IntegrityError)) as e:
                 read_artifact(bad, home, PASSPHRASE)
             assert_actionable(e.value, bad.name, secrets=SECRETS)
+            # the decryptor alone, read whole in one call: gpg's verdict still comes with the data
+            with open(bad, "rb") as f, pytest.raises(CryptoError) as e:
+                home.decryptor(PASSPHRASE)(f).read()
+            assert_actionable(e.value, bad.name, secrets=SECRETS)
 
 
 def test_sink_failure_surfaces_as_itself_and_abort_kills_gpg(gpg_keys: GpgTestKeys, tmp_path: Path) -> None:
@@ -348,8 +352,9 @@ def test_passphrases_never_in_argv_environment_or_logs(gpg_keys: GpgTestKeys, en
         t = threading.Thread(target=lambda: out.append(reader.read()))
         t.start()
         assert src.paused.wait(30)
-        pids = [cast(crypto.DecryptingReader, reader).pid, *agents_for(home.path)]
-        assert len(pids) == 2
+        agents = agents_for(home.path)
+        pids = [cast(crypto.DecryptingReader, reader).pid, *agents]
+        assert agents, f"no gpg-agent found for {home.path}"
         for pid in pids:
             seen[f"{pid} cmdline"] = Path(f"/proc/{pid}/cmdline").read_bytes()
             seen[f"{pid} environ"] = Path(f"/proc/{pid}/environ").read_bytes()
