@@ -8,6 +8,9 @@
   caller names replaced by ``***`` before it can reach a message or a log.
 * stdout can be streamed chunk by chunk (dumps) and stdin fed chunk by chunk
   (restores), so nothing is held whole in memory.
+* ``spawn`` starts a filter whose stdin and stdout the caller drives from two
+  threads (gpg between the compressor and the file); extra pipe ends can be
+  handed to the child (``pass_fds``) for passphrases and status lines.
 """
 
 from __future__ import annotations
@@ -291,3 +294,60 @@ def stream_in(argv: Sequence[str], chunks: Iterable[bytes], *, env_extra: dict[s
         if timer:
             timer.cancel()
     return ProcResult(proc.returncode, b"".join(out_parts), err)
+
+
+class Child:
+    """A started command whose pipes the caller drives (see ``spawn``)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], argv: Sequence[str], secrets: tuple[str, ...],
+                 what: str | None) -> None:
+        self._proc = proc
+        self._argv = tuple(argv)
+        self._secrets = secrets
+        self._what = what
+        self._tail = _Tail(proc.stderr)  # type: ignore[arg-type]
+        self._flag = threading.Event()  # never set: a streaming child has no timeout of its own
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    @property
+    def stdin(self) -> IO[bytes]:
+        assert self._proc.stdin is not None, "spawned without stdin=True"
+        return self._proc.stdin
+
+    @property
+    def stdout(self) -> IO[bytes]:
+        assert self._proc.stdout is not None, "spawned without stdout=True"
+        return self._proc.stdout
+
+    def poll(self) -> int | None:
+        return self._proc.poll()
+
+    def wait(self) -> str:
+        """Wait for the exit; the redacted stderr tail. ``ProcError`` on a non-zero exit."""
+        return _finish(self._proc, self._tail, self._argv, self._secrets, self._flag, self._what)
+
+    def kill(self) -> None:
+        """Kill the child if it still runs and reap it; close our pipe ends."""
+        if self._proc.poll() is None:
+            self._proc.kill()
+        self._proc.wait()
+        for f in (self._proc.stdin, self._proc.stdout):
+            if f is not None:
+                try:
+                    f.close()
+                except OSError:
+                    pass
+
+
+def spawn(argv: Sequence[str], *, stdin: bool = False, stdout: bool = False, pass_fds: Sequence[int] = (),
+          env_extra: dict[str, str] | None = None, secrets: Iterable[str] = (), what: str | None = None,
+          cwd: str | None = None) -> Child:
+    """Start a command with pipes for stdin/stdout (if asked) that the caller drives itself: a
+    filter inside a stream. ``pass_fds``: pipe ends the child inherits (``--passphrase-fd N``);
+    the caller closes its copies. The caller must end with ``wait()`` or ``kill()``."""
+    proc = _start(argv, env_extra, subprocess.PIPE if stdin else subprocess.DEVNULL,
+                  subprocess.PIPE if stdout else subprocess.DEVNULL, cwd, pass_fds)
+    return Child(proc, argv, tuple(secrets), what)

@@ -239,3 +239,7 @@ def assert_actionable(err: BaseException, *fragments: str, secrets: tuple[str, .
     for f in fragments:
         assert f in text, text
     return text
+
+
+# ---- off-site: moto_server S3 endpoint and GPG keys (tests/integration/offsite_fixtures.py) --------
+from tests.integration.offsite_fixtures import gpg_keys, moto_factory, moto_s3, moto_server  # noqa: E402, F401

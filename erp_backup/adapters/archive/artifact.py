@@ -21,7 +21,12 @@ FILE_MODE = 0o600
 
 
 class Encryptor(Protocol):
-    """A stage between the compressor and the file (GPG). Optional."""
+    """A stage between the compressor and the file (GPG). Optional.
+
+    ``wrap(sink)`` returns a writable; everything written to it reaches ``sink`` transformed once
+    its ``close()`` returned (which raises if the stage failed). If the returned object has an
+    ``abort()``, an abandoned artifact calls it instead of ``close()`` (a subprocess is killed
+    rather than left to finish)."""
 
     def wrap(self, sink: IO[bytes]) -> IO[bytes]: ...
 
@@ -106,6 +111,11 @@ class ArtifactWriter:
             self._z.close()
         except Exception:
             pass
+        if self._enc_stream is not None:
+            try:
+                getattr(self._enc_stream, "abort", self._enc_stream.close)()
+            except Exception:
+                pass
         self._file.close()
 
 

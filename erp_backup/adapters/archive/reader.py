@@ -13,7 +13,7 @@ from erp_backup.adapters.archive.artifact import CHUNK
 from erp_backup.core.errors import IntegrityError, StorageError
 
 
-def iter_decompressed(path: Path, *, decryptor: Callable[[IO[bytes]], IO[bytes]] | None = None
+def iter_decompressed(path: Path | IO[bytes], *, decryptor: Callable[[IO[bytes]], IO[bytes]] | None = None
                       ) -> Iterator[bytes]:
     """Yield the raw (decompressed, decrypted) bytes of an artifact, chunk by chunk."""
     with open_decompressed(path, decryptor=decryptor) as r:
@@ -30,18 +30,27 @@ class DecompressingReader:
     with what the consumer does (writing files), as ``zstd -d | tar -x`` does with two
     processes. At most ``depth`` chunks are buffered: memory stays flat."""
 
-    def __init__(self, path: Path, decryptor: Callable[[IO[bytes]], IO[bytes]] | None, depth: int = 8) -> None:
+    def __init__(self, path: Path | IO[bytes], decryptor: Callable[[IO[bytes]], IO[bytes]] | None,
+                 depth: int = 8, *, name: str | None = None) -> None:
         import queue
         import threading
 
-        self.path = path
-        try:
-            self._fh: IO[bytes] = open(path, "rb")
-        except OSError as e:
-            raise StorageError(f"cannot open {path}: {e.strerror}", hint="check the backup directory") from e
+        self.path = Path(name or getattr(path, "name", None) or "artifact") if not isinstance(path, Path) else path
+        self._owns_fh = isinstance(path, Path)
+        if isinstance(path, Path):
+            try:
+                self._fh: IO[bytes] = open(path, "rb")
+            except OSError as e:
+                raise StorageError(f"cannot open {path}: {e.strerror}", hint="check the backup directory") from e
+        else:
+            self._fh = path
         self._hash = hashlib.sha256()
         self.compressed_size = 0
-        self._src: IO[bytes] = decryptor(self._fh) if decryptor else self._fh
+        # the artifact's own bytes (encrypted, if they are) are hashed by whoever reads them:
+        # this reader's thread, or the decryptor's feeder (done before its read() returns b"")
+        hashing = cast(IO[bytes], _HashingSource(self))
+        self._src: IO[bytes] = decryptor(hashing) if decryptor else hashing
+        self._decrypting = decryptor is not None
         self._q: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         self._buf = b""
@@ -51,19 +60,9 @@ class DecompressingReader:
         self._thread.start()
 
     def _pump(self) -> None:
-        outer = self
-
-        class _Hashing:
-            def read(self, n: int = -1) -> bytes:
-                data = outer._src.read(n)
-                if outer._src is outer._fh:
-                    outer._hash.update(data)
-                    outer.compressed_size += len(data)
-                return data
-
         try:
-            r = zstandard.ZstdDecompressor().stream_reader(cast(IO[bytes], _Hashing()), read_size=CHUNK,
-                                                           read_across_frames=True)
+            r = zstandard.ZstdDecompressor().stream_reader(self._src, read_size=CHUNK, read_across_frames=True,
+                                                           closefd=False)
             while not self._stop.is_set():
                 chunk = r.read(CHUNK)
                 if not chunk:
@@ -135,9 +134,12 @@ class DecompressingReader:
             except Exception:
                 continue
         self._thread.join()
-        if self._src is not self._fh:
-            self._src.close()
-        self._fh.close()
+        try:
+            if self._decrypting:
+                self._src.close()
+        finally:
+            if self._owns_fh:
+                self._fh.close()
 
     def __enter__(self) -> DecompressingReader:
         return self
@@ -146,6 +148,29 @@ class DecompressingReader:
         self.close()
 
 
-def open_decompressed(path: Path, *, decryptor: Callable[[IO[bytes]], IO[bytes]] | None = None) -> DecompressingReader:
-    return DecompressingReader(path, decryptor)
+def open_decompressed(path: Path | IO[bytes], *, decryptor: Callable[[IO[bytes]], IO[bytes]] | None = None,
+                      name: str | None = None) -> DecompressingReader:
+    """``path``: the artifact's file, or an open stream of its bytes (a remote object), which the
+    caller closes; ``name`` names it in messages."""
+    return DecompressingReader(path, decryptor, name=name)
+
+
+class _HashingSource:
+    """The artifact's bytes as read from its file or stream, hashed and counted on the way."""
+
+    def __init__(self, owner: DecompressingReader) -> None:
+        self._owner = owner
+        self.name = owner.path.name
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._owner._fh.read(n)
+        self._owner._hash.update(data)
+        self._owner.compressed_size += len(data)
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass
 
