@@ -115,6 +115,17 @@ def _crafted(d: Path, **change: object) -> None:
     reseal(d, mf.dumps(replace(m, **change)).encode())  # type: ignore[arg-type]
 
 
+def _raw_edit(d: Path, old: str, new: str) -> None:
+    """Edit the manifest's text so that the model refuses a value, and re-seal SHA256SUMS by hand:
+    a consistent set on disk whose manifest no longer describes a possible set."""
+    text = (d / MANIFEST).read_text()
+    assert old in text, old
+    data = text.replace(old, new, 1).encode()
+    (d / MANIFEST).write_bytes(data)
+    lines = [ln for ln in (d / SUMS).read_text().splitlines() if not ln.endswith(f"  {MANIFEST}")]
+    (d / SUMS).write_text("".join(f"{ln}\n" for ln in [*lines, f"{hashlib.sha256(data).hexdigest()}  {MANIFEST}"]))
+
+
 def _truncate(p: Path) -> None:
     p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
 
@@ -136,6 +147,9 @@ MANIFEST_DAMAGE: dict[str, Callable[[Path], None]] = {
     "crafted-other-id": lambda d: _crafted(d, id=BackupId("20261128T040001Z-full")),
     "crafted-other-kind": lambda d: _crafted(d, kind=BackupKind.DIFFERENTIAL),
     "crafted-newer-dependency": lambda d: _crafted(d, depends_on=(BackupId("20261128T070000Z-full"),)),
+    # values the model refuses (a review found these stopped list, backup and restore --at)
+    "parent-not-an-id": lambda d: _raw_edit(d, '"parent": null', '"parent": "garbage"'),
+    "dependency-not-an-id": lambda d: _raw_edit(d, '"depends_on": []', '"depends_on": ["../../etc"]'),
 }
 
 

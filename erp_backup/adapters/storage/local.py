@@ -33,7 +33,7 @@ from pathlib import Path
 from erp_backup.core import chain
 from erp_backup.core import manifest as mf
 from erp_backup.core.chain import Damaged
-from erp_backup.core.errors import IntegrityError, LockError, StorageError
+from erp_backup.core.errors import BackupError, IntegrityError, LockError, StorageError
 from erp_backup.core.models import BackupId, Manifest
 
 DIR_MODE = 0o700
@@ -285,6 +285,8 @@ class LocalRepository:
             return Damaged(backup_id, f"{MANIFEST} is not UTF-8 text")
         except IntegrityError as e:
             return Damaged(backup_id, e.message.removeprefix(f"{backup_id}/"))
+        except BackupError as e:  # a value the model refuses (e.g. a parent that is not a set id)
+            return Damaged(backup_id, f"{MANIFEST}: {e.message}")
         problem = chain.header_problem(m, backup_id.value)
         if problem is not None:
             return Damaged(backup_id, problem)
