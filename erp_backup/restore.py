@@ -734,14 +734,18 @@ def preflight(repo: LocalRepository, req: RestoreRequest, *, live: DatabaseUrl |
 
 
 def _inside(target_dir: str, path: str) -> str | None:
-    """``path`` relative to ``target_dir`` if it lies inside it (as written, links not resolved)."""
-    full = os.path.abspath(path)
-    if full == target_dir:
-        raise ConfigError(f"the SQLite target database {full} is the target directory",
+    """``path`` relative to ``target_dir`` if it lies inside it. Both are compared as this machine
+    resolves them today (links outside the target followed, the target's own entries not yet
+    restored), so a target database spelled through a link to the target is still inside it and is
+    written by the file restore's rules (a review found such a file written through a link the set
+    had just created)."""
+    full, root = os.path.realpath(path), os.path.realpath(target_dir)
+    if full == root:
+        raise ConfigError(f"the SQLite target database {path} is the target directory",
                           hint="give a file path to --target-database")
-    if os.path.commonpath([full, target_dir]) != target_dir:
+    if os.path.commonpath([full, root]) != root:
         return None
-    return check_rel(os.path.relpath(full, target_dir))
+    return check_rel(os.path.relpath(full, root))
 
 
 def execute(repo: LocalRepository, plan: RestorePlan, target_db: DatabaseUrl | None) -> RestoreReport:

@@ -277,6 +277,22 @@ def test_an_operator_url_inside_the_target_under_an_indexed_link_is_refused(
     assert walk(sentinel) == before and not target.exists()
 
 
+def test_an_operator_url_spelled_through_a_link_to_the_target_is_still_inside_it(
+        tmp_path: Path, real: RealSet, sentinel: Path) -> None:
+    """A review wrote the database into the sentinel: the target database was spelled through a
+    link to the target's parent, so it counted as outside, and its parent was then opened by path
+    through the link the set had just created."""
+    real.edit(add_entries(link("evil", str(sentinel))))
+    before = walk(sentinel)
+    (tmp_path / "real").mkdir()
+    (tmp_path / "alias").symlink_to(tmp_path / "real")
+    target = tmp_path / "real" / "T"
+    with pytest.raises(UnsafeArchiveError):
+        restore(real.repo, target_dir=target, backup_id=real.sid,
+                target_db=DatabaseUrl("sqlite", str(tmp_path / "alias" / "T" / "evil" / "db.sqlite3")))
+    assert walk(sentinel) == before and not target.exists()
+
+
 def test_an_operator_url_outside_the_target_is_the_operators_choice(tmp_path: Path, real: RealSet,
                                                                     sentinel: Path) -> None:
     before = walk(sentinel)
