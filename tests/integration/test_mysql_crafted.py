@@ -134,7 +134,8 @@ def test_load_data_local_cannot_read_a_file_of_the_restoring_host(my_db, my_sql,
     dst = my_db("infile", create=False)
     with pytest.raises(RestoreError) as e:
         MysqlAdapter(dst).restore(iter([dump]), info_for(dst.name), dst, replace=False, workdir=workdir)
-    assert_actionable(e.value, "failed", "ERROR")
+    # refused before it reaches the server now (it was refused by the server, local_infile off)
+    assert_actionable(e.value, "refusing to restore", "LOAD DATA")
     assert my_sql(dst, "SELECT COUNT(*) FROM t WHERE note LIKE '%secret%'") == [(0,)]
 
 
@@ -186,3 +187,42 @@ def reseal_database(set_dir: Path, raw: bytes) -> None:
     (set_dir / "manifest.json").write_bytes(text)
     sums = [*arts, Artifact("manifest.json", "manifest", len(text), hashlib.sha256(text).hexdigest())]
     (set_dir / "SHA256SUMS").write_text(mf.sha256sums(sums))
+
+
+# statements a dump of one database never holds (a review ran all of these through the restore: they
+# wrote to another database and a server file)
+CONFINED = {
+    "into outfile": b"SELECT 'pwn' INTO OUTFILE '{f}';\n",
+    "into dumpfile in an executable comment": b"/*!40101 SELECT 'pwn' INTO DUMPFILE '{f}' */;\n",
+    "load data": b"LOAD DATA INFILE '/etc/hostname' INTO TABLE t;\n",
+    "load_file": b"INSERT INTO t VALUES (LENGTH(LOAD_FILE('/etc/hostname')));\n",
+    "use": b"USE `{v}`;\nINSERT INTO t VALUES (666);\n",
+    "create user": b"CREATE USER 'x'@'%' IDENTIFIED BY 'y';\n",
+    "grant": b"/*!50001 GRANT ALL ON *.* TO 'x'@'%' */;\n",
+    "set global": b"SET GLOBAL general_log = 1;\n",
+    "set @@global": b"SET @@global.general_log = 1;\n",
+    "drop database": b"DROP DATABASE `{v}`;\n",
+    "create database": b"CREATE DATABASE IF NOT EXISTS `evil_db`;\n",
+    "install plugin": b"INSTALL SONAME 'ha_blackhole';\n",
+}
+
+
+@pytest.mark.parametrize("shape", sorted(CONFINED))
+def test_statements_that_reach_past_the_target_database_are_refused(shape: str, my_db, my_sql, workdir: Path,
+                                                                    tmp_path: Path) -> None:
+    victim = my_db("victim")
+    my_sql(victim, "CREATE TABLE t (id INT)")
+    out = tmp_path / "pwn.out"
+    payload = CONFINED[shape].replace(b"{v}", victim.name.encode()).replace(b"{f}", str(out).encode())
+    dump = crafted(payload)
+    dst = my_db("dst", create=False)
+    adapter = MysqlAdapter(dst)
+    with pytest.raises(RestoreError) as e:
+        adapter.restore(iter([dump]), info_for(dst.name), dst, replace=False, workdir=workdir)
+    why = "client command 'USE" if shape == "use" else "reaches beyond the restored database"
+    assert_actionable(e.value, "refusing to restore", why)
+    assert my_sql(victim, "SELECT COUNT(*) FROM t") == [(0,)] and not out.exists()
+    assert my_sql(None, "SELECT COUNT(*) FROM mysql.user WHERE user = 'x'") == [(0,)]
+    assert my_sql(None, "SELECT COUNT(*) FROM information_schema.schemata WHERE schema_name = 'evil_db'") == [(0,)]
+    problems = adapter.verify_dump(iter([dump]), info_for(dst.name), workdir)
+    assert len(problems) == 1 and why in problems[0], problems

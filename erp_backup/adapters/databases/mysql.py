@@ -82,6 +82,7 @@ from erp_backup.adapters.databases.mysql_script import (
     DumpRejected,
     SessionModeTracker,
     StatementSplitter,
+    check_confined,
     splitter_statements,
 )
 from erp_backup.core.dburl import DatabaseUrl
@@ -569,13 +570,14 @@ def _execute_dump(conn: pymysql.connections.Connection, chunks: Iterable[bytes],
                 raise RestoreError(f"restore into database '{target.name}' timed out at line {st.line} of "
                                    "the dump", hint="raise the timeout in the config or look at why the server "
                                    "is slow; the database is left partly restored")
+            check_confined(st)  # nothing that reaches past the target database (files, accounts, globals)
             try:
                 with conn.cursor(pymysql.cursors.SSCursor) as cur:  # unbuffered: results are drained, not kept
                     cur.execute(st.sql)
             except (pymysql.err.Error, RuntimeError) as e:
                 raise RestoreError(f"restore into database '{target.name}' failed: {_statement_error(e, st.line)}",
                                    hint="the database is left partly restored: fix the cause, then restore "
-                                   "again with replace") from None
+                                   "again with --force") from None
             splitter.set_mode(**_session_mode(conn))
     except DumpRejected as e:
         raise RestoreError(f"refusing to restore the rest of the dump into database '{target.name}': it holds "
@@ -603,6 +605,7 @@ def _scan(splitter: StatementSplitter, tracker: SessionModeTracker, chunk: bytes
         else:
             splitter.feed(chunk)
         while (st := splitter.next()) is not None:
+            check_confined(st)
             nbe, ansi = tracker.after(st)
             splitter.set_mode(no_backslash_escapes=nbe, ansi_quotes=ansi)
     except DumpRejected as e:

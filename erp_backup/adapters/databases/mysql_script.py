@@ -486,3 +486,33 @@ def splitter_statements(sp: StatementSplitter, chunks: Iterable[bytes]) -> Itera
     sp.close()
     while (st := sp.next()) is not None:
         yield st
+
+
+# ---- statements a dump of one database never holds: they reach past the target database (server
+# ---- files, accounts, global settings, other databases). Checked with string literals, quoted
+# ---- identifiers and plain comments blanked out; executable comments (/*!50001 ... */) are read,
+# ---- since the server runs them.
+_BLANK = re.compile(rb"'(?:[^'\\]|\\.|'')*'|\"(?:[^\"\\]|\\.|\"\")*\"|`(?:[^`]|``)*`"
+                    rb"|/\*(?!!)(?:.|\n)*?\*/|(?:--[ \t]|#)[^\n]*", re.S)
+_OPENER = re.compile(rb"/\*!\d*|\*/")
+_LEADING = re.compile(
+    rb"\s*(?:use\b|grant\b|revoke\b|load\s+(?:data|xml|index)\b|(?:create|drop|alter|rename)\s+(?:or\s+replace\s+)?"
+    rb"(?:user|role|database|schema|server|tablespace|logfile)\b|(?:install|uninstall)\s+(?:plugin|soname|component)\b"
+    rb"|shutdown\b|kill\b|flush\b|reset\b|purge\b|change\s+(?:master|replication)\b|(?:start|stop)\s+(?:slave|replica)\b"
+    rb"|set\s+(?:global|persist|persist_only|password|role|default\s+role)\b|handler\b|binlog\b)", re.I)
+_ANYWHERE = re.compile(
+    rb"\binto\s+(?:outfile|dumpfile)\b|\bload_file\s*\(|@@global\s*\.|\bset\s+(?:global|persist)\b"
+    rb"|\bload\s+(?:data|xml)\b|\bsys_exec\b|\bsys_eval\b", re.I)
+
+
+def check_confined(st: Statement) -> None:
+    """Raise DumpRejected if ``st`` would act beyond the database it is restored into: server files
+    (INTO OUTFILE, LOAD DATA, LOAD_FILE), accounts and privileges, global settings, plugins, other
+    databases (USE, CREATE/DROP DATABASE). mariadb-dump and mysqldump of one database (as this tool
+    runs them, without --databases) write none of these."""
+    text = _BLANK.sub(b" ", st.sql)
+    text = _OPENER.sub(b" ", text)
+    m = _LEADING.match(text) or _ANYWHERE.search(text)
+    if m:
+        raise DumpRejected(f"a statement that reaches beyond the restored database ('{_show(m.group().strip())}')",
+                           st.line)
