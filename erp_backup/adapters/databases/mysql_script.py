@@ -397,6 +397,10 @@ def _show(raw: bytes | bytearray) -> str:
 _ANSI_MODES = frozenset({"ANSI_QUOTES", "ANSI", "DB2", "MAXDB", "MSSQL", "ORACLE", "POSTGRESQL"})
 _LEAD = re.compile(rb"(?:\s+|/\*M?!\d*|/\*(?![!+]|M!).*?\*/|#[^\n]*|--[ \t][^\n]*)*", re.S)
 _KEYWORD = re.compile(rb"(SET|EXECUTE)\b", re.I)
+# any assignment to a user variable: `@v := …`, `SET @v = …` (a list), `… INTO @v`
+_USER_ASSIGN = re.compile(rb"@([A-Za-z_][\w$.]*)\s*:?=(?!=)|\binto\s+@([A-Za-z_][\w$.]*)", re.I)
+_VERSIONED = re.compile(rb"/\*M?!(\d+)")
+_MAX_MODE_VERSION = 50799  # mysqldump/mariadb-dump condition sql_mode changes on 40101 and 50003
 _MENTION = re.compile(rb"sql_mode", re.I)
 _TARGET = rb"(?:@@(?:session\.|local\.|global\.)?|(?:session|local|global)\s+)?@?[A-Za-z_][\w$.]*"
 _VALUE = rb"'[^'\\]*'|\"[^\"\\]*\"|@@?[\w$.]+|[\w.+-]+"
@@ -417,12 +421,23 @@ class SessionModeTracker:
         lead = _LEAD.match(sql)
         start = lead.end() if lead else 0
         kw = _KEYWORD.match(sql, start)
+        if kw is None or not _MENTION.search(sql):
+            # a saved mode held in a user variable is no longer known once anything else assigns it
+            # (a review fooled the tracker with `SELECT @m := 'NO_BACKSLASH_ESCAPES'`)
+            for a in _USER_ASSIGN.finditer(sql):
+                self._saved.pop(b"@" + (a.group(1) or a.group(2)).lower(), None)
         if kw is None:
             return self.mode
         if kw.group(1).upper() == b"EXECUTE":
             raise DumpRejected("dynamic SQL (EXECUTE), which can change how the clients read the rest", st.line)
         if not _MENTION.search(sql):
             return self.mode
+        version = _VERSIONED.search(sql[:start])
+        if version and int(version.group(1)) > _MAX_MODE_VERSION:
+            # the server skips a versioned comment above its own version, so whether this change
+            # happens depends on the server: a real dump tool never conditions sql_mode like that
+            raise DumpRejected(f"a change of sql_mode under a version condition the verification cannot "
+                               f"follow ('{_show(sql[:60])}')", st.line)
         pos = kw.end()
         changes: list[tuple[bytes, bytes]] = []
         while True:
