@@ -174,6 +174,7 @@ class SafeTarget:
         self._written: dict[str, None] = {}  # pre-existing rels replaced or changed, in order
         self._outer: list[tuple[str, int]] = []  # (absolute path, inode): the target and parents we made
         self._fds: OrderedDict[str, int] = OrderedDict()
+        self._used: dict[str, tuple[int, int]] = {}  # every directory written into: rel -> (dev, inode)
         self._root_fd = -1
         missing = []
         p = self.root
@@ -232,6 +233,8 @@ class SafeTarget:
         pfd = self.dir_fd(parent, create=create)
         fd = self._open_dir(pfd, name, rel, create)
         self._fds[rel] = fd
+        st = os.fstat(fd)
+        self._used[rel] = (st.st_dev, st.st_ino)
         if len(self._fds) > self.MAX_FDS:
             os.close(self._fds.popitem(last=False)[1])
         return fd
@@ -256,6 +259,28 @@ class SafeTarget:
 
     def mkdir(self, rel: str) -> None:
         self.dir_fd(rel)
+
+    def check_in_place(self) -> None:
+        """Every directory this restore wrote into is still the one at its path under the target,
+        reached again from the target without following a link. A directory swapped (e.g. for a
+        link) while the restore ran would have taken files that are not where the target shows
+        them: fail, and the caller rolls back (a review swapped one mid-restore and got success)."""
+        for rel in sorted(self._used, key=lambda r: r.count("/")):
+            fd = os.dup(self._root_fd)
+            try:
+                for part in rel.split("/"):
+                    nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                    os.close(fd)
+                    fd = nxt
+                st = os.fstat(fd)
+            except OSError:
+                st = None
+            finally:
+                os.close(fd)
+            if st is None or (st.st_dev, st.st_ino) != self._used[rel]:
+                raise RestoreError(f"{self.path(rel)} was moved or replaced while the restore ran",
+                                   hint="make sure nothing else writes into the target directory, then "
+                                   "restore again into an empty one")
 
     def is_new(self, rel: str) -> bool:
         return rel in self._created
@@ -483,6 +508,7 @@ def restore_files(repo: LocalRepository, m: Manifest, safe: SafeTarget, *, keep_
     for d in sorted(dirs, key=lambda e: e.path.count("/"), reverse=True):
         _dir_meta(safe, d, setid.mode(d))
         rep.dirs += 1
+    safe.check_in_place()
     return FilesRestored(tuple(rep.sets_read), rep.files, rep.dirs, rep.symlinks, rep.bytes,
                          setid.dropped, tuple(setid.examples))
 
@@ -739,13 +765,21 @@ def _inside(target_dir: str, path: str) -> str | None:
     restored), so a target database spelled through a link to the target is still inside it and is
     written by the file restore's rules (a review found such a file written through a link the set
     had just created)."""
-    full, root = os.path.realpath(path), os.path.realpath(target_dir)
-    if full == root:
+    full, root = os.path.abspath(path), os.path.realpath(target_dir)
+    if os.path.realpath(full) == root:
         raise ConfigError(f"the SQLite target database {path} is the target directory",
                           hint="give a file path to --target-database")
-    if os.path.commonpath([full, root]) != root:
-        return None
-    return check_rel(os.path.relpath(full, root))
+    # the nearest ancestor that is the target, however spelled; what lies below it is taken as
+    # written (a link planted inside the target is replaced by the file restore, never followed)
+    below: list[str] = []
+    cur = full
+    while True:
+        cur, name = os.path.split(cur)
+        if not name:
+            return None
+        below.insert(0, name)
+        if os.path.realpath(cur) == root:
+            return check_rel("/".join(below))
 
 
 def execute(repo: LocalRepository, plan: RestorePlan, target_db: DatabaseUrl | None) -> RestoreReport:

@@ -711,3 +711,21 @@ def test_index_entries_with_two_types_are_refused_before_anything_is_written(tmp
         restore(LocalRepository(tmp_path / "backups"), target_dir=tmp_path / "r", backup_id=sid)
     assert "a dir and a file" in str(ei.value)
     assert not (tmp_path / "r").exists()
+
+
+def test_a_directory_swapped_for_a_link_while_restoring_fails_the_restore(tmp_path: Path, sentinel: Path) -> None:
+    """A review swapped a directory of the target for a link in the middle of a restore: the files
+    went (through the held descriptor) into the moved directory and the restore said it succeeded.
+    Here the swap happens at a chosen moment, between writing and the final check."""
+    from erp_backup.restore import SafeTarget
+
+    target = tmp_path / "T"
+    safe = SafeTarget(target)
+    fd = safe.open_file("bigdir/sub/a.txt")
+    os.close(fd)
+    safe.check_in_place()  # nothing moved: passes
+    os.rename(target / "bigdir", tmp_path / "moved")
+    os.symlink(sentinel, target / "bigdir")
+    with pytest.raises(RestoreError) as ei:
+        safe.check_in_place()
+    assert "bigdir" in str(ei.value) and "moved or replaced" in str(ei.value)
