@@ -171,17 +171,21 @@ class S3Store:
 
     # -- RemoteStore
 
+    def _uploaded_size(self, key: str) -> int:
+        """The size the service reports for an object just uploaded (checked against what was sent)."""
+        size = self.size(key)
+        if size is None:
+            raise StorageError(f"{self._where(key)} is missing right after its upload",
+                               hint="the service lost or hid the object: check its consistency settings and retry")
+        return size
+
     def put_stream(self, key: str, readable: IO[bytes]) -> int:
         full = self._full(key)
         try:
             self._client.upload_fileobj(readable, self.bucket_name, full, Config=self.transfer)
         except Exception as e:
             raise self._error(e, "upload to", key) from e
-        size = self.size(key)
-        if size is None:
-            raise StorageError(f"{self._where(key)} is missing right after its upload",
-                               hint="the service lost or hid the object: check its consistency settings and retry")
-        return size
+        return self._uploaded_size(key)
 
     def put_file(self, key: str, path: Path) -> int:
         full = self._full(key)
@@ -191,11 +195,7 @@ class S3Store:
             # upload_file wraps a ClientError in S3UploadFailedError (raised while handling it)
             cause = e.__context__ if isinstance(e, S3UploadFailedError) and e.__context__ else e
             raise self._error(cause, "upload to", key) from e
-        size = self.size(key)
-        if size is None:
-            raise StorageError(f"{self._where(key)} is missing right after its upload",
-                               hint="the service lost or hid the object: check its consistency settings and retry")
-        return size
+        return self._uploaded_size(key)
 
     def get_stream(self, key: str) -> IO[bytes]:
         try:
