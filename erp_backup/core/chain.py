@@ -119,11 +119,6 @@ def base_of(parent: Manifest) -> BackupId:
     return parent.id if parent.kind is BackupKind.FULL else (parent.base or parent.id)
 
 
-def missing_dependencies(target: Manifest, available: Iterable[BackupId]) -> list[BackupId]:
-    have = set(available)
-    return [d for d in target.depends_on if d not in have]
-
-
 def _when(x: Manifest | Damaged) -> datetime:
     """When a set finished, as far as it is known: a damaged set's manifest cannot say, its id
     (the start second) is the best guess."""
