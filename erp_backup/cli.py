@@ -169,9 +169,10 @@ def cmd_backup(args: argparse.Namespace) -> int:
     s = _settings(args)
     job = BackupJob(args.kind)
     checked = preflight(s, job.kind, job.tags)  # before Prefect starts: bad input costs a second, not ten
+    from erp_backup import runner
     from erp_backup.flows.backup import CLI_FLOWS
 
-    row = CLI_FLOWS[job](s, checked)
+    row = runner.run(CLI_FLOWS[job], None, settings=s, checked=checked)
     print(row["id"])
     return 0
 
@@ -186,10 +187,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
     for i in args.ids:
         if not repo.exists(BackupId(i)):
             raise BackupError(f"backup set {i} not found in {repo.root}", hint="see `erp-backup list`")
+    from erp_backup import runner
     from erp_backup.flows.restore import verify_checked_flow
 
     try:
-        rows = verify_checked_flow(settings=s, backup_ids=args.ids or None,
+        rows = runner.run(verify_checked_flow, None, settings=s, backup_ids=args.ids or None,
                                    level="quick" if args.quick else "full")
     except VerifyFailed as e:
         print_table(e.rows)  # every set, passed or not, before the error line
@@ -216,9 +218,10 @@ def cmd_restore(args: argparse.Namespace) -> int:
         target_database=args.target_database, force=args.force, yes=args.yes, jobs=args.jobs,
         keep_setid=args.keep_setid)
     plan = restorer.preflight(LocalRepository(s.storage.local_dir), request, live=s.live_database())
+    from erp_backup import runner
     from erp_backup.flows.restore import restore_checked_flow
 
-    row = restore_checked_flow(settings=s, plan=plan)
+    row = runner.run(restore_checked_flow, None, settings=s, plan=plan)
     print_table([row])
     return 0
 

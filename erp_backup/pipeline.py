@@ -3,8 +3,12 @@
 ``run_pipeline`` takes the stage callables: the Prefect flow passes its tasks
 (``erp_backup.flows.backup``), tests and ``bench/`` pass ``PLAIN_STAGES``, the
 plain functions of ``erp_backup.backup``. Both run exactly this order, under the
-repository lock; on any failure the partial set is removed and the error
-propagates. Later stages (encrypt, upload, prune) go into this function.
+repository lock up to ``commit``; on any failure before the commit the partial
+set is removed and the error propagates. After the commit, ``upload`` (off-site
+copy, ``erp_backup.upload``) and ``prune`` (retention, ``erp_backup.prune``) run
+outside the lock: the set is safe on disk by then. Encryption is not a stage of
+its own: the artifact writers encrypt as they write (no second pass over the
+bytes).
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from datetime import datetime, timedelta
 from typing import TypeVar
 
 from erp_backup import backup as stages
+from erp_backup import prune as pruning
+from erp_backup import upload as uploading
 from erp_backup.adapters.storage.local import LocalRepository
 from erp_backup.backup import (
     BackupPlan,
@@ -31,6 +37,8 @@ from erp_backup.backup import (
 from erp_backup.config import Settings
 from erp_backup.core.errors import ConfigError
 from erp_backup.core.models import MONTHLY_TAG, BackupJob, BackupKind
+from erp_backup.prune import PruneResult
+from erp_backup.upload import UploadResult
 from erp_backup.verify import VerifyReport
 
 T = TypeVar("T")
@@ -48,12 +56,15 @@ class Stages:
     seal: Callable[[BackupPlan, ScanResult, FilesResult, DumpResult | None, datetime | None], SealedSet]
     verify: Callable[[BackupPlan, SealedSet], VerifyReport]
     commit: Callable[[BackupPlan, SealedSet, VerifyReport], CommittedSet]
+    upload: Callable[[Settings, CommittedSet], UploadResult | None]
+    prune: Callable[[Settings, CommittedSet, UploadResult | None], PruneResult | None]
     report: Callable[[BackupPlan, CommittedSet, tuple[str, ...], dict[str, float]], BackupReport]
 
     @staticmethod
     def order() -> tuple[str, ...]:
         """The stage names in the order ``run_pipeline`` calls them (what a test compares against)."""
-        return ("preflight", "prepare", "scan", "dump", "archive", "seal", "verify", "commit", "report")
+        return ("preflight", "prepare", "scan", "dump", "archive", "seal", "verify", "commit", "upload", "prune",
+                "report")
 
 
 def _prepare(settings: Settings, checked: Preflight, now: datetime | None) -> BackupPlan:
@@ -69,6 +80,8 @@ PLAIN_STAGES = Stages(
     seal=stages.seal,
     verify=stages.verify_sealed,
     commit=stages.commit,
+    upload=uploading.upload_stage,
+    prune=pruning.prune_stage,
     report=stages.report,
 )
 
@@ -106,7 +119,10 @@ def run_pipeline(settings: Settings, job: BackupJob, run: Stages = PLAIN_STAGES,
         except BaseException:
             repo.discard(plan.id)
             raise
-    warnings = plan.passed_over + (dumped.warnings if dumped else ()) + files.warnings
+    uploaded = timed("upload", lambda: run.upload(settings, committed))
+    pruned = timed("prune", lambda: run.prune(settings, committed, uploaded))
+    warnings = (plan.passed_over + (dumped.warnings if dumped else ()) + files.warnings
+                + (uploaded.warnings if uploaded else ()) + (pruned.warnings if pruned else ()))
     reported = timed("report", lambda: run.report(plan, committed, warnings, dict(timings)))
     return BackupResult(committed.manifest, committed.path, committed.verify, reported, timings, plan)
 

@@ -34,6 +34,8 @@ from erp_backup.config import Settings
 from erp_backup.core.models import BackupJob, BackupKind
 from erp_backup.flows.common import artifact_key, as_stage, retry_transient, settings_for
 from erp_backup.pipeline import Stages, run_pipeline
+from erp_backup.prune import PruneResult, prune_stage
+from erp_backup.upload import UploadResult, upload_stage
 from erp_backup.verify import VerifyReport
 
 
@@ -122,6 +124,34 @@ def commit_task(plan: BackupPlan, sealed: SealedSet, verified: VerifyReport) -> 
     return committed
 
 
+@task(name="upload-set", cache_policy=NO_CACHE, retry_condition_fn=retry_transient)
+def upload_task(settings: Settings, committed: CommittedSet) -> UploadResult | None:
+    res = upload_stage(settings, committed)
+    log = get_run_logger()
+    if res is None:
+        log.info("no remote configured: the set stays local only")
+        return None
+    log.info("uploaded to %s: %s (%d bytes)", res.remote, ", ".join(res.uploaded) or "nothing missing",
+             res.bytes_sent)
+    for w in res.warnings:
+        log.warning(w)
+    return res
+
+
+@task(name="prune", cache_policy=NO_CACHE)
+def prune_task(settings: Settings, committed: CommittedSet, uploaded: UploadResult | None) -> PruneResult | None:
+    res = prune_stage(settings, committed, uploaded)
+    log = get_run_logger()
+    if res is None:
+        log.info("retention not applied")
+        return None
+    log.info("pruned %d local and %d remote set(s); %d kept", len(res.removed_local), len(res.removed_remote),
+             res.kept)
+    for w in res.warnings:
+        log.warning(w)
+    return res
+
+
 @task(name="report", cache_policy=NO_CACHE)
 def report_task(plan: BackupPlan, committed: CommittedSet, warnings: tuple[str, ...],
                 timings: dict[str, float]) -> BackupReport:
@@ -161,6 +191,8 @@ def task_stages(settings: Settings) -> Stages:
         seal=as_stage(seal_task),
         verify=as_stage(verify_task.with_options(**retry)),
         commit=as_stage(commit_task),
+        upload=as_stage(upload_task.with_options(**retry)),
+        prune=as_stage(prune_task),
         report=as_stage(report_task),
     )
 

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.e2e
 # the Prefect task name of each stage (flows/backup.py); a stage missing here fails the test
 TASK_OF_STAGE = {"preflight": "preflight", "prepare": "prepare", "scan": "scan", "dump": "dump-database",
                  "archive": "archive-files", "seal": "seal-set", "verify": "verify-set", "commit": "commit-set",
-                 "report": "report"}
+                 "upload": "upload-set", "prune": "prune", "report": "report"}
 
 
 def task_runs_in_order(server: PrefectServer, flow_run_id: str) -> list[str]:
