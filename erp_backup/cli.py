@@ -200,6 +200,22 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify_log(args: argparse.Namespace) -> int:
+    s = _settings(args)
+    path = s.verify.log
+    if args.path:
+        print(path)
+        return 0
+    if not path.exists():
+        print(f"no verification log yet at {path}")
+        return 0
+    with path.open(encoding="utf-8", errors="replace") as f:
+        lines = f.readlines()
+    for line in lines[-args.tail:]:
+        print(line, end="")
+    return 0
+
+
 def _parse_time(text: str) -> datetime:
     try:
         dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
@@ -262,6 +278,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("ids", nargs="*")
     sp.add_argument("--quick", action="store_true", help="checksums only")
     sp.set_defaults(func=cmd_verify)
+
+    sp = sub.add_parser("verify-log", help="show the verification log's newest lines (no Prefect start-up)")
+    sp.add_argument("--path", action="store_true", help="print the log's path only")
+    sp.add_argument("--tail", type=int, default=20, help="how many lines (default 20)")
+    sp.set_defaults(func=cmd_verify_log)
 
     sp = sub.add_parser("restore", help="restore a set into a directory and/or a database")
     g = sp.add_mutually_exclusive_group()

@@ -49,11 +49,18 @@ class BackupConfig(_Section):
     retry_delay_s: list[float] = Field(default_factory=lambda: [10.0, 60.0])
 
 
+class VerifyConfig(_Section):
+    log: Path = Path("/var/log/erp-backup/verify.log")  # one line per verified set, every verification
+    log_max_bytes: int = Field(1 << 20, ge=1024)  # rotate when the log reaches this size
+    log_keep: int = Field(5, ge=0, le=100)  # rotated logs kept (verify.log.1 … .N)
+
+
 class Settings(_Section):
     project: ProjectConfig = Field(default_factory=ProjectConfig)
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     backup: BackupConfig = Field(default_factory=BackupConfig)
+    verify: VerifyConfig = Field(default_factory=VerifyConfig)
     _source: str = PrivateAttr(default="defaults")
 
     @property
@@ -114,6 +121,9 @@ def settings_from_dict(data: dict[str, object], *, source: str = "dict") -> Sett
     if not s.storage.local_dir.is_absolute():
         raise ConfigError(f"config {source}: storage.local_dir: must be an absolute path",
                           hint="e.g. /var/backups/django_erp")
+    if not s.verify.log.is_absolute():
+        raise ConfigError(f"config {source}: verify.log: must be an absolute path",
+                          hint="e.g. /var/log/erp-backup/verify.log")
     s._source = source
     return s
 
@@ -197,6 +207,11 @@ verify = "full"           # after each backup: "full" (decompress + content), "q
 lock_wait_s = 3600        # how long a backup waits for another one to finish
 task_retries = 2          # retries of the stages safe to repeat (scan, dump, archive, verify)
 retry_delay_s = [10, 60]  # seconds before each retry
+
+[verify]
+log = "/var/log/erp-backup/verify.log"  # one line per verified set, appended by every verification
+log_max_bytes = 1048576   # rotated (verify.log.1 … .N) when it reaches this size
+log_keep = 5              # rotated logs kept
 """
 
 

@@ -17,6 +17,7 @@ from prefect.cache_policies import NO_CACHE
 
 from erp_backup import restore as restorer
 from erp_backup import verify as verifier
+from erp_backup import verify_log
 from erp_backup.adapters.storage.local import LocalRepository
 from erp_backup.config import Settings
 from erp_backup.core.models import BackupId
@@ -102,6 +103,11 @@ def run_verify(s: Settings, backup_ids: list[str] | None, level: str) -> list[di
     else:  # every set directory, damaged ones too: they fail, by name
         ids = [i.value for i in repo.scan().ids]
     reports = verify_sets_task(s, ids, level)
+    warn = verify_log.append(s.verify.log, [verify_log.VerifyLine(r.set_id, r.level, r.ok, "; ".join(r.problems))
+                                            for r in reports],
+                             max_bytes=s.verify.log_max_bytes, keep=s.verify.log_keep)
+    if warn:
+        log.warning(warn)
     rows = []
     for r in reports:
         rows.append({"set": r.set_id, "level": r.level, "result": "passed" if r.ok else "FAILED",
