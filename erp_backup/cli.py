@@ -2,8 +2,9 @@
 
 Read-only commands (``list``, ``show``) answer from the manifests without
 importing Prefect. The others check their input first (one-line errors, nothing
-written, no Prefect start-up for a typo), then run their Prefect flow: under the
-ephemeral API by default, against a server when ``PREFECT_API_URL`` is set.
+written, no Prefect start-up for a typo), then run through ``erp_backup.runner``: as a
+flow run on the Prefect server when one is configured (``PREFECT_API_URL``), else in
+this process without Prefect (``erp_backup.jobs``).
 """
 
 from __future__ import annotations
@@ -169,10 +170,10 @@ def cmd_backup(args: argparse.Namespace) -> int:
     s = _settings(args)
     job = BackupJob(args.kind)
     checked = preflight(s, job.kind, job.tags)  # before Prefect starts: bad input costs a second, not ten
-    from erp_backup import runner
-    from erp_backup.flows.backup import CLI_FLOWS
+    from erp_backup import jobs, runner
 
-    row = runner.run(CLI_FLOWS[job], None, settings=s, checked=checked)
+    flow = runner.lazy("erp_backup.flows.backup", "CLI_FLOWS", job)
+    row = runner.run(flow, jobs.backup_job(job), settings=s, checked=checked)
     print(row["id"])
     return 0
 
@@ -187,12 +188,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
     for i in args.ids:
         if not repo.exists(BackupId(i)):
             raise BackupError(f"backup set {i} not found in {repo.root}", hint="see `erp-backup list`")
-    from erp_backup import runner
-    from erp_backup.flows.restore import verify_checked_flow
+    from erp_backup import jobs, runner
 
+    flow = runner.lazy("erp_backup.flows.restore", "verify_checked_flow")
     try:
-        rows = runner.run(verify_checked_flow, None, settings=s, backup_ids=args.ids or None,
-                                   level="quick" if args.quick else "full")
+        rows = runner.run(flow, jobs.verify_job, settings=s, backup_ids=args.ids or None,
+                          level="quick" if args.quick else "full")
     except VerifyFailed as e:
         print_table(e.rows)  # every set, passed or not, before the error line
         raise
@@ -218,10 +219,10 @@ def cmd_restore(args: argparse.Namespace) -> int:
         target_database=args.target_database, force=args.force, yes=args.yes, jobs=args.jobs,
         keep_setid=args.keep_setid)
     plan = restorer.preflight(LocalRepository(s.storage.local_dir), request, live=s.live_database())
-    from erp_backup import runner
-    from erp_backup.flows.restore import restore_checked_flow
+    from erp_backup import jobs, runner
 
-    row = runner.run(restore_checked_flow, None, settings=s, plan=plan)
+    flow = runner.lazy("erp_backup.flows.restore", "restore_checked_flow")
+    row = runner.run(flow, jobs.restore_job, settings=s, plan=plan)
     print_table([row])
     return 0
 

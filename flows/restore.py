@@ -15,11 +15,11 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from erp_backup import jobs
 from erp_backup import restore as restorer
 from erp_backup import verify as verifier
 from erp_backup.adapters.storage.local import LocalRepository
 from erp_backup.config import Settings
-from erp_backup.core.models import BackupId
 from erp_backup.flows.common import artifact_key, retry_transient, settings_for
 
 
@@ -30,9 +30,7 @@ def restore_preflight_task(settings: Settings, request: restorer.RestoreRequest)
 
 @task(name="restore-set", cache_policy=NO_CACHE)
 def restore_task(settings: Settings, plan: restorer.RestorePlan) -> restorer.RestoreReport:
-    live = settings.live_database()
-    return restorer.execute(LocalRepository(settings.storage.local_dir), plan,
-                            restorer.target_database_of(plan, live))
+    return jobs.execute_restore(settings, plan)
 
 
 def run_restore(s: Settings, plan: restorer.RestorePlan) -> dict[str, Any]:
@@ -70,11 +68,11 @@ def restore_checked_flow(settings: Settings, plan: restorer.RestorePlan) -> dict
     return run_restore(settings, plan)
 
 
-@task(name="verify-sets", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5,
+@task(name="verify-sets", cache_policy=NO_CACHE, retries=jobs.VERIFY_RETRIES,
+      retry_delay_seconds=list(jobs.VERIFY_DELAYS),
       retry_condition_fn=retry_transient)
 def verify_sets_task(settings: Settings, ids: list[str], level: str) -> list[verifier.VerifyReport]:
-    repo = LocalRepository(settings.storage.local_dir)
-    return verifier.verify_sets(repo, ids, level=level, key_files=settings.project.key_files)
+    return jobs.verify_sets(settings, ids, level)
 
 
 @flow(name="erp-backup-verify", log_prints=True)
@@ -94,28 +92,10 @@ def verify_checked_flow(settings: Settings, backup_ids: list[str] | None = None,
 def run_verify(s: Settings, backup_ids: list[str] | None, level: str) -> list[dict[str, Any]]:
     log = get_run_logger()
     repo = LocalRepository(s.storage.local_dir)
-    cleaned = repo.clean_leftovers()  # scratch directories of killed runs
-    if cleaned:
-        log.warning("removed leftovers of interrupted runs: %s", ", ".join(cleaned))
-    if backup_ids:
-        ids = [BackupId(i).value for i in backup_ids]
-    else:  # every set directory, damaged ones too: they fail, by name
-        ids = [i.value for i in repo.scan().ids]
-    reports = verify_sets_task(s, ids, level)
-    rows = []
-    for r in reports:
-        rows.append({"set": r.set_id, "level": r.level, "result": "passed" if r.ok else "FAILED",
-                     "problems": "; ".join(r.problems) or "-", "bytes checked": r.bytes_checked,
-                     "files checked": r.files_checked})
-        if r.ok:
-            log.info("%s: verification passed", r.set_id)
-        else:
-            for p in r.problems:
-                log.error("%s", p)
+    reports = verify_sets_task(s, jobs.verify_targets(repo, backup_ids, log), level)
+    rows = jobs.verify_rows(reports, log)
     if rows:
         create_table_artifact(key=artifact_key("erp-backup-verify"), table=rows,
                               description=f"Verification of {len(rows)} set(s) in `{repo.root}`")
-    bad = [r for r in reports if not r.ok]
-    if bad:  # carries the table: the CLI prints it before the error line
-        raise verifier.VerifyFailed(rows, bad)
+    jobs.raise_if_failed(rows, reports)
     return rows
