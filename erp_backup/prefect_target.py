@@ -81,3 +81,20 @@ def configured_api_url(env: Mapping[str, str] | None = None, cwd: Path | None = 
     profile = _dig(data, "profiles", str(active)) if active else None
     value = profile.get(KEY) if isinstance(profile, dict) else None
     return str(value) if value else None
+
+
+def reachable(url: str, timeout: float = 5.0) -> bool:
+    """Does anything answer HTTP at ``url``? Any HTTP status counts (an API key may be needed for
+    ``/health``); only a refused, timed-out or unresolvable connection does not."""
+    import urllib.error
+    import urllib.request
+
+    if not url.lower().startswith(("http://", "https://")):
+        return True  # not ours to judge: Prefect says what is wrong with it
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/health", timeout=timeout):
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except (OSError, ValueError):
+        return False

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from erp_backup.core.errors import ConfigError
-from erp_backup.prefect_target import configured_api_url
+from erp_backup.prefect_target import configured_api_url, reachable
 
 R = TypeVar("R")
 
@@ -48,6 +48,16 @@ def mode() -> str:
     if chosen == "auto":
         return "flow" if configured_api_url() else "plain"
     return chosen
+
+
+def check_server() -> None:
+    """With a Prefect API configured, it must answer before the flow starts: else one clear line
+    instead of Prefect's traceback after its connection retries (nothing has been written yet)."""
+    url = configured_api_url()
+    if url and not reachable(url):
+        raise ConfigError(f"the Prefect API at {url} does not answer",
+                          hint="start the server (`prefect server start`), or run this job without it: "
+                          f"{MODE_ENV}=plain (the run then does not show in the UI)")
 
 
 def log_to_stderr() -> None:
@@ -79,6 +89,7 @@ def lazy(module: str, name: str, key: Any = None) -> Callable[..., Any]:
 def run(flow: Callable[..., R], plain: Callable[..., R] | None = None, /, **kwargs: Any) -> R:
     """Run one CLI job with ``kwargs``: the flow, or its plain variant (see the module doc)."""
     if plain is None or mode() == "flow":
+        check_server()
         return flow(**kwargs)
     log_to_stderr()
     return plain(**kwargs)
