@@ -20,6 +20,7 @@ from pathlib import Path
 
 from erp_backup import __version__
 from erp_backup.adapters import archive, scan
+from erp_backup.adapters.archive.selfcheck import InlineCheck
 from erp_backup.adapters.databases.base import DatabaseAdapter, adapter_for
 from erp_backup.adapters.databases.sqlite import COMPANIONS as SQLITE_COMPANIONS
 from erp_backup.adapters.storage.local import MANIFEST, SUMS, LocalRepository, write_private_stream
@@ -115,6 +116,7 @@ class FilesResult:
     bytes_in: int
     skipped: tuple[tuple[str, str], ...]
     warnings: tuple[str, ...]
+    checked_inline: bool = False  # read back while written (adapters/archive/selfcheck.py)
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,7 @@ class SealedSet:
 
     manifest: Manifest
     partial: Path
+    files_read_back: bool = False  # FilesResult.checked_inline
 
 
 @dataclass(frozen=True)
@@ -297,17 +300,23 @@ def dump_database(plan: BackupPlan) -> DumpResult | None:
 
 def archive_files(plan: BackupPlan, scanned: ScanResult) -> FilesResult:
     path = _fresh(plan.partial / FILES_ARTIFACT)
-    writer = archive.ArtifactWriter(path, level=plan.settings.backup.compression_level, threads=plan.threads)
+    # the default (full) verification: the archive is read back as it is written (selfcheck)
+    check = InlineCheck(f"{plan.id}/{FILES_ARTIFACT}") if plan.settings.backup.verify == "full" else None
+    writer = archive.ArtifactWriter(path, level=plan.settings.backup.compression_level, threads=plan.threads,
+                                    inspector=check)
     try:
         res = archive.write_tar(plan.settings.project.root, scanned.changes.archive, writer.write, plan.id.value)
         written = writer.close()
+        if check is not None:
+            check.result(written.raw_size, res.entries)
     except BaseException:
         writer.abort()
         path.unlink(missing_ok=True)
         raise
     return FilesResult(artifact=Artifact(name=FILES_ARTIFACT, role="files", size=written.size,
                                          sha256=written.sha256),
-                       entries=res.entries, bytes_in=res.bytes_in, skipped=res.skipped, warnings=res.warnings)
+                       entries=res.entries, bytes_in=res.bytes_in, skipped=res.skipped, warnings=res.warnings,
+                       checked_inline=check is not None)
 
 
 def seal(plan: BackupPlan, scanned: ScanResult, files: FilesResult, dumped: DumpResult | None,
@@ -337,12 +346,13 @@ def seal(plan: BackupPlan, scanned: ScanResult, files: FilesResult, dumped: Dump
     # SHA256SUMS covers the manifest too: a damaged index (modes, times, holders) is caught
     covered = [*artifacts, Artifact(name=MANIFEST, role="manifest", size=size, sha256=digest)]
     write_private_stream(plan.partial / SUMS, [mf.sha256sums(covered)])
-    return SealedSet(m, plan.partial)
+    return SealedSet(m, plan.partial, files.checked_inline)
 
 
 def verify_sealed(plan: BackupPlan, sealed: SealedSet) -> VerifyReport:
     rep = verify_dir(sealed.partial, sealed.manifest, level=plan.settings.backup.verify,
-                     key_files=plan.settings.project.key_files, repo=plan.repo)
+                     key_files=plan.settings.project.key_files, repo=plan.repo,
+                     files_read_back=sealed.files_read_back)
     rep.raise_if_bad()
     return rep
 
