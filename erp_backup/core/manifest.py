@@ -49,10 +49,14 @@ def entry_to_dict(e: FileEntry) -> dict[str, Any]:
     return d
 
 
+_TYPES = {t.value: t for t in EntryType}
+
+
 def entry_from_dict(d: dict[str, Any]) -> FileEntry:
+    typ = _TYPES.get(d["type"]) if isinstance(d["type"], str) else None
     return FileEntry(
         path=d["path"],
-        type=EntryType(d["type"]),
+        type=typ if typ is not None else EntryType(d["type"]),
         mode=int(d["mode"], 8),
         mtime_ns=int(d["mtime_ns"]),
         size=int(d.get("size", 0)),
@@ -119,6 +123,8 @@ def _jstr(text: str) -> str:
     """A JSON string. File names that are not valid UTF-8 (decoded by the OS layer with
     surrogateescape) are written with ASCII escapes, so the manifest stays valid UTF-8
     and reads back to the very same name."""
+    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
+        return f'"{text}"'  # nothing to escape (most names): what json.dumps would write
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
