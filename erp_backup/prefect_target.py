@@ -90,7 +90,7 @@ def reachable(url: str, timeout: float = 5.0) -> bool:
     import urllib.request
 
     if not url.lower().startswith(("http://", "https://")):
-        return True  # not ours to judge: Prefect says what is wrong with it
+        return False  # Prefect speaks HTTP(S) only
     try:
         with urllib.request.urlopen(url.rstrip("/") + "/health", timeout=timeout):
             return True

@@ -54,6 +54,10 @@ def check_server() -> None:
     """With a Prefect API configured, it must answer before the flow starts: else one clear line
     instead of Prefect's traceback after its connection retries (nothing has been written yet)."""
     url = configured_api_url()
+    if url and not url.lower().startswith(("http://", "https://")):
+        raise ConfigError(f"the configured Prefect API URL {url!r} is not an http(s) URL",
+                          hint="fix PREFECT_API_URL (e.g. http://127.0.0.1:4200/api), or unset it to run "
+                          "without a server")
     if url and not reachable(url):
         raise ConfigError(f"the Prefect API at {url} does not answer",
                           hint="start the server (`prefect server start`), or run this job without it: "

@@ -258,6 +258,16 @@ def test_a_configured_server_that_does_not_answer_is_one_clear_error(monkeypatch
     assert url in str(e.value) and "ERP_BACKUP_RUNNER=plain" in (e.value.hint or "") and seen == []
 
 
+@pytest.mark.parametrize("url", ["not a url", "file:///etc/passwd", "127.0.0.1:4200/api"])
+def test_a_configured_api_url_that_is_not_http_is_one_clear_error(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    monkeypatch.setenv("PREFECT_API_URL", url)
+    monkeypatch.delenv(runner.MODE_ENV, raising=False)
+    seen, flow, plain = _calls()
+    with pytest.raises(ConfigError, match="not an http"):
+        runner.run(flow, plain)
+    assert seen == []
+
+
 @pytest.mark.parametrize("status", [200, 401, 404])
 def test_any_http_answer_counts_as_a_server(monkeypatch: pytest.MonkeyPatch, status: int,
                                             http_answer: tuple[str, list[str], list[int]]) -> None:
