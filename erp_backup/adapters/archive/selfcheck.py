@@ -25,6 +25,7 @@ from collections.abc import Iterable
 import zstandard
 
 from erp_backup.adapters.archive.artifact import CHUNK
+from erp_backup.adapters.archive.reader import read_exact
 from erp_backup.adapters.archive.tar_reader import TarStream
 from erp_backup.core.errors import IntegrityError
 from erp_backup.core.models import EntryType, FileEntry
@@ -100,15 +101,7 @@ class _Decompressed:
         return out
 
     def read_exact(self, n: int) -> bytes:
-        parts: list[bytes] = []
-        got = 0
-        while got < n:
-            more = self.read(n - got)
-            if not more:
-                break
-            parts.append(more)
-            got += len(more)
-        return b"".join(parts)
+        return read_exact(self.read, n)
 
     def drain(self) -> None:
         """Take (and drop) what is still queued, up to the end: the writer never blocks."""
