@@ -244,11 +244,14 @@ def prepare(settings: Settings, checked: Preflight, *, now: datetime | None = No
 
 def scan_changes(plan: BackupPlan) -> ScanResult:
     p = plan.settings.project
-    result = scan.scan_tree(p.root, p.include, p.exclude, _auto_excludes(plan.settings, plan.database))
+    skipped: list[tuple[str, str]] = []
+    # the walk is consumed by the change plan entry by entry: an unchanged file's fresh entry is
+    # dropped at once (the parent's stands), so the whole scan is never held next to the index
+    found = scan.iter_tree(p.root, p.include, p.exclude, _auto_excludes(plan.settings, plan.database), skipped)
     reference = None
     if plan.parent is not None:  # the parent's index is read here and dropped with this frame (memory)
         reference = {e.path: e for e in plan.repo.read_manifest(plan.parent.id).files}
-    return ScanResult(plan_changes(result.entries, reference), tuple(result.skipped))
+    return ScanResult(plan_changes(found, reference), tuple(skipped))
 
 
 def _fresh(path: Path) -> Path:
