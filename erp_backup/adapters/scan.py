@@ -131,9 +131,12 @@ def iter_tree(root: Path, include: Iterable[str] = (".",), exclude: Iterable[str
 
 def _walk_all(root: Path, include: list[str], rules: Excluder, skipped: list[tuple[str, str]]
               ) -> Iterator[FileEntry]:
-    # overlapping include paths could find a path twice; the whole tree (the default) cannot
-    seen: set[str] | None = None if [PurePosixPath(i).as_posix().strip("/") for i in include] in ([""], ["."]) \
-        else set()
+    # overlapping include paths could find a path twice; the whole tree (the default) cannot.
+    # ``walked``: directories already walked (an include's ancestor is listed, not walked: a later
+    # include that covers it still walks it)
+    whole = [PurePosixPath(i).as_posix().strip("/") for i in include] in ([""], ["."])
+    seen: set[str] | None = None if whole else set()
+    walked: set[str] | None = None if whole else set()
 
     def entry(rel: str, st: os.stat_result, full: str) -> FileEntry | None:
         if seen is not None:
@@ -163,16 +166,24 @@ def _walk_all(root: Path, include: list[str], rules: Excluder, skipped: list[tup
             except OSError as err:
                 skipped.append((rel, f"cannot stat: {err.strerror}"))
                 continue
-            found = entry(rel, st, d.path)
-            if found is not None:
-                yield found
-                if found.type is EntryType.DIR:
-                    yield from walk(rel, d.path)
+            yield from visit(rel, st, d.path)
+
+    def visit(rel: str, st: os.stat_result, full: str) -> Iterator[FileEntry]:
+        found = entry(rel, st, full)
+        if found is not None:
+            yield found
+        if stat.S_ISDIR(st.st_mode) and (walked is None or rel not in walked):
+            if walked is not None:
+                walked.add(rel)
+            yield from walk(rel, full)
 
     for inc in include:
         inc_rel = PurePosixPath(inc).as_posix().strip("/")
         if inc_rel in ("", "."):
-            yield from walk("", str(root))
+            if walked is None or "" not in walked:
+                if walked is not None:
+                    walked.add("")
+                yield from walk("", str(root))
             continue
         if ".." in PurePosixPath(inc_rel).parts:
             raise SourceError(f"include path {inc!r} leaves the project root",
@@ -192,8 +203,4 @@ def _walk_all(root: Path, include: list[str], rules: Excluder, skipped: list[tup
                 yield a
         if rules.excluded(inc_rel, parts[-1]):
             continue
-        e = entry(inc_rel, st, str(full))
-        if e is not None:
-            yield e
-            if e.type is EntryType.DIR:
-                yield from walk(inc_rel, str(full))
+        yield from visit(inc_rel, st, str(full))
