@@ -350,7 +350,19 @@ def verify_sealed(plan: BackupPlan, sealed: SealedSet) -> VerifyReport:
 def commit(plan: BackupPlan, sealed: SealedSet, verified: VerifyReport) -> CommittedSet:
     verified.raise_if_bad()  # never commit what did not verify, whoever calls this
     _clear_work(plan)
-    return CommittedSet(sealed.manifest, plan.repo.commit(plan.id), verified)
+    committed = CommittedSet(sealed.manifest, plan.repo.commit(plan.id), verified)
+    _release_safety_copies(plan.repo.root)
+    return committed
+
+
+def _release_safety_copies(root: Path) -> None:
+    """A successful backup ends the life of the safety copies of finished in-place restores."""
+    import logging
+
+    from erp_backup import safety
+
+    for msg in safety.release(root)[1]:
+        logging.getLogger("erp_backup").warning(msg)
 
 
 def report(plan: BackupPlan, committed: CommittedSet, warnings: tuple[str, ...],

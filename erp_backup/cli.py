@@ -212,12 +212,20 @@ def cmd_restore(args: argparse.Namespace) -> int:
     from erp_backup import restore as restorer
     from erp_backup.adapters.storage.local import LocalRepository
 
+    if args.in_place:
+        from erp_backup.recovery_cli import restore_in_place
+
+        return restore_in_place(args, _settings(args), _parse_time(args.at) if args.at else None)
+    if args.files_only or args.database_only:
+        raise ConfigError("--files-only/--database-only go with --in-place",
+                          hint="for a restore elsewhere give only --target-dir or only --target-database")
     s = _settings(args)
     request = restorer.RestoreRequest(
         target_dir=args.target_dir, backup_id=args.backup, at=_parse_time(args.at) if args.at else None,
         target_database=args.target_database, force=args.force, yes=args.yes, jobs=args.jobs,
-        keep_setid=args.keep_setid)
-    plan = restorer.preflight(LocalRepository(s.storage.local_dir), request, live=s.live_database())
+        keep_setid=args.keep_setid, verify=args.verify or s.restore.verify, allow_old=args.allow_old)
+    plan = restorer.preflight(LocalRepository(s.storage.local_dir), request, live=s.live_database(),
+                              max_age_s=s.restore.max_age)
     from erp_backup import runner
     from erp_backup.flows.restore import restore_checked_flow
 
@@ -274,7 +282,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--jobs", type=int, default=1, help="parallel restore jobs (PostgreSQL)")
     sp.add_argument("--keep-setid", action="store_true",
                     help="restore setuid/setgid bits as recorded (default: dropped, with a warning)")
+    from erp_backup.recovery_cli import add_recovery_parsers, add_restore_flags
+
+    add_restore_flags(sp)
     sp.set_defaults(func=cmd_restore)
+    add_recovery_parsers(sub)
 
     sp = sub.add_parser("demo", help="sample ERP: full, incremental, differential, restore each, check")
     sp.add_argument("--dir", help="work directory (default: a new temporary directory)")

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, Valid
 
 from erp_backup.core.dburl import DatabaseUrl, parse_database_url
 from erp_backup.core.errors import ConfigError
+from erp_backup.recovery_config import RestoreConfig, RestoreTestConfig
 
 DEFAULT_CONFIG = Path("/etc/erp-backup/config.toml")
 DEFAULT_EXCLUDES = ["*.pyc", "__pycache__", "venv", ".venv", "node_modules", "staticfiles", "media"]
@@ -54,6 +55,8 @@ class Settings(_Section):
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     backup: BackupConfig = Field(default_factory=BackupConfig)
+    restore: RestoreConfig = Field(default_factory=RestoreConfig)
+    restore_test: RestoreTestConfig = Field(default_factory=RestoreTestConfig)
     _source: str = PrivateAttr(default="defaults")
 
     @property
@@ -197,12 +200,14 @@ verify = "full"           # after each backup: "full" (decompress + content), "q
 lock_wait_s = 3600        # how long a backup waits for another one to finish
 task_retries = 2          # retries of the stages safe to repeat (scan, dump, archive, verify)
 retry_delay_s = [10, 60]  # seconds before each retry
-"""
+{recovery}"""
 
 
 def render_config(root: Path, local_dir: Path, url: str | None) -> str:
     import json
 
     url_line = f"url = {json.dumps(url)}" if url else '# url = "sqlite:////srv/django_erp/db.sqlite3"'
+    from erp_backup.recovery_config import CONFIG_TEMPLATE as RECOVERY_TEMPLATE
+
     return CONFIG_TEMPLATE.format(root=root, exclude=json.dumps(DEFAULT_EXCLUDES), url_line=url_line,
-                                  local_dir=local_dir)
+                                  local_dir=local_dir, recovery=RECOVERY_TEMPLATE)
