@@ -1,0 +1,203 @@
+"""The restore test on real sets and real servers: scratch directory and database always dropped
+(after success, after a failure half-way, after a kill), RTO/RPO from real set times, a corrupted
+newest set passed over and reported, the record that `status` reads."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from erp_backup import restore_test as tester
+from erp_backup.adapters.databases.scratch import list_databases
+from erp_backup.config import Settings
+from erp_backup.core.dburl import DatabaseUrl
+from erp_backup.core.models import BackupKind
+from erp_backup.pipeline import run_backup
+from erp_backup.recovery_config import RestoreConfig, RestoreTestConfig
+from erp_backup.restore import restore
+from tests.conftest import REPO, cli_env, flip_byte, make_settings, make_small_project, run_cli, write_config
+
+pytestmark = pytest.mark.integration
+QUIET: Callable[[str], object] = lambda _m: None  # noqa: E731
+
+
+def leftovers(s: Settings) -> list[str]:
+    return sorted(n for n in os.listdir(s.storage.local_dir) if n.startswith(".scratch-"))
+
+
+def configure(s: Settings, smoke: list[list[str]] | None = None, **test: Any) -> Settings:
+    return s.model_copy(update={"restore": RestoreConfig(smoke=smoke or [], command_timeout=60),
+                                "restore_test": RestoreTestConfig(**test)})
+
+
+SMOKE_DB = [sys.executable, "-c",
+            "import os, sys; u = os.environ['DATABASE_URL']; print('checking', u.split('@')[-1]); "
+            "sys.exit(0 if '_restore_test_' in u or u.startswith('sqlite:') else 5)"]
+
+
+def hourly_history(s: Settings, hours_ago: list[float]) -> list[str]:
+    now = datetime.now(UTC)
+    ids = []
+    for i, h in enumerate(sorted(hours_ago, reverse=True)):
+        kind = BackupKind.FULL if i == 0 else BackupKind.INCREMENTAL
+        ids.append(run_backup(s, kind, now=now - timedelta(hours=h)).manifest.id.value)
+    return ids
+
+
+def test_sqlite_restore_test_passes_records_and_leaves_nothing(tmp_path: Path) -> None:
+    root = make_small_project(tmp_path / "erp")
+    s = configure(make_settings(tmp_path, root=root), smoke=[SMOKE_DB, ["test", "-f", "manage.py"]])
+    ids = hourly_history(s, [2.5, 1.8, 1.0, 0.2])
+    res = tester.run_restore_test(s, log=QUIET)
+    assert res.ok, res.problems
+    assert res.set == ids[-1]
+    assert res.files_checked == 9 and res.tables_checked == 2
+    assert set(res.stages) == {"select", "files", "database", "check", "smoke"}
+    assert res.rto_seconds > 0 and res.rto_extrapolated_seconds >= res.rto_seconds
+    assert res.rpo_seconds is not None and 0.1 * 3600 < res.rpo_seconds < 0.4 * 3600
+    assert res.max_gap_seconds is not None and 0.7 * 3600 < res.max_gap_seconds < 0.9 * 3600
+    assert all(c["ok"] for c in res.smoke) and "checking" in str(res.smoke[0]["output"])
+    assert leftovers(s) == []
+    rec = json.loads((s.storage.local_dir / tester.RECORD).read_text())
+    assert rec["ok"] is True and rec["set"] == ids[-1]
+    assert oct(os.stat(s.storage.local_dir / tester.RECORD).st_mode & 0o777) == "0o600"
+
+
+def test_three_hour_gap_fails_naming_it(tmp_path: Path) -> None:
+    root = make_small_project(tmp_path / "erp")
+    s = configure(make_settings(tmp_path, root=root))
+    ids = hourly_history(s, [6, 5, 2, 1, 0.3])  # 5 h ago -> 2 h ago: 3 hours without a set
+    res = tester.run_restore_test(s, log=QUIET)
+    assert not res.ok
+    assert res.max_gap_seconds is not None and 2.9 * 3600 < res.max_gap_seconds < 3.1 * 3600
+    (gap,) = [p for p in res.problems if "gap" in p]
+    assert f"{ids[1]} → {ids[2]}" in gap and "exceeds the target 1h 0m" in gap
+    assert res.max_gap == f"{ids[1]} → {ids[2]}"
+    with pytest.raises(tester.RestoreTestFailed, match="gap of 3h"):
+        tester.raise_if_failed(res)
+
+
+def test_corrupted_newest_set_is_passed_over_by_restore_and_fails_the_restore_test(tmp_path: Path) -> None:
+    root = make_small_project(tmp_path / "erp")
+    s = configure(make_settings(tmp_path, root=root))
+    ids = hourly_history(s, [1.5, 0.9, 0.4])
+    newest = s.storage.local_dir / ids[-1] / "files.tar.zst"
+    flip_byte(newest, newest.stat().st_size // 2)
+    rep = restore(tester.LocalRepository(s.storage.local_dir), target_dir=tmp_path / "r")
+    assert rep.set_id == ids[-2]
+    assert any(n.startswith(f"skipped {ids[-1]}") and "checksum" in n for n in rep.notes)
+    res = tester.run_restore_test(s, log=QUIET)
+    assert not res.ok and res.set == ids[-2]
+    assert any(ids[-1] in p and "passed over" in p for p in res.problems)
+    assert leftovers(s) == []
+
+
+def test_smoke_failure_half_way_still_drops_everything_postgres(
+        tmp_path: Path, pg_db: Callable[..., DatabaseUrl], pg_sql: Callable[..., Any]) -> None:
+    live = pg_db("rt")
+    pg_sql(live, "CREATE TABLE orders (id serial PRIMARY KEY, item text)")
+    pg_sql(live, "INSERT INTO orders(item) SELECT 'i' || g FROM generate_series(1, 300) g")
+    url = f"postgresql://postgres@127.0.0.1:5432/{live.name}"
+    root = make_small_project(tmp_path / "erp")
+    base = make_settings(tmp_path, root=root, db=url)
+    run_backup(base, BackupKind.FULL)
+    s = configure(base, smoke=[SMOKE_DB])
+    res = tester.run_restore_test(s, log=QUIET)
+    assert res.ok, res.problems
+    assert res.tables_checked == 1 and res.scratch_database and "_restore_test_" in res.scratch_database
+    assert list_databases(live, f"{live.name}_restore_test_") == []
+    failing = configure(base, smoke=[[sys.executable, "-c", "import sys; sys.exit(7)"]])
+    res = tester.run_restore_test(failing, log=QUIET)
+    assert not res.ok and any("smoke check failed" in p for p in res.problems)
+    assert list_databases(live, f"{live.name}_restore_test_") == []
+    assert leftovers(s) == []
+
+
+def test_mariadb_restore_test(tmp_path: Path, my_db: Callable[..., DatabaseUrl], my_sql: Callable[..., Any]) -> None:
+    live = my_db("rt")
+    my_sql(live, "CREATE TABLE orders (id INT AUTO_INCREMENT PRIMARY KEY, item TEXT)")
+    my_sql(live, "INSERT INTO orders(item) VALUES " + ",".join(f"('i{i}')" for i in range(120)))
+    root = make_small_project(tmp_path / "erp")
+    base = make_settings(tmp_path, root=root, db=f"mysql://root@127.0.0.1:3306/{live.name}")
+    run_backup(base, BackupKind.FULL)
+    res = tester.run_restore_test(configure(base, smoke=[SMOKE_DB]), log=QUIET)
+    assert res.ok, res.problems
+    assert res.tables_checked == 1
+    assert list_databases(live, f"{live.name}_restore_test_") == []
+
+
+KILLED = """
+import sys
+from erp_backup.config import load_settings
+from erp_backup.restore_test import run_restore_test
+run_restore_test(load_settings(sys.argv[1]))
+"""
+
+
+def test_killed_restore_test_is_cleaned_by_the_next_one(
+        tmp_path: Path, pg_db: Callable[..., DatabaseUrl], pg_sql: Callable[..., Any]) -> None:
+    live = pg_db("rk")
+    pg_sql(live, "CREATE TABLE t (id int)")
+    pg_sql(live, "INSERT INTO t SELECT generate_series(1, 10)")
+    root = make_small_project(tmp_path / "erp")
+    base = make_settings(tmp_path, root=root, db=f"postgresql://postgres@127.0.0.1:5432/{live.name}")
+    run_backup(base, BackupKind.FULL)
+    marker = tmp_path / "smoke-started"
+    hang = [sys.executable, "-c", f"import os, time; open({str(marker)!r}, 'w').write(str(os.getpid())); "
+            "time.sleep(120)"]
+    cfg = write_config(tmp_path / "c.toml", base)
+    with open(cfg, "a") as f:
+        f.write(f"[restore]\nsmoke = [{json.dumps(hang)}]\n")
+    p = subprocess.Popen([sys.executable, "-c", KILLED, str(cfg)], env=cli_env(), cwd=REPO, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 90
+        while not marker.exists() or not marker.read_text():
+            assert p.poll() is None, "the restore test ended before its smoke check"
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()
+    finally:
+        os.kill(int(marker.read_text() or 0) or p.pid, signal.SIGKILL) if marker.exists() else None
+    assert list_databases(live, f"{live.name}_restore_test_") != []  # the kill left its scratch behind
+    assert leftovers(base) != []
+    res = tester.run_restore_test(configure(base), log=QUIET)
+    assert res.ok, res.problems
+    assert list_databases(live, f"{live.name}_restore_test_") == []
+    assert leftovers(base) == []
+
+
+def test_cli_restore_test_json_and_status(tmp_path: Path) -> None:
+    root = make_small_project(tmp_path / "erp")
+    s = make_settings(tmp_path, root=root)
+    hourly_history(s, [0.5])
+    cfg = write_config(tmp_path / "c.toml", s)
+    res = run_cli("--config", str(cfg), "restore-test", "--json", timeout=300)
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout[res.stdout.index("{"):])
+    for key in ("ok", "set", "rto_seconds", "rto_extrapolated_seconds", "rpo_seconds", "max_gap_seconds",
+                "problems"):
+        assert key in doc
+    assert doc["ok"] is True
+    res = run_cli("--config", str(cfg), "restore-test", "--from-remote")
+    assert res.returncode == 2 and "not available yet" in res.stderr
+    t0 = time.monotonic()
+    res = run_cli("--config", str(cfg), "status", "--json")
+    took = time.monotonic() - t0
+    assert res.returncode == 0, res.stderr
+    st = json.loads(res.stdout)
+    assert st["restore_test"]["ok"] is True and st["restore_test"]["set"] == doc["set"]
+    assert st["restore_test"]["rto_seconds"] == doc["rto_seconds"]
+    assert st["restore_test"]["rpo_seconds"] == doc["rpo_seconds"]
+    assert st["rpo"]["ok"] is True and st["ok"] is True
+    assert took < 1.0, f"status took {took:.2f} s"
