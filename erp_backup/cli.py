@@ -212,6 +212,10 @@ def cmd_restore(args: argparse.Namespace) -> int:
     from erp_backup import restore as restorer
     from erp_backup.adapters.storage.local import LocalRepository
 
+    if args.put_back:
+        from erp_backup.recovery_cli import put_back
+
+        return put_back(args, _settings(args))
     if args.in_place:
         from erp_backup.recovery_cli import restore_in_place
 

@@ -50,7 +50,7 @@ def run_command(step: str, argv: Sequence[str], *, timeout: float, cwd: str | No
                              _tail(proc.redact(e.stderr_tail, secrets)), proc.redact(e.message, secrets))
     except BackupError as e:  # not installed, cannot start
         return CommandResult(step, tuple(argv), False, None, time.monotonic() - t0, "",
-                             proc.redact(str(e), secrets))
+                             proc.redact(e.message, secrets))
     except OSError as e:  # e.g. cwd missing
         return CommandResult(step, tuple(argv), False, None, time.monotonic() - t0, "",
                              f"{shlex.join(argv)} could not be started: {e.strerror or e}")

@@ -133,6 +133,8 @@ def plan(settings: Settings, req: InPlaceRequest, *, now: datetime | None = None
     m = repo.read_header(BackupId(rplan.set_id))
     if req.database and (m.database is None or m.artifact("database") is None):
         raise RestoreError(f"set {m.id} has no database dump", hint="pass --files-only, or pick another set")
+    if req.database and live is not None:  # the safety dump and the restore need it: fail before the stop
+        adapter_for(live, timeout=settings.database.timeout_s).check_available()
     return InPlacePlan(rplan, req.files, req.database, str(root))
 
 
@@ -307,16 +309,19 @@ def run(settings: Settings, plan: InPlacePlan, *, log: Log = print, now: datetim
         if failure is not None:
             ok = _put_back_all(settings, repo, copy, steps, live, plan, started=started, tree=tree_touched,
                                db=db_touched)
+            done = ("the live files and database were put back from the safety copy" if tree_touched or db_touched
+                    else "nothing had been changed")
             if ok:
                 raise InPlaceFailed(
-                    f"in-place restore of {m.id} failed at step '{failure.step}': {failure.cause}; the live files "
-                    "and database were put back from the safety copy and the start commands were run",
+                    f"in-place restore of {m.id} failed at step '{failure.step}': {failure.cause}; {done} and "
+                    "the start commands were run",
                     hint="fix the cause and run the restore again (the report lists every step)",
                     steps=tuple(steps.done))
             raise InPlaceFailed(
                 f"in-place restore of {m.id} failed at step '{failure.step}': {failure.cause}; putting the safety "
                 f"copy back failed too",
-                hint=f"the pre-restore state is in {copy.path} (see the README: put back a safety copy by hand)",
+                hint=f"the pre-restore state is in {copy.path}: fix the cause, then `erp-backup restore --put-back "
+                f"{copy.path} --yes`",
                 steps=tuple(steps.done))
         copy.write("completed")
     return InPlaceReport(m.id.value, tuple(steps.done), str(copy.path), stats["written"], stats["deleted"],
@@ -325,7 +330,7 @@ def run(settings: Settings, plan: InPlacePlan, *, log: Log = print, now: datetim
 
 def _why(e: BaseException) -> str:
     if isinstance(e, BackupError):
-        return str(e)
+        return e.message
     if isinstance(e, OSError):
         return f"{e.strerror or e}{f' ({e.filename})' if e.filename else ''}"
     return str(e)
@@ -359,7 +364,7 @@ def _make_copy(copy: safety.SafetyCopy, settings: Settings, live: DatabaseUrl | 
             info = adapter.dump(out.write, work)
             out.flush()
             os.fsync(out.fileno())
-    return dataclasses.replace(copy, database=info).write()
+    return dataclasses.replace(copy, database=info).write("restoring")
 
 
 def _delete(root: Path, entries: Iterable[FileEntry]) -> tuple[int, list[str]]:
@@ -545,3 +550,68 @@ def put_back_database(copy: safety.SafetyCopy, live: DatabaseUrl, repo: LocalRep
                            f"expected {diff[t]}", hint=f"restore it by hand from {copy.dump_path}")
     return counts
 
+
+
+# ----------------------------------------------------------------------------- put back by request
+
+
+def check_put_back(settings: Settings, path: str, *, yes: bool) -> safety.SafetyCopy:
+    """``restore --put-back DIR --yes``: a safety copy of this project, complete, to put back."""
+    if not yes:
+        raise RestoreError("putting a safety copy back overwrites the live project and database",
+                           hint="pass --yes to confirm")
+    p = Path(path)
+    local = settings.storage.local_dir
+    if p.parent.resolve() != local.resolve() or not p.name.startswith(safety.PREFIX) or p.is_symlink():
+        raise ConfigError(f"{path} is not a safety copy in {local}",
+                          hint=f"give one of the {safety.PREFIX}* directories there (`erp-backup status` names them)")
+    try:
+        copy = safety.load(p)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise RestoreError(f"cannot read the safety copy {p}: {e}", hint="put it back by hand (README)") from e
+    if copy.state == "copying":
+        raise RestoreError(f"the safety copy {p} was never finished: the restore that made it changed nothing",
+                           hint="nothing to put back; remove it, or let the next backup remove it")
+    if os.path.abspath(copy.root) != os.path.abspath(settings.project.root):
+        raise ConfigError(f"the safety copy {p} is of {copy.root}, not of [project] root {settings.project.root}",
+                          hint="use the config of that project")
+    return copy
+
+
+def put_back(settings: Settings, copy: safety.SafetyCopy, *, log: Log = print) -> tuple[Step, ...]:
+    """Stop commands, the copy's files and database put back, start commands; every step timed.
+    Raises ``InPlaceFailed`` naming the first failed step (the start commands run anyway)."""
+    cfg = settings.restore
+    steps = _Steps(log)
+    repo = LocalRepository(settings.storage.local_dir)
+    live = settings.live_database() if copy.database is not None else None
+    failed: str | None = None
+    with repo.lock(settings.backup.lock_wait_s, purpose="put back a safety copy"):
+        bad = steps.commands(commands.run_all("stop", cfg.stop, timeout=cfg.command_timeout))
+        if bad is None:
+            t0 = time.monotonic()
+            try:
+                put_back_files(copy)
+                steps.add("put back files", True, t0, f"{len(copy.saved)} path(s)")
+            except (BackupError, OSError) as e:
+                steps.add("put back files", False, t0, _why(e))
+                failed = failed or f"put back files: {_why(e)}"
+            if live is not None and failed is None:
+                t0 = time.monotonic()
+                try:
+                    put_back_database(copy, live, repo, timeout=settings.database.timeout_s)
+                    steps.add("put back database", True, t0, live.redacted())
+                except (BackupError, OSError) as e:
+                    steps.add("put back database", False, t0, _why(e))
+                    failed = f"put back database: {_why(e)}"
+        else:
+            failed = f"{bad.label}: {bad.error}"
+        started = steps.commands(commands.run_all("start", cfg.start, timeout=cfg.command_timeout, keep_going=True))
+        if failed is None and started is not None:
+            failed = f"{started.label}: {started.error}"
+        if failed is not None:
+            raise InPlaceFailed(f"putting back {copy.path} failed at {failed}",
+                                hint="fix the cause and run it again; the safety copy is kept",
+                                steps=tuple(steps.done))
+        copy.write("put-back")
+    return tuple(steps.done)

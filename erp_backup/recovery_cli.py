@@ -23,6 +23,8 @@ def add_restore_flags(sp: argparse.ArgumentParser) -> None:
                     "(default: [restore] verify)")
     sp.add_argument("--allow-old", action="store_true",
                     help="restore the newest valid set even if it is older than [restore] max_age")
+    sp.add_argument("--put-back", metavar="SAFETY_DIR",
+                    help="put an in-place restore's safety copy back (stop, files, database, start); needs --yes")
 
 
 def add_recovery_parsers(sub: Any) -> None:
@@ -72,6 +74,29 @@ def restore_in_place(args: argparse.Namespace, s: Any, at: datetime | None) -> i
         raise
     print_table(row.pop("steps"))
     print_table([row])
+    return 0
+
+
+def put_back(args: argparse.Namespace, s: Any) -> int:
+    from erp_backup import inplace
+
+    others = [f for f, v in (("--in-place", args.in_place), ("--backup", args.backup), ("--at", args.at),
+                             ("--target-dir", args.target_dir), ("--target-database", args.target_database)) if v]
+    if others:
+        raise ConfigError(f"--put-back does not go with {others[0]}", hint="give only --put-back DIR --yes")
+    copy = inplace.check_put_back(s, args.put_back, yes=args.yes)
+    from erp_backup import runner
+    from erp_backup.flows.restore import put_back_checked_flow
+
+    def plain(settings: Any, path: str) -> list[dict[str, object]]:
+        return [st.row() for st in inplace.put_back(settings, inplace.check_put_back(settings, path, yes=True))]
+
+    try:
+        rows = runner.run(put_back_checked_flow, plain, settings=s, path=str(copy.path))
+    except inplace.InPlaceFailed as e:
+        print_table([st.row() for st in e.steps])
+        raise
+    print_table(rows)
     return 0
 
 

@@ -291,6 +291,9 @@ def run_restore_test(settings: Settings, backup_id: str | None = None, *, now: d
                     problems += found
                 except BackupError as e:
                     problems.append(str(e))
+                except OSError as e:  # the scratch directory's disk (full, read-only)
+                    problems.append(f"restore into {work} failed: {e.strerror or e}"
+                                    + (f" ({e.filename})" if e.filename else ""))
                 finally:
                     if db is not None:
                         try:

@@ -6,12 +6,14 @@
 * ``database.raw``: a dump of the live database made with our own dump adapter (0600);
 * ``safety.json`` (0600, written last, rewritten as the state moves): the metadata of every saved
   path (type, mode, owner, mtime, link target), the directories whose metadata the restore changes,
-  the paths the restore creates, the database facts, and ``state``: ``in-progress`` (a restore is
-  running or was killed: keep it, it is the only copy of what was there), ``completed``,
-  ``rolled-back`` or ``rollback-failed`` (kept: put it back by hand, see the README).
+  the paths the restore creates, the database facts, and ``state``: ``copying`` (the copy is being
+  made: nothing was changed yet), ``restoring`` (the copy is complete and the restore changes the
+  live project: if it was killed, this is the only copy of what was there — ``erp-backup restore
+  --put-back DIR --yes``), ``completed``, ``rolled-back``, ``rollback-failed`` (put it back) or
+  ``put-back``.
 
-The next successful backup removes the copies in state ``completed`` or ``rolled-back``
-(``release``); it keeps the others and says so.
+The next successful backup removes the copies in state ``completed``, ``rolled-back``, ``put-back`` or
+``copying`` (``release``); it keeps the others and says so.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ PREFIX = ".safety-"
 RECORD = "safety.json"
 FILES = "files"
 DUMP = "database.raw"
-DONE_STATES = ("completed", "rolled-back")
+DONE_STATES = ("completed", "rolled-back", "put-back", "copying")
+NEEDS_PUT_BACK = ("restoring", "rollback-failed")
 CHUNK = 1 << 20
 
 
@@ -60,7 +63,7 @@ class SafetyCopy:
     created: tuple[str, ...] = ()  # paths the restore creates (removed on a put-back)
     database: DatabaseInfo | None = None
     database_url: str | None = None  # redacted
-    state: str = "in-progress"
+    state: str = "copying"
 
     @property
     def files_dir(self) -> Path:
@@ -127,10 +130,17 @@ def copy_out(root: Path, e: FileEntry, dest_root: Path) -> None:
 
 
 def load(path: Path) -> SafetyCopy:
+    """Read a safety copy's record back; every path in it checked like a set's index paths."""
+    from erp_backup.restore import check_rel
+
     doc = json.loads((path / RECORD).read_text(encoding="utf-8"))
     db = doc.get("database")
-    return SafetyCopy(path, doc["set"], doc["root"], tuple(entry_from_json(d) for d in doc["saved"]),
-                      tuple(entry_from_json(d) for d in doc["dirs"]), tuple(doc["created"]),
+    saved = tuple(entry_from_json(d) for d in doc["saved"])
+    dirs = tuple(entry_from_json(d) for d in doc["dirs"])
+    created = tuple(str(p) for p in doc["created"])
+    for rel in (*(e.path for e in saved + dirs), *created):
+        check_rel(rel)
+    return SafetyCopy(path, doc["set"], doc["root"], saved, dirs, created,
                       DatabaseInfo(**db) if db else None, doc.get("database_url"), doc["state"])
 
 
@@ -144,7 +154,7 @@ def state_of(path: Path) -> str:
     try:
         return str(json.loads((path / RECORD).read_text(encoding="utf-8")).get("state", "unknown"))
     except (OSError, ValueError):
-        return "in-progress"  # no record yet: killed while it was being made; keep it
+        return "copying"  # no record yet: killed before the copy was made, nothing was changed
 
 
 def release(local_dir: Path) -> tuple[list[str], list[str]]:
@@ -157,7 +167,7 @@ def release(local_dir: Path) -> tuple[list[str], list[str]]:
             removed.append(p.name)
         else:
             kept.append(f"safety copy {p} kept (state {st}): it may be the only copy of what an interrupted "
-                        "in-place restore overwrote; put it back or remove it by hand (README)")
+                        f"in-place restore overwrote; `erp-backup restore --put-back {p} --yes` puts it back")
     return removed, kept
 
 

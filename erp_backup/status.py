@@ -102,6 +102,16 @@ def collect(settings: Settings, now: datetime | None = None) -> dict[str, Any]:
                 f"the RPO target {human(target)}")
     for d in found.damaged:
         problem("warning", "damaged", f"set {d.id} is damaged: {d.reason}")
+    from erp_backup import safety
+
+    for copy in safety.copies(repo.root):
+        state = safety.state_of(copy)
+        if state in safety.NEEDS_PUT_BACK:
+            problem("critical", "in_place_restore", f"an in-place restore left its safety copy {copy} in state "
+                    f"{state}: the project may be half restored — `erp-backup restore --put-back {copy} --yes`")
+        elif state == "copying":
+            problem("warning", "in_place_restore", f"an in-place restore stopped while making its safety copy "
+                    f"{copy}: nothing was changed, but its stop commands may have left services stopped")
     from erp_backup.restore_test import last_result
 
     test = last_result(repo.root)

@@ -172,3 +172,22 @@ def run_verify(s: Settings, backup_ids: list[str] | None, level: str) -> list[di
     if bad:  # carries the table: the CLI prints it before the error line
         raise verifier.VerifyFailed(rows, bad)
     return rows
+
+
+@task(name="put-back-safety-copy", cache_policy=NO_CACHE)
+def put_back_task(settings: Settings, path: str) -> tuple[inplace.Step, ...]:
+    log = get_run_logger()
+    copy = inplace.check_put_back(settings, path, yes=True)
+    try:
+        return inplace.put_back(settings, copy, log=log.info)
+    except inplace.InPlaceFailed as e:
+        _steps_artifact(e.steps, f"Put-back of `{path}` **FAILED**: {e.message}")
+        raise
+
+
+@flow(name="erp-backup-restore", log_prints=True)
+def put_back_checked_flow(settings: Settings, path: str) -> list[dict[str, Any]]:
+    """The CLI's ``restore --put-back DIR --yes``: an in-place restore's safety copy put back (never deployed)."""
+    steps = put_back_task(settings, path)
+    _steps_artifact(steps, f"Safety copy `{path}` put back")
+    return [s.row() for s in steps]

@@ -236,3 +236,82 @@ def test_cli_in_place_files_only(tmp_path: Path) -> None:
     assert "restore files" in res.stdout and "safety copy" in res.stdout
     assert diff_states(want, tree_state(root)) == []
     assert sqlite_rows(db) == []  # --files-only left the database alone
+
+
+def test_failed_stop_changes_nothing_and_starts_again(tmp_path: Path) -> None:
+    root = make_small_project(tmp_path / "erp")
+    log = tmp_path / "commands.log"
+    cmds = commands(log)
+    cmds["stop"] = [recorder(log, "stop web"), ["no-such-service-manager-xyz", "stop"]]
+    s = with_restore(make_settings(tmp_path, root=root), **cmds)
+    run_backup(s, BackupKind.FULL)
+    mutate(root)
+    before = tree_state(root)
+    with pytest.raises(inplace.InPlaceFailed) as err:
+        inplace.run(s, inplace.plan(s, inplace.InPlaceRequest(yes=True)), log=lambda _m: None)
+    assert "failed at step 'stop: no-such-service-manager-xyz stop'" in err.value.message
+    assert "nothing had been changed and the start commands were run" in err.value.message
+    assert " — " not in err.value.message  # one line: the cause's own hint is not repeated inside it
+    assert diff_states(before, tree_state(root)) == []
+    assert log.read_text().splitlines() == ["stop web", "start worker", "start web"]
+
+
+KILL_ME = """
+import sys
+from erp_backup.config import load_settings
+from erp_backup import inplace
+s = load_settings(sys.argv[1])
+inplace.run(s, inplace.plan(s, inplace.InPlaceRequest(yes=True)))
+"""
+
+
+def test_killed_in_place_restore_is_flagged_and_put_back(tmp_path: Path) -> None:
+    import json
+    import signal
+    import subprocess
+    import time
+
+    from erp_backup import status
+    from tests.conftest import REPO
+
+    root = make_small_project(tmp_path / "erp")
+    db = make_sqlite(root / "db.sqlite3")
+    s = make_settings(tmp_path, root=root, db=db)
+    run_backup(s, BackupKind.FULL)
+    mutate(root)
+    conn = sqlite3.connect(db)
+    conn.execute("INSERT INTO customers(name) VALUES ('live only')")
+    conn.commit()
+    conn.close()
+    skip = {"db.sqlite3", "db.sqlite3-wal", "db.sqlite3-shm"}
+    before_tree, before_rows = tree_state(root, skip=skip), sqlite_rows(db)
+    marker = tmp_path / "smoke.pid"
+    hang = [sys.executable, "-c", f"import os, time; open({str(marker)!r}, 'w').write(str(os.getpid())); "
+            "time.sleep(120)"]
+    cfg = write_config(tmp_path / "c.toml", s)
+    with open(cfg, "a") as f:
+        f.write(f"[restore]\nsmoke = [{json.dumps(hang)}]\n")
+    p = subprocess.Popen([sys.executable, "-c", KILL_ME, str(cfg)], env=cli_env(), cwd=REPO,
+                         start_new_session=True, stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not (marker.exists() and marker.read_text()):
+        assert p.poll() is None and time.monotonic() < deadline
+        time.sleep(0.1)
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    os.kill(int(marker.read_text()), signal.SIGKILL)
+    assert diff_states(before_tree, tree_state(root, skip=skip)) != []  # killed half-way: restored state
+    doc = status.collect(s)
+    (flag,) = [x for x in doc["problems"] if x["check"] == "in_place_restore"]
+    assert flag["severity"] == "critical" and "--put-back" in flag["message"]
+    (copy,) = safety.copies(s.storage.local_dir)
+    run_backup(s, BackupKind.INCREMENTAL)  # a backup meanwhile keeps it
+    assert copy.exists()
+    res = run_cli("--config", str(cfg), "restore", "--put-back", str(copy))
+    assert res.returncode != 0 and "--yes" in res.stderr
+    steps = inplace.put_back(s, inplace.check_put_back(s, str(copy), yes=True), log=lambda _m: None)
+    assert [st.name for st in steps] == ["put back files", "put back database"]
+    assert diff_states(before_tree, tree_state(root, skip=skip)) == []
+    assert sqlite_rows(db) == before_rows
+    assert safety.state_of(copy) == "put-back"
+    assert not [x for x in status.collect(s)["problems"] if x["check"] == "in_place_restore"]
