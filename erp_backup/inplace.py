@@ -374,23 +374,10 @@ def _delete(root: Path, entries: Iterable[FileEntry]) -> tuple[int, list[str]]:
     n, kept = 0, []
     try:
         for e in sorted(entries, key=lambda x: (x.path.count("/"), x.path), reverse=True):
-            parent, _, name = e.path.rpartition("/")
-            try:
-                pfd = target.dir_fd(parent, create=False)
-                st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
-                if stat.S_ISDIR(st.st_mode):
-                    try:
-                        os.rmdir(name, dir_fd=pfd)
-                    except OSError as err:
-                        if err.errno not in (errno.ENOTEMPTY, errno.EEXIST):
-                            raise
-                        kept.append(e.path)
-                        continue
-                else:
-                    os.unlink(name, dir_fd=pfd)
+            if _remove(target, e.path):
                 n += 1
-            except FileNotFoundError:
-                continue
+            else:
+                kept.append(e.path)
     finally:
         target.close()
     return n, kept
@@ -462,13 +449,13 @@ def put_back_files(copy: safety.SafetyCopy) -> None:
             _remove(target, p)
         for e in sorted(copy.saved, key=lambda x: (x.path.count("/"), x.path)):
             if e.type is EntryType.DIR:
-                _remove_unless_dir(target, e.path)
+                _remove(target, e.path, "keep")
                 target.mkdir(e.path)
             elif e.type is EntryType.SYMLINK:
-                _remove_tree(target, e.path)
+                _remove(target, e.path, "tree")
                 target.symlink(e.path, e.target or "", e)
             else:
-                _remove_tree(target, e.path)
+                _remove(target, e.path, "tree")
                 fd = target.open_file(e.path)
                 try:
                     with open(copy.files_dir / e.path, "rb") as src:
@@ -487,46 +474,27 @@ def put_back_files(copy: safety.SafetyCopy) -> None:
         target.close()
 
 
-def _remove(target: restorer.SafeTarget, rel: str) -> None:
+def _remove(target: restorer.SafeTarget, rel: str, dirs: str = "empty") -> bool:
+    """Remove what is at ``rel`` (never through a link). A directory: ``empty`` removes it only if it is
+    empty (False when kept), ``tree`` with its contents, ``keep`` leaves it."""
     parent, _, name = rel.rpartition("/")
     try:
-        pfd = target.dir_fd(parent, create=False)
+        pfd = target.dir_fd(parent, create=dirs != "empty")
         st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
     except (FileNotFoundError, NotADirectoryError):
-        return
-    if stat.S_ISDIR(st.st_mode):
+        return True
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(name, dir_fd=pfd)
+    elif dirs == "tree":
+        shutil.rmtree(name, dir_fd=pfd)
+    elif dirs == "empty":
         try:
             os.rmdir(name, dir_fd=pfd)
         except OSError as e:
             if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
                 raise
-    else:
-        os.unlink(name, dir_fd=pfd)
-
-
-def _remove_unless_dir(target: restorer.SafeTarget, rel: str) -> None:
-    parent, _, name = rel.rpartition("/")
-    pfd = target.dir_fd(parent)
-    try:
-        st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISDIR(st.st_mode):
-        os.unlink(name, dir_fd=pfd)
-
-
-def _remove_tree(target: restorer.SafeTarget, rel: str) -> None:
-    """Whatever the restore put at ``rel`` (a directory where a file was: with its contents)."""
-    parent, _, name = rel.rpartition("/")
-    pfd = target.dir_fd(parent)
-    try:
-        st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
-    except FileNotFoundError:
-        return
-    if stat.S_ISDIR(st.st_mode):
-        shutil.rmtree(name, dir_fd=pfd)
-    else:
-        os.unlink(name, dir_fd=pfd)
+            return False
+    return True
 
 
 def put_back_database(copy: safety.SafetyCopy, live: DatabaseUrl, repo: LocalRepository, *,

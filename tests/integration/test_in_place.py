@@ -62,6 +62,15 @@ def sqlite_rows(db: Path) -> list[tuple[object, ...]]:
         conn.close()
 
 
+def sqlite_exec(db: Path, statement: str) -> None:
+    conn = sqlite3.connect(db)
+    try:
+        conn.execute(statement)
+        conn.commit()
+    finally:
+        conn.close()
+
+
 def mutate(root: Path) -> None:
     write_file(root / "app/models.py", "class Changed: pass\n")  # replaced by the restore
     write_file(root / "app/new.py", "print('new')\n")  # deleted by the restore
@@ -69,6 +78,23 @@ def mutate(root: Path) -> None:
     os.chmod(root / "manage.py", 0o700)  # mode put back
     (root / "venv").mkdir(exist_ok=True)
     write_file(root / "venv/keep.py", "excluded: never touched\n")
+
+
+SKIP = {"db.sqlite3", "db.sqlite3-wal", "db.sqlite3-shm"}
+
+
+def backed_up_then_changed(tmp_path: Path, restore_cfg: dict[str, Any] | None = None
+                           ) -> tuple[Settings, Path, Path]:
+    """A project with its SQLite database inside, a full backup, then files and a row changed."""
+    root = make_small_project(tmp_path / "erp")
+    db = make_sqlite(root / "db.sqlite3")
+    s = make_settings(tmp_path, root=root, db=db)
+    if restore_cfg is not None:
+        s = with_restore(s, **restore_cfg)
+    run_backup(s, BackupKind.FULL)
+    mutate(root)
+    sqlite_exec(db, "INSERT INTO customers(name) VALUES ('after the backup')")
+    return s, root, db
 
 
 def test_in_place_restores_files_and_sqlite_database_and_runs_commands_in_order(tmp_path: Path) -> None:
@@ -80,10 +106,7 @@ def test_in_place_restores_files_and_sqlite_database_and_runs_commands_in_order(
     want_tree = tree_state(root, skip={"db.sqlite3", "db.sqlite3-wal", "db.sqlite3-shm"})
     want_rows = sqlite_rows(db)
     mutate(root)
-    conn = sqlite3.connect(db)
-    conn.execute("DELETE FROM customers WHERE id > 10")
-    conn.commit()
-    conn.close()
+    sqlite_exec(db, "DELETE FROM customers WHERE id > 10")
     before_tree = tree_state(root, skip={"db.sqlite3", "db.sqlite3-wal", "db.sqlite3-shm"})
     before_rows = sqlite_rows(db)
 
@@ -116,18 +139,10 @@ def test_in_place_restores_files_and_sqlite_database_and_runs_commands_in_order(
 
 
 def test_failed_smoke_check_puts_everything_back_and_starts_services(tmp_path: Path) -> None:
-    root = make_small_project(tmp_path / "erp")
-    db = make_sqlite(root / "db.sqlite3")
     log = tmp_path / "commands.log"
     failing = [*RECORD[:2], "import sys; open(sys.argv[1], 'a').write('smoke\\n'); sys.exit(3)", str(log)]
-    s = with_restore(make_settings(tmp_path, root=root, db=db), **commands(log, smoke=[failing]))
-    run_backup(s, BackupKind.FULL)
-    mutate(root)
-    conn = sqlite3.connect(db)
-    conn.execute("INSERT INTO customers(name) VALUES ('after the backup')")
-    conn.commit()
-    conn.close()
-    skip = {"db.sqlite3", "db.sqlite3-wal", "db.sqlite3-shm"}
+    s, root, db = backed_up_then_changed(tmp_path, commands(log, smoke=[failing]))
+    skip = SKIP
     before_tree, before_rows = tree_state(root, skip=skip), sqlite_rows(db)
 
     with pytest.raises(inplace.InPlaceFailed) as err:
@@ -225,10 +240,7 @@ def test_cli_in_place_files_only(tmp_path: Path) -> None:
     run_backup(s, BackupKind.FULL)
     want = tree_state(root)
     mutate(root)
-    conn = sqlite3.connect(db)
-    conn.execute("DELETE FROM customers")
-    conn.commit()
-    conn.close()
+    sqlite_exec(db, "DELETE FROM customers")
     cfg = write_config(tmp_path / "c.toml", s)
     res = subprocess.run([*CLI, "--config", str(cfg), "restore", "--in-place", "--files-only", "--yes"],
                          capture_output=True, text=True, timeout=300, env=cli_env())
@@ -267,39 +279,19 @@ inplace.run(s, inplace.plan(s, inplace.InPlaceRequest(yes=True)))
 
 def test_killed_in_place_restore_is_flagged_and_put_back(tmp_path: Path) -> None:
     import json
-    import signal
-    import subprocess
-    import time
 
     from erp_backup import status
     from tests.conftest import REPO
+    from tests.procs import hang_command, kill_when_hanging
 
-    root = make_small_project(tmp_path / "erp")
-    db = make_sqlite(root / "db.sqlite3")
-    s = make_settings(tmp_path, root=root, db=db)
-    run_backup(s, BackupKind.FULL)
-    mutate(root)
-    conn = sqlite3.connect(db)
-    conn.execute("INSERT INTO customers(name) VALUES ('live only')")
-    conn.commit()
-    conn.close()
-    skip = {"db.sqlite3", "db.sqlite3-wal", "db.sqlite3-shm"}
+    s, root, db = backed_up_then_changed(tmp_path)
+    skip = SKIP
     before_tree, before_rows = tree_state(root, skip=skip), sqlite_rows(db)
-    marker = tmp_path / "smoke.pid"
-    hang = [sys.executable, "-c", f"import os, time; open({str(marker)!r}, 'w').write(str(os.getpid())); "
-            "time.sleep(120)"]
+    marker = str(tmp_path / "smoke.pid")
     cfg = write_config(tmp_path / "c.toml", s)
     with open(cfg, "a") as f:
-        f.write(f"[restore]\nsmoke = [{json.dumps(hang)}]\n")
-    p = subprocess.Popen([sys.executable, "-c", KILL_ME, str(cfg)], env=cli_env(), cwd=REPO,
-                         start_new_session=True, stdout=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while not (marker.exists() and marker.read_text()):
-        assert p.poll() is None and time.monotonic() < deadline
-        time.sleep(0.1)
-    os.kill(p.pid, signal.SIGKILL)
-    p.wait()
-    os.kill(int(marker.read_text()), signal.SIGKILL)
+        f.write(f"[restore]\nsmoke = [{json.dumps(hang_command(marker))}]\n")
+    kill_when_hanging([sys.executable, "-c", KILL_ME, str(cfg)], marker, env=cli_env(), cwd=str(REPO))
     assert diff_states(before_tree, tree_state(root, skip=skip)) != []  # killed half-way: restored state
     doc = status.collect(s)
     (flag,) = [x for x in doc["problems"] if x["check"] == "in_place_restore"]

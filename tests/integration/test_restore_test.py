@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -26,6 +24,7 @@ from erp_backup.pipeline import run_backup
 from erp_backup.recovery_config import RestoreConfig, RestoreTestConfig
 from erp_backup.restore import restore
 from tests.conftest import REPO, cli_env, flip_byte, make_settings, make_small_project, run_cli, write_config
+from tests.procs import hang_command, kill_when_hanging
 
 pytestmark = pytest.mark.integration
 QUIET: Callable[[str], object] = lambda _m: None  # noqa: E731
@@ -152,23 +151,11 @@ def test_killed_restore_test_is_cleaned_by_the_next_one(
     root = make_small_project(tmp_path / "erp")
     base = make_settings(tmp_path, root=root, db=f"postgresql://postgres@127.0.0.1:5432/{live.name}")
     run_backup(base, BackupKind.FULL)
-    marker = tmp_path / "smoke-started"
-    hang = [sys.executable, "-c", f"import os, time; open({str(marker)!r}, 'w').write(str(os.getpid())); "
-            "time.sleep(120)"]
+    marker = str(tmp_path / "smoke-started")
     cfg = write_config(tmp_path / "c.toml", base)
     with open(cfg, "a") as f:
-        f.write(f"[restore]\nsmoke = [{json.dumps(hang)}]\n")
-    p = subprocess.Popen([sys.executable, "-c", KILLED, str(cfg)], env=cli_env(), cwd=REPO, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 90
-        while not marker.exists() or not marker.read_text():
-            assert p.poll() is None, "the restore test ended before its smoke check"
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
-        os.kill(p.pid, signal.SIGKILL)
-        p.wait()
-    finally:
-        os.kill(int(marker.read_text() or 0) or p.pid, signal.SIGKILL) if marker.exists() else None
+        f.write(f"[restore]\nsmoke = [{json.dumps(hang_command(marker))}]\n")
+    kill_when_hanging([sys.executable, "-c", KILLED, str(cfg)], marker, env=cli_env(), cwd=str(REPO))
     assert list_databases(live, f"{live.name}_restore_test_") != []  # the kill left its scratch behind
     assert leftovers(base) != []
     res = tester.run_restore_test(configure(base), log=QUIET)
