@@ -76,6 +76,7 @@ def mutate(root: Path) -> None:
     write_file(root / "app/new.py", "print('new')\n")  # deleted by the restore
     (root / "docs/README.md").unlink()  # brought back
     os.chmod(root / "manage.py", 0o700)  # mode put back
+    os.chown(root / "app/data.bin", 4321, 4321)  # owner put back (the tests run as root)
     (root / "venv").mkdir(exist_ok=True)
     write_file(root / "venv/keep.py", "excluded: never touched\n")
 
@@ -125,7 +126,7 @@ def test_in_place_restores_files_and_sqlite_database_and_runs_commands_in_order(
     assert copy.state == "completed"
     assert oct(os.stat(copy.path).st_mode & 0o777) == "0o700"
     saved = {e.path for e in copy.saved}
-    assert saved == {"app/models.py", "app/new.py", "manage.py"}
+    assert saved == {"app/models.py", "app/new.py", "manage.py", "app/data.bin"}
     assert (copy.files_dir / "app/models.py").read_text() == "class Changed: pass\n"
     assert (copy.files_dir / "app/new.py").read_text() == "print('new')\n"
     assert before_tree["app/models.py"][1:] == next(

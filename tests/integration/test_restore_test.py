@@ -188,3 +188,30 @@ def test_cli_restore_test_json_and_status(tmp_path: Path) -> None:
     assert st["restore_test"]["rpo_seconds"] == doc["rpo_seconds"]
     assert st["rpo"]["ok"] is True and st["ok"] is True
     assert took < 1.0, f"status took {took:.2f} s"
+
+
+def test_verify_full_passes_over_a_set_only_the_deep_check_catches(tmp_path: Path) -> None:
+    """The newest set's checksums all match, but its index says other bytes than its archive holds
+    (a crafted, resealed manifest): the quick level takes it, --verify full passes over it, naming why."""
+    import re
+
+    from erp_backup import restore as restorer
+    from tests.integration.test_damaged_sets import reseal
+
+    root = make_small_project(tmp_path / "erp")
+    s = make_settings(tmp_path, root=root)
+    ids = hourly_history(s, [1.0, 0.5])
+    (root / "app/models.py").write_text("changed again\n")
+    ids.append(run_backup(s, BackupKind.INCREMENTAL).manifest.id.value)
+    d = s.storage.local_dir / ids[-1]
+    text = (d / "manifest.json").read_text()
+    m = re.search(r'"path": ?"app/models.py".*?"sha256": ?"([0-9a-f]{64})"', text)
+    assert m is not None
+    reseal(d, (text[:m.start(1)] + "0" * 64 + text[m.end(1):]).encode())
+    repo = tester.LocalRepository(s.storage.local_dir)
+    quick = restorer.preflight(repo, restorer.RestoreRequest(target_dir=str(tmp_path / "q")), live=None)
+    assert quick.set_id == ids[-1]
+    full = restorer.preflight(repo, restorer.RestoreRequest(target_dir=str(tmp_path / "f"), verify="full"), live=None)
+    assert full.set_id == ids[-2]
+    assert any(n.startswith(f"skipped {ids[-1]}: it failed verification") and "app/models.py" in n
+               for n in full.notes)
