@@ -49,11 +49,27 @@ class BackupConfig(_Section):
     retry_delay_s: list[float] = Field(default_factory=lambda: [10.0, 60.0])
 
 
+class RemoteConfig(_Section):
+    """Off-site copies (``erp_backup.offsite``): where, and how the upload behaves."""
+
+    # a prefect-aws S3Bucket block or an erp-backup FTP storage block; "s3-bucket/NAME" or
+    # "erp-backup-ftp-storage/NAME" names the type, a bare NAME is looked up as S3 first, then FTP
+    block: str = Field(min_length=1)
+    prefix: str = "django_erp"
+    part_size_mib: int = Field(8, ge=5, le=5120)  # S3 multipart part size (5 MiB is S3's minimum)
+    concurrency: int = Field(4, ge=1, le=64)  # parts in flight per object
+    retries: int = Field(3, ge=0, le=10)  # attempts per set after the first (on top of the client's own)
+    retry_backoff_s: float = Field(2.0, ge=0)  # doubled after each failed attempt
+    catch_up_days: float = Field(30, ge=0)  # local sets finished within this many days are sent if missing
+    catch_up_monthly_days: float = Field(366, ge=0)  # the same for monthly archives
+
+
 class Settings(_Section):
     project: ProjectConfig = Field(default_factory=ProjectConfig)
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     backup: BackupConfig = Field(default_factory=BackupConfig)
+    remote: RemoteConfig | None = None
     _source: str = PrivateAttr(default="defaults")
 
     @property
@@ -114,8 +130,23 @@ def settings_from_dict(data: dict[str, object], *, source: str = "dict") -> Sett
     if not s.storage.local_dir.is_absolute():
         raise ConfigError(f"config {source}: storage.local_dir: must be an absolute path",
                           hint="e.g. /var/backups/django_erp")
+    if s.remote is not None:
+        _check_remote(s, source)
     s._source = source
     return s
+
+
+def _check_remote(s: Settings, source: str) -> None:
+    """``[remote]`` needs ``[encryption]``: nothing unencrypted leaves the host."""
+    if getattr(s, "encryption", None) is None:
+        raise ConfigError(f"config {source}: [remote] is set but [encryption] is not: remote copies must be "
+                          "encrypted", hint="add an [encryption] section with the recipients' keys (see README), "
+                          "or remove [remote]")
+    prefix = s.remote.prefix if s.remote else ""
+    parts = prefix.strip("/").split("/")
+    if prefix.strip("/") and any(p in ("", ".", "..") for p in parts):
+        raise ConfigError(f"config {source}: remote.prefix: {prefix!r} is not a clean relative path",
+                          hint='e.g. prefix = "django_erp"')
 
 
 def read_dotenv(path: Path) -> dict[str, str]:
