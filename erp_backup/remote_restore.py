@@ -125,8 +125,9 @@ def download_set(settings: Settings, store: RemoteStore, sid: BackupId, repo: Lo
     """Download one complete remote set into ``repo`` (checked as it arrives); the bytes read."""
     from erp_backup.remote_verify import signature_problem
 
-    if MANIFEST not in objects:
-        raise IntegrityError(f"remote set {sid} is incomplete (no {MANIFEST})", hint="pick another set")
+    for name in (MANIFEST, SUMS):
+        if name not in objects:
+            raise IntegrityError(f"remote set {sid}: {name} is missing remotely", hint="pick another set")
     final = repo.set_dir(sid)
     if final.is_dir():
         return 0  # fetched already (a chain member shared with another candidate)

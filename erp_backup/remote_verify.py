@@ -41,6 +41,8 @@ def _own(settings: Settings, store: RemoteStore, sid: BackupId, objects: dict[st
 
     if MANIFEST not in objects:
         return bad("incomplete remotely: no manifest.json (an upload did not finish; the next one completes it)")
+    if SUMS not in objects:
+        return bad(f"{SUMS} is missing remotely")
     try:
         raw, sums = remote_sets.read_sums(store, sid)
         sig = remote_sets.read_bounded(store, f"{sid}/{remote_sets.SIG}", 1 << 16) \

@@ -243,12 +243,12 @@ class FtpStore:
 
     def _walk(self, ftp: ftplib.FTP, rel: str, prefix: str, out: builtins.list[RemoteObject]) -> None:
         path = f"{self.root.rstrip('/')}/{rel}" if rel else self.root
-        try:
-            entries = list(ftp.mlsd(path, facts=["type", "size"]))
-        except ftplib.error_perm as e:
-            if str(e).startswith("550") and not rel:
+        if not rel:
+            try:
+                ftp.cwd(path)
+            except ftplib.error_perm:
                 return  # the prefix directory does not exist yet: nothing stored
-            raise
+        entries = list(ftp.mlsd(path, facts=["type", "size"]))
         for name, facts in entries:
             if name in (".", "..") or "/" in name or _is_tmp(name):
                 continue
