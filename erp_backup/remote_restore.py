@@ -178,7 +178,7 @@ def download_set(settings: Settings, store: RemoteStore, sid: BackupId, repo: Lo
     return total
 
 
-def _precheck(req: restorer.RestoreRequest) -> None:
+def precheck(req: restorer.RestoreRequest) -> None:
     """The checks of a restore that need no set, before anything is downloaded."""
     if req.target_dir is None and not req.target_database:
         raise ConfigError("nothing to restore into", hint="give --target-dir and/or --target-database")
@@ -196,7 +196,7 @@ def _precheck(req: restorer.RestoreRequest) -> None:
 
 def fetch(settings: Settings, store: RemoteStore, req: restorer.RestoreRequest, scratch: Path) -> Fetched:
     """Choose the set as the request says and download its chain into ``scratch``."""
-    _precheck(req)
+    precheck(req)
     listing = remote_sets.scan(store)
     good, damaged = remote_sets.headers(store, listing)
     if not good and not damaged:
@@ -250,7 +250,7 @@ def restore_fetched(settings: Settings, fetched: Fetched, req: restorer.RestoreR
 def restore_from_remote(settings: Settings, store: RemoteStore, req: restorer.RestoreRequest,
                         scratch_parent: str | Path | None = None) -> restorer.RestoreReport:
     """Fetch and restore (no Prefect): the plain variant of the CLI's flow, and the tests'."""
-    _precheck(req)
+    precheck(req)
     with scratch_dir(scratch_parent) as scratch:
         fetched = fetch(settings, store, req, scratch)
         return restore_fetched(settings, fetched, req)
