@@ -170,3 +170,17 @@ def sha256_stream(chunks: Iterator[bytes]) -> tuple[str, int]:
         h.update(c)
         n += len(c)
     return h.hexdigest(), n
+
+
+def delete_set(store: RemoteStore, sid: BackupId) -> int:
+    """Delete one remote set (what retention needs): its manifest first, so a set deleted half way
+    is incomplete, never a complete set with objects missing; then everything else under ``<id>/``.
+    Returns the number of objects deleted."""
+    names = [o.key for o in store.list(f"{sid}/")]
+    manifest = f"{sid}/{MANIFEST}"
+    if manifest in names:
+        store.delete([manifest])
+    rest = [k for k in names if k != manifest]
+    if rest:
+        store.delete(rest)
+    return len(names)

@@ -223,6 +223,9 @@ def test_catch_up_window_and_parents(tmp_path: Path, moto_s3: S3Env) -> None:
     assert upload.push(s2, store2, now=T0).uploaded == (f2.value, i2.value)
     with pytest.raises(StorageError):
         upload.push(s2, store2, wanted=[BackupId("20200101T000000Z-full")])
+    # what retention uses: a deleted set is gone, its neighbours untouched
+    assert remote_sets.delete_set(store2, f2) > 2
+    assert remote_sets.scan(store2).complete == [i2] and not list(store2.list(f"{f2}/"))
 
 
 def tamper(env: S3Env, key: str, transform: Any) -> None:
