@@ -279,7 +279,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
         target_dir=args.target_dir, backup_id=args.backup, at=_parse_time(args.at) if args.at else None,
         target_database=args.target_database, force=args.force, yes=args.yes, jobs=args.jobs,
         keep_setid=args.keep_setid)
-    plan = restorer.preflight(LocalRepository(s.storage.local_dir), request, live=s.live_database())
+    plan = restorer.preflight(LocalRepository(s.storage.local_dir), request, live=s.live_database(), settings=s)
     from erp_backup import runner
     from erp_backup.flows.restore import restore_checked_flow
 

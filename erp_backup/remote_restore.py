@@ -37,6 +37,7 @@ from erp_backup.core import chain
 from erp_backup.core.chain import Damaged
 from erp_backup.core.errors import ChainError, ConfigError, IntegrityError, RestoreError, StorageError
 from erp_backup.core.models import BackupId, Manifest
+from erp_backup.remote_verify import SignatureCheck, signature_checker
 
 SCRATCH_PREFIX = "erp-backup-remote-"
 _SCRATCH_RE = re.compile(re.escape(SCRATCH_PREFIX) + r"(?P<pid>[0-9]+)-[A-Za-z0-9_]+")
@@ -120,11 +121,10 @@ def _write_object(store: RemoteStore, key: str, dest: Path, size: int | None, li
     return h.hexdigest()
 
 
-def download_set(settings: Settings, store: RemoteStore, sid: BackupId, repo: LocalRepository,
+def download_set(check_signature: SignatureCheck, store: RemoteStore, sid: BackupId, repo: LocalRepository,
                  objects: dict[str, int]) -> int:
-    """Download one complete remote set into ``repo`` (checked as it arrives); the bytes read."""
-    from erp_backup.remote_verify import signature_problem
-
+    """Download one complete remote set into ``repo`` (checked as it arrives: the signature before
+    anything but ``SHA256SUMS`` and its signature is read); the bytes read."""
     for name in (MANIFEST, SUMS):
         if name not in objects:
             raise IntegrityError(f"remote set {sid}: {name} is missing remotely", hint="pick another set")
@@ -142,7 +142,7 @@ def download_set(settings: Settings, store: RemoteStore, sid: BackupId, repo: Lo
     if remote_sets.SIG in objects:
         _write_object(store, f"{sid}/{remote_sets.SIG}", work / remote_sets.SIG, None, 1 << 16)
         sig = (work / remote_sets.SIG).read_bytes()
-    problem = signature_problem(settings, sid, raw, sig)
+    problem = check_signature(sid, raw, sig)
     if problem:
         raise IntegrityError(f"remote set {sid}: {problem}", hint="do not restore it: pick another set")
     if MANIFEST not in sums:
@@ -202,7 +202,12 @@ def fetch(settings: Settings, store: RemoteStore, req: restorer.RestoreRequest, 
     if not good and not damaged:
         raise ChainError(f"there is no complete backup set in {store.describe()}",
                          hint="check [remote] block and prefix; `erp-backup list --remote` shows what is there")
-    repo = LocalRepository(scratch)
+    with signature_checker(settings) as check_signature:
+        return _fetch(check_signature, store, req, LocalRepository(scratch), listing, good, damaged)
+
+
+def _fetch(check_signature: SignatureCheck, store: RemoteStore, req: restorer.RestoreRequest, repo: LocalRepository,
+           listing: remote_sets.RemoteScan, good: list[Manifest], damaged: list[Damaged]) -> Fetched:
     by_id = {m.id: m for m in good}
     invalid: dict[BackupId, str] = {}
     total = 0
@@ -226,7 +231,7 @@ def fetch(settings: Settings, store: RemoteStore, req: restorer.RestoreRequest, 
         members = [*sorted(chosen.depends_on), chosen.id]
         try:
             for sid in members:
-                total += download_set(settings, store, sid, repo, listing.objects[sid.value])
+                total += download_set(check_signature, store, sid, repo, listing.objects[sid.value])
         except IntegrityError as e:
             if req.backup_id is not None:
                 raise
@@ -235,16 +240,17 @@ def fetch(settings: Settings, store: RemoteStore, req: restorer.RestoreRequest, 
         if notes:
             notes += (f"restoring {chosen.id} (finished {chosen.finished_at:%Y-%m-%dT%H:%M:%SZ}), "
                       "the newest remote set that can be restored whole",)
-        return Fetched(str(scratch), chosen.id.value, tuple(m.value for m in members), total, notes)
+        return Fetched(str(repo.root), chosen.id.value, tuple(m.value for m in members), total, notes)
 
 
 def restore_fetched(settings: Settings, fetched: Fetched, req: restorer.RestoreRequest) -> restorer.RestoreReport:
     """The existing restore, on the downloaded chain."""
     repo = LocalRepository(Path(fetched.scratch))
     live = settings.live_database()
-    plan = restorer.preflight(repo, dataclasses.replace(req, backup_id=fetched.set_id, at=None), live=live)
+    plan = restorer.preflight(repo, dataclasses.replace(req, backup_id=fetched.set_id, at=None), live=live,
+                              settings=settings)
     plan = dataclasses.replace(plan, notes=fetched.notes + plan.notes)
-    return restorer.execute(repo, plan, restorer.target_database_of(plan, live))
+    return restorer.execute(repo, plan, restorer.target_database_of(plan, live), settings=settings)
 
 
 def restore_from_remote(settings: Settings, store: RemoteStore, req: restorer.RestoreRequest,

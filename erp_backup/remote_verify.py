@@ -9,28 +9,48 @@ object is an error, not a longer read). A set only verifies if every set its res
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 
 from erp_backup import remote_sets
 from erp_backup.adapters.storage.base import RemoteStore
 from erp_backup.adapters.storage.local import MANIFEST, SUMS
 from erp_backup.config import Settings
 from erp_backup.core.chain import Damaged
-from erp_backup.core.errors import BackupError, IntegrityError
+from erp_backup.core.errors import BackupError, CryptoError, IntegrityError
 from erp_backup.core.models import BackupId, Manifest
 from erp_backup.verify import VerifyReport
 
 LEVEL = "remote"
 
 
-def signature_problem(settings: Settings, sid: BackupId, sums: bytes, signature: bytes | None) -> str | None:
-    """Why ``SHA256SUMS`` of a remote set is not signed as configured, or None. Without signing
-    configured there is nothing to check (the encryption work wires the GPG check in here)."""
-    del settings, sid, sums, signature
-    return None
+SignatureCheck = Callable[[BackupId, bytes, "bytes | None"], "str | None"]
 
 
-def _own(settings: Settings, store: RemoteStore, sid: BackupId, objects: dict[str, int]
+@contextmanager
+def signature_checker(settings: Settings) -> Iterator[SignatureCheck]:
+    """``check(set id, SHA256SUMS bytes, signature bytes or None)`` -> why the set is not signed as
+    configured, or None. Without ``[encryption] sign`` there is nothing to check. One GPG session
+    for every set checked; a configuration problem (no verification key) raises at once."""
+    from erp_backup import encryption
+
+    if not encryption.signs(settings):
+        yield lambda _sid, _sums, _sig: None
+        return
+    with encryption.session(settings, signing=True) as s:
+        s.trusted()  # no verification key configured: one error now, not one per set
+
+        def check(sid: BackupId, sums: bytes, sig: bytes | None) -> str | None:
+            try:
+                s.check_signature_bytes(sums, sig, sid.value)
+            except CryptoError as e:
+                return e.message.removeprefix(f"set {sid}: ")
+            return None
+
+        yield check
+
+
+def _own(check_signature: SignatureCheck, store: RemoteStore, sid: BackupId, objects: dict[str, int]
          ) -> tuple[VerifyReport, tuple[BackupId, ...]]:
     problems: list[str] = []
     checked = 0
@@ -47,7 +67,7 @@ def _own(settings: Settings, store: RemoteStore, sid: BackupId, objects: dict[st
         raw, sums = remote_sets.read_sums(store, sid)
         sig = remote_sets.read_bounded(store, f"{sid}/{remote_sets.SIG}", 1 << 16) \
             if remote_sets.SIG in objects else None
-        problem = signature_problem(settings, sid, raw, sig)
+        problem = check_signature(sid, raw, sig)
         if problem:
             return bad(problem)
         head = remote_sets.header_of(store, sid)
@@ -88,6 +108,11 @@ def _own(settings: Settings, store: RemoteStore, sid: BackupId, objects: dict[st
 def verify_remote(settings: Settings, store: RemoteStore, ids: Iterable[str] | None = None) -> list[VerifyReport]:
     """A report per remote set (``ids``, or every complete one; an incomplete one named in ``ids``
     fails). A set fails as well when a set its restore reads is missing remotely or fails."""
+    with signature_checker(settings) as check_signature:
+        return _verify(check_signature, store, ids)
+
+
+def _verify(check_signature: SignatureCheck, store: RemoteStore, ids: Iterable[str] | None) -> list[VerifyReport]:
     listing = remote_sets.scan(store)
     wanted = [BackupId(i) for i in ids] if ids else listing.complete
     own: dict[BackupId, tuple[VerifyReport, tuple[BackupId, ...]]] = {}
@@ -99,7 +124,7 @@ def verify_remote(settings: Settings, store: RemoteStore, ids: Iterable[str] | N
                 problem = f"{sid}: not in {store.describe()}"
                 own[sid] = VerifyReport(sid.value, LEVEL, (problem,), 0, 0, (problem,)), ()
             else:
-                own[sid] = _own(settings, store, sid, objects)
+                own[sid] = _own(check_signature, store, sid, objects)
         return own[sid]
 
     out = []

@@ -26,8 +26,9 @@ from erp_backup.remote_restore import SCRATCH_PREFIX, restore_from_remote
 from erp_backup.remote_store import store_for
 from erp_backup.remote_verify import verify_remote
 from erp_backup.restore import RestoreRequest
-from tests.conftest import diff_states, make_settings, make_small_project, tree_state, write_file
-from tests.integration.offsite_fixtures import FtpServer, MotoServer, S3Env, free_port
+from tests.conftest import diff_states, make_small_project, tree_state, write_file
+from tests.integration.offsite_fixtures import FtpServer, GpgTestKeys, MotoServer, S3Env, free_port
+from tests.integration.test_encrypted_sets import Host, enc_settings, host  # noqa: F401  (the keyrings)
 
 pytestmark = pytest.mark.integration
 
@@ -35,9 +36,11 @@ T0 = datetime(2026, 11, 28, 2, 0, tzinfo=UTC)
 MARKER = "MARKER-remote-ACME-7731"
 
 
-def remote_settings(tmp_path: Path, **remote: Any) -> Settings:
-    """Test settings with a [remote] section (its block is handed over directly: ``store_for``)."""
-    s = make_settings(tmp_path, root=make_small_project(tmp_path / "erp"))
+def remote_settings(tmp_path: Path, keys: GpgTestKeys, **remote: Any) -> Settings:
+    """Test settings with [encryption] (plaintext local sets, signed; encrypted remote copies) and
+    [remote] (its block is handed over directly: ``store_for``)."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    s = enc_settings(tmp_path, keys, local=False, root=make_small_project(tmp_path / "erp"))
     cfg = RemoteConfig(block="test", prefix="erp", retries=0, retry_backoff_s=0, **remote)
     return s.model_copy(update={"remote": cfg})
 
@@ -52,9 +55,11 @@ def backup(s: Settings, kind: BackupKind, at: datetime) -> BackupId:
     return run_backup(s.model_copy(update={"remote": None}), kind, now=at).manifest.id
 
 
-def test_s3_disaster_round_trip_sqlite(tmp_path: Path, moto_s3: S3Env) -> None:
-    s = remote_settings(tmp_path)
+def test_s3_disaster_round_trip_sqlite(tmp_path: Path, moto_s3: S3Env, gpg_keys: GpgTestKeys, host: Host
+                                       ) -> None:
+    s = remote_settings(tmp_path, gpg_keys)
     assert s.remote is not None
+    host.backup()
     store = store_for(moto_s3.bucket, s.remote)
     db = Path(s.database_url().name)
     full = backup(s, BackupKind.FULL, T0)
@@ -83,7 +88,11 @@ def test_s3_disaster_round_trip_sqlite(tmp_path: Path, moto_s3: S3Env) -> None:
     assert [(r.set_id, r.ok) for r in reports] == [(full.value, True), (incr.value, True)], reports
     assert all(r.bytes_checked > 0 for r in reports)
 
+    for o in store.list():  # nothing readable leaves the host: the marker is in no remote object
+        with store.get_stream(o.key) as body:
+            assert MARKER.encode() not in body.read(), o.key
     shutil.rmtree(s.storage.local_dir)  # the disaster: no local backup at all
+    host.restore()  # only the private key (and the public keys of the config) from here on
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     for when, set_state, set_rows, name in ((T0 + timedelta(minutes=30), state_full, rows_full, "at-full"),
@@ -164,10 +173,11 @@ class Proxy:
         self._sock.close()
 
 
-def test_s3_endpoint_gone_mid_upload_then_the_next_backup_completes_it(tmp_path: Path,
-                                                                        moto_server: MotoServer) -> None:
-    s = remote_settings(tmp_path, part_size_mib=5)
+def test_s3_endpoint_gone_mid_upload_then_the_next_backup_completes_it(
+        tmp_path: Path, moto_server: MotoServer, gpg_keys: GpgTestKeys, host: Host) -> None:
+    s = remote_settings(tmp_path, gpg_keys, part_size_mib=5)
     assert s.remote is not None
+    host.backup()
     write_file(s.project.root / "big.bin", os.urandom(12 << 20))  # several parts
     bucket = moto_server.bucket()
     direct = store_for(bucket, s.remote)
@@ -204,9 +214,10 @@ def test_s3_endpoint_gone_mid_upload_then_the_next_backup_completes_it(tmp_path:
     assert all(r.ok for r in verify_remote(s, direct))
 
 
-def test_catch_up_window_and_parents(tmp_path: Path, moto_s3: S3Env) -> None:
-    s = remote_settings(tmp_path, catch_up_days=2)
+def test_catch_up_window_and_parents(tmp_path: Path, moto_s3: S3Env, gpg_keys: GpgTestKeys, host: Host) -> None:
+    s = remote_settings(tmp_path, gpg_keys, catch_up_days=2)
     assert s.remote is not None
+    host.backup()
     store = store_for(moto_s3.bucket, s.remote)
     old = backup(s, BackupKind.FULL, T0 - timedelta(days=10))
     full = backup(s, BackupKind.FULL, T0)
@@ -215,7 +226,7 @@ def test_catch_up_window_and_parents(tmp_path: Path, moto_s3: S3Env) -> None:
     assert res.uploaded == (full.value, incr.value)
     assert any(old.value in w and "catch-up window" in w for w in res.warnings)
     # an incremental whose full is outside the window takes its full along
-    s2 = remote_settings(tmp_path / "two", catch_up_days=1)
+    s2 = remote_settings(tmp_path / "two", gpg_keys, catch_up_days=1)
     assert s2.remote is not None
     store2 = store_for(moto_s3.server.bucket(), s2.remote)
     f2 = backup(s2, BackupKind.FULL, T0 - timedelta(days=5))
@@ -234,9 +245,11 @@ def tamper(env: S3Env, key: str, transform: Any) -> None:
     c.put_object(Bucket=env.bucket.bucket_name, Key=key, Body=transform(body))
 
 
-def test_tampered_and_hostile_remote_objects(tmp_path: Path, moto_s3: S3Env) -> None:
-    s = remote_settings(tmp_path)
+def test_tampered_and_hostile_remote_objects(tmp_path: Path, moto_s3: S3Env, gpg_keys: GpgTestKeys,
+                                              host: Host) -> None:
+    s = remote_settings(tmp_path, gpg_keys)
     assert s.remote is not None
+    host.backup()
     store: RemoteStore = store_for(moto_s3.bucket, s.remote)
     full = backup(s, BackupKind.FULL, T0)
     full2 = backup(s, BackupKind.FULL, T0 + timedelta(hours=1))
@@ -254,6 +267,7 @@ def test_tampered_and_hostile_remote_objects(tmp_path: Path, moto_s3: S3Env) -> 
     assert reports[full.value].ok
     assert not reports[full2.value].ok and "does not match its checksum" in reports[full2.value].problems[0]
     assert not reports["20261128T100000Z-full"].ok
+    host.restore()
     # --backup of the tampered set: refused, nothing written
     target = tmp_path / "t1"
     with pytest.raises(IntegrityError) as e:
@@ -277,9 +291,11 @@ def test_tampered_and_hostile_remote_objects(tmp_path: Path, moto_s3: S3Env) -> 
     assert not (tmp_path / "files.tar.zst").exists()
 
 
-def test_an_object_larger_than_its_manifest_says_is_not_read_whole(tmp_path: Path, moto_s3: S3Env) -> None:
-    s = remote_settings(tmp_path)
+def test_an_object_larger_than_its_manifest_says_is_not_read_whole(tmp_path: Path, moto_s3: S3Env,
+                                                                   gpg_keys: GpgTestKeys, host: Host) -> None:
+    s = remote_settings(tmp_path, gpg_keys)
     assert s.remote is not None
+    host.backup()
     store = store_for(moto_s3.bucket, s.remote)
     full = backup(s, BackupKind.FULL, T0)
     upload.push(s, store, now=T0)
@@ -290,9 +306,10 @@ def test_an_object_larger_than_its_manifest_says_is_not_read_whole(tmp_path: Pat
     assert not verify_remote(s, store)[0].ok
 
 
-def test_ftp_store_round_trip(tmp_path: Path, ftp_server: FtpServer) -> None:
-    s = remote_settings(tmp_path)
+def test_ftp_store_round_trip(tmp_path: Path, ftp_server: FtpServer, gpg_keys: GpgTestKeys, host: Host) -> None:
+    s = remote_settings(tmp_path, gpg_keys)
     assert s.remote is not None
+    host.backup()
     store = store_for(ftp_server.block(), s.remote)
     full = backup(s, BackupKind.FULL, T0)
     write_file(s.project.root / "app/new.txt", "x\n")
@@ -303,6 +320,7 @@ def test_ftp_store_round_trip(tmp_path: Path, ftp_server: FtpServer) -> None:
     on_server = ftp_server.root / "backups" / "erp" / incr.value
     assert sorted(p.name for p in on_server.iterdir())[-1] == "manifest.json"
     shutil.rmtree(s.storage.local_dir)
+    host.restore()
     restore_from_remote(s, store, RestoreRequest(target_dir=str(tmp_path / "out"), backup_id=incr.value),
                         scratch_parent=tmp_path)
     assert diff_states(state, tree_state(tmp_path / "out")) == []
@@ -313,4 +331,4 @@ def test_remote_without_encryption_is_refused(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError) as e:
         settings_from_dict({"remote": {"block": "erp-offsite"}}, source="c.toml")
-    assert "[remote] is set but [encryption] is not" in str(e.value) and " — " in str(e.value)
+    assert "[remote] without [encryption]" in str(e.value) and " — " in str(e.value)
