@@ -9,6 +9,7 @@ import os
 import shutil
 import socket
 import sqlite3
+import subprocess
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,7 +20,7 @@ import pytest
 from erp_backup import remote_sets, upload
 from erp_backup.adapters.storage.base import RemoteStore
 from erp_backup.config import RemoteConfig, Settings
-from erp_backup.core.errors import ChainError, ConfigError, IntegrityError, RestoreError, StorageError
+from erp_backup.core.errors import BackupError, ChainError, ConfigError, IntegrityError, RestoreError, StorageError
 from erp_backup.core.models import BackupId, BackupKind
 from erp_backup.pipeline import run_backup
 from erp_backup.remote_restore import SCRATCH_PREFIX, restore_from_remote
@@ -27,10 +28,22 @@ from erp_backup.remote_store import store_for
 from erp_backup.remote_verify import verify_remote
 from erp_backup.restore import RestoreRequest
 from tests.conftest import diff_states, make_small_project, tree_state, write_file
-from tests.integration.offsite_fixtures import FtpServer, GpgTestKeys, MotoServer, S3Env, free_port
-from tests.integration.test_encrypted_sets import Host, enc_settings, host  # noqa: F401  (the keyrings)
+from tests.integration import test_encrypted_sets
+from tests.integration.conftest import assert_actionable
+from tests.integration.offsite_fixtures import (
+    PASSPHRASE,
+    SIGN_PASSPHRASE,
+    FtpServer,
+    GpgTestKeys,
+    MotoServer,
+    S3Env,
+    free_port,
+    kill_agent,
+)
+from tests.integration.test_encrypted_sets import Host, enc_settings, keyring
 
 pytestmark = pytest.mark.integration
+host = test_encrypted_sets.host  # the keyrings fixture: backup host (signing key), restore host (private key)
 
 T0 = datetime(2026, 11, 28, 2, 0, tzinfo=UTC)
 MARKER = "MARKER-remote-ACME-7731"
@@ -332,3 +345,51 @@ def test_remote_without_encryption_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as e:
         settings_from_dict({"remote": {"block": "erp-offsite"}}, source="c.toml")
     assert "[remote] without [encryption]" in str(e.value) and " — " in str(e.value)
+
+
+def test_unsigned_or_foreign_signed_remote_sets_and_missing_keys(tmp_path: Path, moto_s3: S3Env,
+                                                                 gpg_keys: GpgTestKeys, host: Host) -> None:
+    s = remote_settings(tmp_path, gpg_keys)
+    assert s.remote is not None
+    host.backup()
+    store = store_for(moto_s3.bucket, s.remote)
+    full = backup(s, BackupKind.FULL, T0)
+    upload.push(s, store, now=T0)
+    host.restore(ring=host.empty_ring)  # no private key here
+    target = tmp_path / "t"
+    with pytest.raises(BackupError) as e:
+        restore_from_remote(s, store, RestoreRequest(target_dir=str(target), backup_id=full.value),
+                            scratch_parent=tmp_path)
+    assert_actionable(e.value, "private key", secrets=(PASSPHRASE, SIGN_PASSPHRASE))
+    host.restore(passphrase="wrong-passphrase-1")
+    with pytest.raises(BackupError) as e:
+        restore_from_remote(s, store, RestoreRequest(target_dir=str(target), backup_id=full.value),
+                            scratch_parent=tmp_path)
+    assert_actionable(e.value, "passphrase", secrets=(PASSPHRASE, SIGN_PASSPHRASE, "wrong-passphrase-1"))
+    assert not target.exists() or not any(target.iterdir())
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(SCRATCH_PREFIX)]
+    host.restore()
+    # re-signed by a stranger: refused
+    c, bucket = moto_s3.client(), moto_s3.bucket.bucket_name
+    sums = c.get_object(Bucket=bucket, Key=f"erp/{full}/SHA256SUMS")["Body"].read()
+    other = keyring(tmp_path, "ring-other", gpg_keys.other.secret)
+    (tmp_path / "sums").write_bytes(sums)
+    subprocess.run(["gpg", "--homedir", str(other), "--batch", "--pinentry-mode", "loopback", "--passphrase",
+                    "pw-Stranger-1", "--detach-sign", "-o", str(tmp_path / "sums.sig"), str(tmp_path / "sums")],
+                   check=True, capture_output=True, timeout=60)
+    kill_agent(other)
+    c.put_object(Bucket=bucket, Key=f"erp/{full}/SHA256SUMS.sig", Body=(tmp_path / "sums.sig").read_bytes())
+    rep = verify_remote(s, store)[0]
+    assert not rep.ok and "sign" in rep.problems[0], rep.problems
+    with pytest.raises(IntegrityError) as ie:
+        restore_from_remote(s, store, RestoreRequest(target_dir=str(target), backup_id=full.value),
+                            scratch_parent=tmp_path)
+    assert "sign" in str(ie.value)
+    # signature removed: refused as well
+    c.delete_object(Bucket=bucket, Key=f"erp/{full}/SHA256SUMS.sig")
+    assert not verify_remote(s, store)[0].ok
+    with pytest.raises(ChainError) as ce:  # --at: no set left that is signed as configured
+        restore_from_remote(s, store, RestoreRequest(target_dir=str(target), at=T0 + timedelta(days=1)),
+                            scratch_parent=tmp_path)
+    assert "not signed" in str(ce.value)
+    assert not target.exists() or not any(target.iterdir())
