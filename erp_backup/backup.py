@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from erp_backup import __version__
+from erp_backup import encryption as enc
 from erp_backup.adapters import archive, scan
 from erp_backup.adapters.databases.base import DatabaseAdapter, adapter_for
 from erp_backup.adapters.databases.sqlite import COMPANIONS as SQLITE_COMPANIONS
@@ -265,16 +266,23 @@ def dump_database(plan: BackupPlan) -> DumpResult | None:
     adapter = plan.adapter()
     if adapter is None or plan.database is None:
         return None
-    path = _fresh(plan.partial / adapter.artifact_name)
+    encrypted = enc.encrypts_local(plan.settings)
+    name = enc.encrypted_name(adapter.artifact_name) if encrypted else adapter.artifact_name
+    path = _fresh(plan.partial / name)
     _clear_work(plan)
     work = plan.partial / WORK_DIR
     work.mkdir(mode=0o700)
-    writer = archive.ArtifactWriter(path, level=plan.settings.backup.compression_level, threads=plan.threads)
     try:
-        info = adapter.dump(writer.write, work)
-        written = writer.close()
+        with enc.local_encryptor(plan.settings) as encryptor:
+            writer = archive.ArtifactWriter(path, level=plan.settings.backup.compression_level,
+                                            threads=plan.threads, encryptor=encryptor)
+            try:
+                info = adapter.dump(writer.write, work)
+                written = writer.close()
+            except BaseException:
+                writer.abort()
+                raise
     except BaseException:
-        writer.abort()
         path.unlink(missing_ok=True)
         raise
     finally:
@@ -290,23 +298,32 @@ def dump_database(plan: BackupPlan) -> DumpResult | None:
         warnings = ("database row counts are best effort (not taken in the dump's snapshot): "
                     "grant the backup user RELOAD for strictly consistent counts",)
     return DumpResult(
-        artifact=Artifact(name=adapter.artifact_name, role="database", size=written.size, sha256=written.sha256),
+        artifact=Artifact(name=name, role="database", size=written.size, sha256=written.sha256,
+                          encryption=enc.METHOD if encrypted else None),
         info=replace(info, raw_size=written.raw_size), counts_consistent=adapter.counts_consistent,
         warnings=warnings)
 
 
 def archive_files(plan: BackupPlan, scanned: ScanResult) -> FilesResult:
-    path = _fresh(plan.partial / FILES_ARTIFACT)
-    writer = archive.ArtifactWriter(path, level=plan.settings.backup.compression_level, threads=plan.threads)
+    encrypted = enc.encrypts_local(plan.settings)
+    name = enc.encrypted_name(FILES_ARTIFACT) if encrypted else FILES_ARTIFACT
+    path = _fresh(plan.partial / name)
     try:
-        res = archive.write_tar(plan.settings.project.root, scanned.changes.archive, writer.write, plan.id.value)
-        written = writer.close()
+        with enc.local_encryptor(plan.settings) as encryptor:
+            writer = archive.ArtifactWriter(path, level=plan.settings.backup.compression_level,
+                                            threads=plan.threads, encryptor=encryptor)
+            try:
+                res = archive.write_tar(plan.settings.project.root, scanned.changes.archive, writer.write,
+                                        plan.id.value)
+                written = writer.close()
+            except BaseException:
+                writer.abort()
+                raise
     except BaseException:
-        writer.abort()
         path.unlink(missing_ok=True)
         raise
-    return FilesResult(artifact=Artifact(name=FILES_ARTIFACT, role="files", size=written.size,
-                                         sha256=written.sha256),
+    return FilesResult(artifact=Artifact(name=name, role="files", size=written.size, sha256=written.sha256,
+                                         encryption=enc.METHOD if encrypted else None),
                        entries=res.entries, bytes_in=res.bytes_in, skipped=res.skipped, warnings=res.warnings)
 
 
@@ -332,17 +349,19 @@ def seal(plan: BackupPlan, scanned: ScanResult, files: FilesResult, dumped: Dump
         database=dumped.info if dumped else None, artifacts=artifacts, files=index,
         deleted=scanned.changes.deleted, skipped=scanned.skipped + files.skipped, stats=stats,
         depends_on=chain.holders_of(index, plan.id),
+        recipients=enc.recipients(plan.settings) if any(a.encryption for a in artifacts) else (),
     )
     size, digest = write_private_stream(plan.partial / MANIFEST, mf.dump_lines(m))
     # SHA256SUMS covers the manifest too: a damaged index (modes, times, holders) is caught
     covered = [*artifacts, Artifact(name=MANIFEST, role="manifest", size=size, sha256=digest)]
     write_private_stream(plan.partial / SUMS, [mf.sha256sums(covered)])
+    enc.sign_set(plan.settings, plan.partial)  # SHA256SUMS.sig, when [encryption] sign = true
     return SealedSet(m, plan.partial)
 
 
 def verify_sealed(plan: BackupPlan, sealed: SealedSet) -> VerifyReport:
     rep = verify_dir(sealed.partial, sealed.manifest, level=plan.settings.backup.verify,
-                     key_files=plan.settings.project.key_files, repo=plan.repo)
+                     key_files=plan.settings.project.key_files, repo=plan.repo, settings=plan.settings)
     rep.raise_if_bad()
     return rep
 
@@ -382,7 +401,8 @@ def report(plan: BackupPlan, committed: CommittedSet, warnings: tuple[str, ...],
         "bytes out": m.stats.bytes_out,
         "duration s": round(dur, 2),
         "throughput MB/s": round(m.stats.bytes_in / dur / 1e6, 1),
-        "verification": "skipped" if committed.verify.level == "none" else "passed",
+        "verification": "skipped" if committed.verify.level == "none" else "passed"
+        + ("" if committed.verify.level in ("full", "quick") else f" ({committed.verify.level})"),
     }
     history = [h.size_bytes for h in plan.repo.headers() if h.kind is m.kind and h.id != m.id][-10:]
     verdict = size_anomaly(m.size_bytes, history)

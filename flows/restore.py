@@ -28,14 +28,14 @@ from erp_backup.flows.common import artifact_key, retry_transient, settings_for
 @task(name="restore-preflight", cache_policy=NO_CACHE)
 def restore_preflight_task(settings: Settings, request: restorer.RestoreRequest) -> restorer.RestorePlan:
     return restorer.preflight(LocalRepository(settings.storage.local_dir), request, live=settings.live_database(),
-                              max_age_s=settings.restore.max_age)
+                              settings=settings, max_age_s=settings.restore.max_age)
 
 
 @task(name="restore-set", cache_policy=NO_CACHE)
 def restore_task(settings: Settings, plan: restorer.RestorePlan) -> restorer.RestoreReport:
     live = settings.live_database()
     return restorer.execute(LocalRepository(settings.storage.local_dir), plan,
-                            restorer.target_database_of(plan, live))
+                            restorer.target_database_of(plan, live), settings=settings)
 
 
 def run_restore(s: Settings, plan: restorer.RestorePlan) -> dict[str, Any]:
@@ -127,7 +127,7 @@ def restore_checked_flow(settings: Settings, plan: restorer.RestorePlan) -> dict
       retry_condition_fn=retry_transient)
 def verify_sets_task(settings: Settings, ids: list[str], level: str) -> list[verifier.VerifyReport]:
     repo = LocalRepository(settings.storage.local_dir)
-    return verifier.verify_sets(repo, ids, level=level, key_files=settings.project.key_files)
+    return verifier.verify_sets(repo, ids, level=level, key_files=settings.project.key_files, settings=settings)
 
 
 @flow(name="erp-backup-verify", log_prints=True)
