@@ -11,6 +11,7 @@ paths, the backup directory and the live SQLite database never are).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import os
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from erp_backup import commands, safety
+from erp_backup import commands, encryption, safety
 from erp_backup import restore as restorer
 from erp_backup.adapters import scan
 from erp_backup.adapters.archive import CHUNK
@@ -125,7 +126,8 @@ def plan(settings: Settings, req: InPlaceRequest, *, now: datetime | None = None
     rreq = restorer.RestoreRequest(target_dir=str(root) if req.files else None, backup_id=req.backup_id,
                                    at=req.at, force=True, yes=True, keep_setid=True, verify=req.verify,
                                    allow_old=req.allow_old)
-    rplan = restorer.preflight(repo, rreq, live=live, target_db=live, max_age_s=settings.restore.max_age, now=now)
+    rplan = restorer.preflight(repo, rreq, live=live, target_db=live, settings=settings,
+                               max_age_s=settings.restore.max_age, now=now)
     if not req.database:
         rplan = dataclasses.replace(rplan, target_database=None, database_rel=None, into_live=False)
     elif live is not None and live.engine == "sqlite" and rplan.database_rel is None and req.files:
@@ -233,8 +235,10 @@ def run(settings: Settings, plan: InPlacePlan, *, log: Log = print, now: datetim
     live = settings.live_database() if plan.database else None
     cfg = settings.restore
     steps = _Steps(log)
-    with repo.lock(settings.backup.lock_wait_s, purpose="in-place restore"):
+    with repo.lock(settings.backup.lock_wait_s, purpose="in-place restore"), contextlib.ExitStack() as stack:
         m = repo.read_manifest(BackupId(rplan.set_id))
+        # signatures checked again and a GPG session for encrypted sets, before anything is stopped
+        decryptor_for = stack.enter_context(encryption.restore_decryptor(settings, repo, m, files=plan.files))
         rel = rplan.database_rel if plan.files and live is not None else None
         t0 = time.monotonic()
         diff = changes(m, _live_scan(settings, live)) if plan.files else Changes((), (), (), (), ())
@@ -272,7 +276,7 @@ def run(settings: Settings, plan: InPlacePlan, *, log: Log = print, now: datetim
                 tree_touched = True
                 try:
                     stats["deleted"], left = _delete(Path(plan.root), diff.delete)
-                    files = _write(repo, m, diff, Path(plan.root))
+                    files = _write(repo, m, diff, Path(plan.root), decryptor_for)
                 except (BackupError, OSError) as e:
                     steps.add(stage, False, t0, _why(e))
                     raise _StepFailed(stage, _why(e)) from e
@@ -286,7 +290,7 @@ def run(settings: Settings, plan: InPlacePlan, *, log: Log = print, now: datetim
                 t0 = time.monotonic()
                 db_touched = True
                 try:
-                    tables = _restore_db(repo, m, live, plan, rel)
+                    tables = _restore_db(repo, m, live, plan, rel, decryptor_for)
                 except (BackupError, OSError) as e:
                     steps.add(stage, False, t0, _why(e))
                     raise _StepFailed(stage, _why(e)) from e
@@ -383,27 +387,29 @@ def _delete(root: Path, entries: Iterable[FileEntry]) -> tuple[int, list[str]]:
     return n, kept
 
 
-def _write(repo: LocalRepository, m: Manifest, diff: Changes, root: Path) -> restorer.FilesRestored:
+def _write(repo: LocalRepository, m: Manifest, diff: Changes, root: Path,
+           decryptor_for: restorer.DecryptorFor) -> restorer.FilesRestored:
     """Write the set's differing entries (and every directory's metadata) into the live root, as
     recorded (owners when root, set-id bits: it is the original place)."""
     wanted = {e.path for e in diff.write}
     sub = dataclasses.replace(m, files=tuple(e for e in m.files if e.type is EntryType.DIR or e.path in wanted))
     target = restorer.SafeTarget(root)
     try:
-        return restorer.restore_files(repo, sub, target, keep_setid=True)
+        return restorer.restore_files(repo, sub, target, keep_setid=True, decryptor_for=decryptor_for)
     finally:
         target.close()
 
 
-def _restore_db(repo: LocalRepository, m: Manifest, live: DatabaseUrl, plan: InPlacePlan,
-                rel: str | None) -> dict[str, int]:
+def _restore_db(repo: LocalRepository, m: Manifest, live: DatabaseUrl, plan: InPlacePlan, rel: str | None,
+                decryptor_for: restorer.DecryptorFor) -> dict[str, int]:
     if rel is not None:
         target = restorer.SafeTarget(Path(plan.root))
         try:
-            return restorer.restore_database(repo, m, live, replace=True, safe=target, rel=rel)
+            return restorer.restore_database(repo, m, live, replace=True, safe=target, rel=rel,
+                                             decryptor_for=decryptor_for)
         finally:
             target.close()
-    return restorer.restore_database(repo, m, live, replace=True)
+    return restorer.restore_database(repo, m, live, replace=True, decryptor_for=decryptor_for)
 
 
 # ----------------------------------------------------------------------------- putting the safety copy back

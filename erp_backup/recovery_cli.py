@@ -30,7 +30,10 @@ def add_restore_flags(sp: argparse.ArgumentParser) -> None:
 def add_recovery_parsers(sub: Any) -> None:
     sp = sub.add_parser("restore-test", help="restore the newest valid set into scratch, check it, measure RTO/RPO")
     sp.add_argument("--backup", help="set id (default: the newest valid set)")
-    sp.add_argument("--from-remote", action="store_true", help="test the off-site copy (not available yet)")
+    g = sp.add_mutually_exclusive_group()
+    g.add_argument("--from-remote", action="store_true",
+                   help="test the off-site copy (the default when [remote] is configured)")
+    g.add_argument("--local", action="store_true", help="test the local sets even when [remote] is configured")
     sp.add_argument("--json", action="store_true", help="print the result as JSON")
     sp.set_defaults(func=cmd_restore_test)
 
@@ -49,6 +52,7 @@ def restore_in_place(args: argparse.Namespace, s: Any, at: datetime | None) -> i
     from erp_backup import inplace
 
     clashes = [f for f, v in (("--target-dir", args.target_dir), ("--target-database", args.target_database),
+                              ("--from-remote", getattr(args, "from_remote", False)),
                               ("--force", args.force), ("--keep-setid", args.keep_setid),
                               ("--jobs", args.jobs != 1)) if v]
     if clashes:
@@ -104,8 +108,11 @@ def cmd_restore_test(args: argparse.Namespace) -> int:
     from erp_backup import restore_test as tester
 
     s = _settings(args)
-    if args.from_remote:
-        raise tester.from_remote_unavailable()
+    from_remote = True if args.from_remote else False if args.local else None
+    if from_remote:
+        from erp_backup.remote_store import remote_config
+
+        remote_config(s)  # [remote] missing: one line now, not after Prefect started
     if args.backup:
         from erp_backup.core.models import BackupId
 
@@ -113,11 +120,11 @@ def cmd_restore_test(args: argparse.Namespace) -> int:
     from erp_backup import runner
     from erp_backup.flows.restore_test import restore_test_checked_flow
 
-    def plain(settings: Any, backup_id: str | None) -> dict[str, Any]:
-        return tester.raise_if_failed(tester.run_restore_test(settings, backup_id)).to_json()
+    def plain(settings: Any, backup_id: str | None, from_remote: bool | None) -> dict[str, Any]:
+        return tester.raise_if_failed(tester.run_restore_test(settings, backup_id, from_remote=from_remote)).to_json()
 
     try:
-        doc = runner.run(restore_test_checked_flow, plain, settings=s, backup_id=args.backup)
+        doc = runner.run(restore_test_checked_flow, plain, settings=s, backup_id=args.backup, from_remote=from_remote)
     except tester.RestoreTestFailed as e:
         _print_test(e.result.to_json(), args.json)
         raise

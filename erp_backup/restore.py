@@ -664,8 +664,8 @@ _NEEDS_ALL = None
 _NEEDS_FILES = frozenset({"files"})
 
 
-def _pick_newest(repo: LocalRepository, at: datetime | None, level: str = "quick"
-                 ) -> tuple[Manifest, tuple[str, ...]]:
+def _pick_newest(repo: LocalRepository, at: datetime | None, level: str = "quick",
+                 settings: Settings | None = None) -> tuple[Manifest, tuple[str, ...]]:
     """The newest set finished at or before ``at`` (None: the newest) that a restore can read whole:
     intact manifests (``scan``), every set it needs present, and — the quick level — the artifacts
     the restore reads matching their checksums (its own; the files archive of each set it needs);
@@ -689,7 +689,7 @@ def _pick_newest(repo: LocalRepository, at: datetime | None, level: str = "quick
                 bad = (member.id, checked[key])
                 break
         if bad is None and level == "full":
-            deep = verifier.verify_sets(repo, [sel.chosen.id.value], level="full")[0]
+            deep = verifier.verify_sets(repo, [sel.chosen.id.value], level="full", settings=settings)[0]
             if not deep.ok:
                 bad = (sel.chosen.id, deep.problems[0].removeprefix(f"{sel.chosen.id}: "))
         if bad is None:
@@ -716,12 +716,12 @@ def _same_database(a: DatabaseUrl, b: DatabaseUrl) -> bool:
     return a.same_database(b)
 
 
-def _pick_set(repo: LocalRepository, backup_id: str | None, at: datetime | None, level: str = "quick"
-              ) -> tuple[Manifest, tuple[str, ...]]:
+def _pick_set(repo: LocalRepository, backup_id: str | None, at: datetime | None, level: str = "quick",
+              settings: Settings | None = None) -> tuple[Manifest, tuple[str, ...]]:
     """(the set to restore, notes for the operator: the newer sets skipped and why)."""
     if backup_id:
         return _pick_named(repo, backup_id), ()
-    return _pick_newest(repo, at, level)
+    return _pick_newest(repo, at, level, settings)
 
 
 def _check_age(m: Manifest, max_age_s: float | None, now: datetime | None) -> None:
@@ -753,7 +753,7 @@ def preflight(repo: LocalRepository, req: RestoreRequest, *, live: DatabaseUrl |
         at = at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
     if req.verify not in ("quick", "full"):
         raise ConfigError(f"--verify {req.verify!r}: must be quick or full", hint="e.g. --verify full")
-    m, notes = _pick_set(repo, req.backup_id, at, req.verify)
+    m, notes = _pick_set(repo, req.backup_id, at, req.verify, settings)
     if not req.backup_id and at is None and not req.allow_old:
         _check_age(m, max_age_s, now)
     target_dir = os.path.abspath(req.target_dir) if req.target_dir is not None else None

@@ -31,7 +31,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from erp_backup import commands
+from erp_backup import commands, encryption
 from erp_backup import restore as restorer
 from erp_backup.adapters.databases import scratch as scratchdb
 from erp_backup.adapters.databases.base import adapter_for
@@ -46,7 +46,7 @@ RECORD = ".restore-test.json"
 HISTORY = ".restore-test-history.jsonl"
 LOCK = ".restore-test.lock"
 SUFFIX = "_restore_test_"
-RTO_STAGES = ("select", "files", "database", "smoke")
+RTO_STAGES = ("fetch", "select", "files", "database", "smoke")
 Log = Callable[[str], object]
 
 
@@ -227,10 +227,10 @@ def check_tables(url: DatabaseUrl, m: Manifest) -> tuple[int, list[str]]:
 # ----------------------------------------------------------------------------- RPO
 
 
-def restorable(repo: LocalRepository, invalid: dict[BackupId, str]) -> list[Manifest]:
-    found = repo.scan()
-    ids = found.committed_ids
-    return [m for m in found.committed if chain.chain_problem(m, ids, found.damaged, invalid) is None]
+def restorable(committed: list[Manifest], damaged: list[chain.Damaged], invalid: dict[BackupId, str]
+               ) -> list[Manifest]:
+    ids = [m.id for m in committed]
+    return [m for m in committed if chain.chain_problem(m, ids, damaged, invalid) is None]
 
 
 def _data_size(m: Manifest) -> int:
@@ -241,11 +241,41 @@ def _data_size(m: Manifest) -> int:
 # ----------------------------------------------------------------------------- the test
 
 
-def run_restore_test(settings: Settings, backup_id: str | None = None, *, now: datetime | None = None,
-                     log: Log = print) -> RestoreTestResult:
+def _fetch_remote(settings: Settings, backup_id: str | None, scratch: Path, at: datetime, store: Any = None
+                  ) -> tuple[LocalRepository, str, tuple[str, ...], list[Manifest], list[chain.Damaged]]:
+    """The chosen remote set and its chain downloaded into ``scratch`` (checked as they arrive; the
+    newer remote sets that failed are named), and the remote headers (for the RPO of the off-site copy)."""
+    from erp_backup import remote_restore, remote_sets
+    from erp_backup.remote_store import open_store
+
+    store = store if store is not None else open_store(settings)
+    req = restorer.RestoreRequest(target_dir=str(scratch / "unused-target"), backup_id=backup_id,
+                                  at=None if backup_id else at)
+    fetched = remote_restore.fetch(settings, store, req, scratch)
+    good, damaged = remote_sets.headers(store)
+    return LocalRepository(scratch), fetched.set_id, fetched.notes, good, damaged
+
+
+def _passed_over(notes: tuple[str, ...], invalid: dict[BackupId, str]) -> list[str]:
+    out = []
+    for n in notes:
+        if n.startswith("skipped "):
+            out.append(n.removeprefix("skipped "))
+            sid = n.split()[1].rstrip(":")
+            if BackupId.is_valid(sid):
+                invalid[BackupId(sid)] = n
+    return out
+
+
+def run_restore_test(settings: Settings, backup_id: str | None = None, *, from_remote: bool | None = None,
+                     now: datetime | None = None, log: Log = print, store: Any = None) -> RestoreTestResult:
     """Run the restore test and record its result next to the sets. Never raises for a failed check:
-    the result says ``ok: false`` with its problems (``raise_if_failed`` turns it into an error)."""
+    the result says ``ok: false`` with its problems (``raise_if_failed`` turns it into an error).
+    ``from_remote`` (None: when ``[remote]`` is configured): test the off-site copy, downloaded first
+    (stage ``fetch``, part of the RTO); the RPO is then the off-site copy's. ``store``: the remote
+    store itself (default: opened from ``[remote] block``)."""
     repo = LocalRepository(settings.storage.local_dir)
+    remote = getattr(settings, "remote", None) is not None if from_remote is None else from_remote
     cfg = settings.restore_test
     stages: dict[str, float] = {}
     problems: list[str] = []
@@ -255,12 +285,14 @@ def run_restore_test(settings: Settings, backup_id: str | None = None, *, now: d
     files_checked = tables_checked = 0
     scratch_text = None
     invalid: dict[BackupId, str] = {}
+    src = repo
+    heads: tuple[list[Manifest], list[chain.Damaged]] | None = None
 
     def timed(name: str, t0: float) -> None:
         stages[name] = round(stages.get(name, 0.0) + time.monotonic() - t0, 3)
 
     tested_at = _now(now)
-    with _exclusive(repo):
+    with _exclusive(repo), contextlib.ExitStack() as stack:
         repo.clean_leftovers()  # scratch directories of killed runs (a restore test's too)
         try:
             clean_predecessors(settings, log)
@@ -268,16 +300,19 @@ def run_restore_test(settings: Settings, backup_id: str | None = None, *, now: d
             problems.append(f"cleaning a previous restore test's scratch database failed: {e}")
         t0 = time.monotonic()
         try:
-            m_head, notes = restorer._pick_set(repo, backup_id, None)
-            for n in notes:
-                if n.startswith("skipped "):
-                    passed_over.append(n.removeprefix("skipped "))
-                    sid = n.split()[1].rstrip(":")
-                    if BackupId.is_valid(sid):
-                        invalid[BackupId(sid)] = n
-            m = repo.read_manifest(m_head.id)
+            if remote:
+                fetched_into = stack.enter_context(repo.scratch("remotetest"))
+                src, backup_id, notes, good, bad = _fetch_remote(settings, backup_id, fetched_into, tested_at,
+                                                               store)
+                heads = (good, bad)
+                passed_over += _passed_over(notes, invalid)
+                timed("fetch", t0)
+                t0 = time.monotonic()
+            m_head, notes = restorer._pick_set(src, backup_id, None, "quick", settings)
+            passed_over += _passed_over(notes, invalid)
+            m = src.read_manifest(m_head.id)
         except BackupError as e:
-            problems.append(f"no set to test: {e}")
+            problems.append(f"no set to test{' in the remote store' if remote else ''}: {e}")
         timed("select", t0)
         problems += [f"newer set passed over: {p}" for p in passed_over]
         if m is not None:
@@ -286,7 +321,7 @@ def run_restore_test(settings: Settings, backup_id: str | None = None, *, now: d
                 try:
                     db = scratch_database(settings, m, work, tested_at)
                     scratch_text = db.redacted() if db else None
-                    r = _restore_and_check(repo, settings, m, work, db, timed, log)
+                    r = _restore_and_check(src, settings, m, work, db, timed, log)
                     files_checked, tables_checked, found, smoke = r
                     problems += found
                 except BackupError as e:
@@ -301,15 +336,20 @@ def run_restore_test(settings: Settings, backup_id: str | None = None, *, now: d
                         except BackupError as e:
                             problems.append(str(e))
     rto = sum(stages.get(k, 0.0) for k in RTO_STAGES)
-    sets = restorable(repo, invalid)
+    if heads is None:
+        found_sets = repo.scan()
+        committed, damaged = list(found_sets.committed), list(found_sets.damaged)
+    else:
+        committed, damaged = heads
+    sets = restorable(committed, damaged, invalid)
     newest = max(sets, key=lambda s: s.finished_at, default=None)
     rpo = (tested_at - newest.finished_at).total_seconds() if newest else None
     gap = objectives.max_gap([(s.id.value, s.finished_at) for s in sets], tested_at,
                              timedelta(seconds=cfg.rpo_window))
     restored_bytes = _data_size(m) if m is not None else 0
-    newest_any = max(repo.scan().committed, key=lambda s: s.id, default=None)
+    newest_any = max(committed, key=lambda s: s.id, default=None)
     current = restored_bytes
-    if newest_any is not None and m is not None and newest_any.id != m.id:
+    if heads is None and newest_any is not None and m is not None and newest_any.id != m.id:
         with contextlib.suppress(BackupError):
             current = _data_size(repo.read_manifest(newest_any.id))
     rto_x = objectives.extrapolate(rto, restored_bytes, current)
@@ -349,21 +389,23 @@ def _restore_and_check(repo: LocalRepository, settings: Settings, m: Manifest, w
     tree = work / "tree"
     t0 = time.monotonic()
     restorer.check_set(repo, m)
-    safe = restorer.SafeTarget(tree)
-    try:
-        files = restorer.restore_files(repo, m, safe)
-    finally:
-        safe.close()
-    timed("files", t0)
-    log(f"restored {files.files} files of {m.id} into the scratch directory")
-    if db is not None:
-        t0 = time.monotonic()
+    with encryption.restore_decryptor(settings, repo, m, files=True) as decryptor_for:
+        encryption.check_restorable(settings, repo, m, files=True, database=db is not None, hash_artifacts=True)
+        safe = restorer.SafeTarget(tree)
         try:
-            restorer.restore_database(repo, m, db, replace=True)
-        except IntegrityError as e:  # row counts differ: the check below names every table
-            problems.append(str(e))
-        timed("database", t0)
-        log(f"restored the database into {db.redacted()}")
+            files = restorer.restore_files(repo, m, safe, decryptor_for=decryptor_for)
+        finally:
+            safe.close()
+        timed("files", t0)
+        log(f"restored {files.files} files of {m.id} into the scratch directory")
+        if db is not None:
+            t0 = time.monotonic()
+            try:
+                restorer.restore_database(repo, m, db, replace=True, decryptor_for=decryptor_for)
+            except IntegrityError as e:  # row counts differ: the check below names every table
+                problems.append(str(e))
+            timed("database", t0)
+            log(f"restored the database into {db.redacted()}")
     t0 = time.monotonic()
     n_files, found = check_tree(tree, m)
     problems += found
@@ -429,7 +471,4 @@ def raise_if_failed(result: RestoreTestResult) -> RestoreTestResult:
     return result
 
 
-def from_remote_unavailable() -> ConfigError:
-    return ConfigError("restore-test --from-remote is not available yet: the off-site store is not wired into "
-                       "restore", hint="run the restore test on the local sets (leave out --from-remote)")
 

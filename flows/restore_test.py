@@ -19,14 +19,15 @@ from erp_backup.flows.common import artifact_key, settings_for
 
 
 @task(name="restore-test", cache_policy=NO_CACHE)
-def restore_test_task(settings: Settings, backup_id: str | None) -> tester.RestoreTestResult:
+def restore_test_task(settings: Settings, backup_id: str | None, from_remote: bool | None
+                      ) -> tester.RestoreTestResult:
     log = get_run_logger()
-    return tester.run_restore_test(settings, backup_id, log=log.info)
+    return tester.run_restore_test(settings, backup_id, from_remote=from_remote, log=log.info)
 
 
-def run_restore_test(settings: Settings, backup_id: str | None) -> dict[str, Any]:
+def run_restore_test(settings: Settings, backup_id: str | None, from_remote: bool | None) -> dict[str, Any]:
     log = get_run_logger()
-    result = restore_test_task(settings, backup_id)
+    result = restore_test_task(settings, backup_id, from_remote)
     verdict = "passed" if result.ok else "FAILED"
     create_table_artifact(
         key=artifact_key("erp-backup-restore-test"), table=result.rows(),
@@ -49,14 +50,17 @@ def run_restore_test(settings: Settings, backup_id: str | None) -> dict[str, Any
 
 
 @flow(name="erp-backup-restore-test", log_prints=True)
-def restore_test_flow(config: str | None = None, backup_id: str | None = None) -> dict[str, Any]:
+def restore_test_flow(config: str | None = None, backup_id: str | None = None,
+                      from_remote: bool | None = None) -> dict[str, Any]:
     """Restore the newest valid set (or ``backup_id``) into a scratch directory and database, check
     every file and table, run the smoke check, drop the scratch, and measure RTO and RPO against the
-    targets (``[restore_test]``). Fails when a check or a target is missed."""
-    return run_restore_test(settings_for(config), backup_id)
+    targets (``[restore_test]``). Fails when a check or a target is missed. ``from_remote`` (default:
+    when ``[remote]`` is configured) tests the off-site copy, the one that survives a disaster."""
+    return run_restore_test(settings_for(config), backup_id, from_remote)
 
 
 @flow(name="erp-backup-restore-test", log_prints=True)
-def restore_test_checked_flow(settings: Settings, backup_id: str | None = None) -> dict[str, Any]:
+def restore_test_checked_flow(settings: Settings, backup_id: str | None = None,
+                              from_remote: bool | None = None) -> dict[str, Any]:
     """The CLI's restore test, with the settings it loaded (never deployed)."""
-    return run_restore_test(settings, backup_id)
+    return run_restore_test(settings, backup_id, from_remote)

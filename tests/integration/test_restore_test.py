@@ -24,9 +24,11 @@ from erp_backup.pipeline import run_backup
 from erp_backup.recovery_config import RestoreConfig, RestoreTestConfig
 from erp_backup.restore import restore
 from tests.conftest import REPO, cli_env, flip_byte, make_settings, make_small_project, run_cli, write_config
+from tests.integration import test_encrypted_sets
 from tests.procs import hang_command, kill_when_hanging
 
 pytestmark = pytest.mark.integration
+host = test_encrypted_sets.host  # the keyrings fixture: backup host (signing key), restore host (private key)
 QUIET: Callable[[str], object] = lambda _m: None  # noqa: E731
 
 
@@ -177,7 +179,7 @@ def test_cli_restore_test_json_and_status(tmp_path: Path) -> None:
         assert key in doc
     assert doc["ok"] is True
     res = run_cli("--config", str(cfg), "restore-test", "--from-remote")
-    assert res.returncode == 2 and "not available yet" in res.stderr
+    assert res.returncode == 2 and "no [remote] section" in res.stderr  # before Prefect starts
     t0 = time.monotonic()
     res = run_cli("--config", str(cfg), "status", "--json")
     took = time.monotonic() - t0
@@ -215,3 +217,35 @@ def test_verify_full_passes_over_a_set_only_the_deep_check_catches(tmp_path: Pat
     assert full.set_id == ids[-2]
     assert any(n.startswith(f"skipped {ids[-1]}: it failed verification") and "app/models.py" in n
                for n in full.notes)
+
+
+def test_restore_test_from_remote_tests_the_off_site_copy(tmp_path: Path, moto_s3: Any, gpg_keys: Any,
+                                                         host: Any) -> None:
+    """Encrypted, signed remote copies on a real S3 endpoint; the local sets gone (a disaster): the
+    restore test downloads the chain, decrypts, restores, checks, and measures the remote RPO."""
+    import shutil
+
+    from erp_backup import upload
+    from erp_backup.remote_store import store_for
+    from tests.integration.test_offsite_remote import backup, remote_settings
+
+    s = configure(remote_settings(tmp_path, gpg_keys), smoke=[SMOKE_DB])
+    assert s.remote is not None
+    host.backup()
+    store = store_for(moto_s3.bucket, s.remote)
+    now = datetime.now(UTC)
+    ids = []
+    for i, h in enumerate((1.2, 0.6, 0.1)):
+        ids.append(backup(s, BackupKind.FULL if i == 0 else BackupKind.INCREMENTAL, now - timedelta(hours=h)))
+        upload.push(s, store, now=now - timedelta(hours=h) + timedelta(minutes=1))
+    for i in ids:
+        shutil.rmtree(s.storage.local_dir / i.value)
+    host.restore()
+    res = tester.run_restore_test(s, from_remote=True, store=store, log=QUIET)
+    assert res.ok, res.problems
+    assert res.set == ids[-1].value and "fetch" in res.stages and res.files_checked > 0
+    assert res.rpo_seconds is not None and res.rpo_seconds < 0.2 * 3600
+    assert res.max_gap_seconds is not None and 0.5 * 3600 < res.max_gap_seconds < 0.7 * 3600
+    assert leftovers(s) == []
+    assert not [n for n in os.listdir(s.storage.local_dir) if n.startswith("2026")]  # nothing fetched stays
+
