@@ -35,6 +35,7 @@ from tests.conftest import (
     write_config,
     write_file,
 )
+from tests.integration import test_encrypted_sets
 
 pytestmark = pytest.mark.integration
 RECORD = [sys.executable, "-c", "import sys; open(sys.argv[1], 'a').write(sys.argv[2] + '\\n')"]
@@ -308,3 +309,25 @@ def test_killed_in_place_restore_is_flagged_and_put_back(tmp_path: Path) -> None
     assert sqlite_rows(db) == before_rows
     assert safety.state_of(copy) == "put-back"
     assert not [x for x in status.collect(s)["problems"] if x["check"] == "in_place_restore"]
+
+
+host = test_encrypted_sets.host  # the keyrings fixture: backup host (signing key), restore host (private key)
+
+
+def test_in_place_restore_of_encrypted_signed_sets(tmp_path: Path, gpg_keys: Any, host: Any) -> None:
+    """[encryption] local = true: the sets on disk are GPG-encrypted and signed; the in-place
+    restore checks the signature before anything is stopped and decrypts while it writes."""
+    root = make_small_project(tmp_path / "erp")
+    log = tmp_path / "commands.log"
+    s = test_encrypted_sets.enc_settings(tmp_path, gpg_keys, local=True, root=root)
+    s = with_restore(s, **commands(log))
+    host.backup()
+    full = run_backup(s, BackupKind.FULL)
+    assert any(a.name.endswith(".gpg") for a in full.manifest.artifacts)
+    want = tree_state(root)
+    mutate(root)
+    host.restore()
+    rep = inplace.run(s, inplace.plan(s, inplace.InPlaceRequest(yes=True, files=True, database=False)),
+                      log=lambda _m: None)
+    assert diff_states(want, tree_state(root)) == [] and rep.files_written >= 3
+    assert log.read_text().splitlines() == ["stop web", "stop worker", "start worker", "start web", "smoke"]
