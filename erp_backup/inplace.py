@@ -115,7 +115,8 @@ def plan(settings: Settings, req: InPlaceRequest, *, now: datetime | None = None
     if not req.files and not req.database:
         raise ConfigError("--files-only and --database-only together leave nothing to restore",
                           hint="give at most one of them")
-    root = settings.project.root
+    # a root that is a link (a release directory behind /srv/app/current) is restored where it points
+    root = Path(os.path.realpath(settings.project.root))
     if req.files and not root.is_dir():
         raise RestoreError(f"project root {root} is not a directory",
                            hint="fix [project] root, or restore into an empty directory with --target-dir")
@@ -235,6 +236,9 @@ def run(settings: Settings, plan: InPlacePlan, *, log: Log = print, now: datetim
     live = settings.live_database() if plan.database else None
     cfg = settings.restore
     steps = _Steps(log)
+    if repo.busy():
+        log(f"another erp-backup run holds the lock on {repo.root}: waiting for it (up to "
+            f"{settings.backup.lock_wait_s:.0f} s, [backup] lock_wait_s) before anything is stopped")
     with repo.lock(settings.backup.lock_wait_s, purpose="in-place restore"), contextlib.ExitStack() as stack:
         m = repo.read_manifest(BackupId(rplan.set_id))
         # signatures checked again and a GPG session for encrypted sets, before anything is stopped

@@ -165,9 +165,13 @@ def clean_predecessors(settings: Settings, log: Log) -> list[str]:
         names = [server.name]
     else:
         names = scratchdb.list_databases(server, scratch_prefix(server.name))
+    live = settings.live_database()
     dropped = []
     for n in names:
-        scratchdb.drop_database(server.with_name(n))
+        url = server.with_name(n)
+        if live is not None and restorer._same_database(url, live):
+            continue  # never the live database, whatever its name
+        scratchdb.drop_database(url)
         dropped.append(n)
     if dropped and not settings.restore_test.database_url:
         log(f"dropped scratch database(s) of an interrupted restore test: {', '.join(dropped)}")
@@ -330,7 +334,8 @@ def run_restore_test(settings: Settings, backup_id: str | None = None, *, from_r
                     problems.append(f"restore into {work} failed: {e.strerror or e}"
                                     + (f" ({e.filename})" if e.filename else ""))
                 finally:
-                    if db is not None:
+                    live = settings.live_database()
+                    if db is not None and not (live is not None and restorer._same_database(db, live)):
                         try:
                             scratchdb.drop_database(db)
                         except BackupError as e:

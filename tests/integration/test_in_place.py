@@ -331,3 +331,16 @@ def test_in_place_restore_of_encrypted_signed_sets(tmp_path: Path, gpg_keys: Any
                       log=lambda _m: None)
     assert diff_states(want, tree_state(root)) == [] and rep.files_written >= 3
     assert log.read_text().splitlines() == ["stop web", "stop worker", "start worker", "start web", "smoke"]
+
+
+def test_in_place_through_a_linked_root(tmp_path: Path) -> None:
+    """[project] root = /srv/app/current -> releases/3: restored where the link points, the link kept."""
+    real = make_small_project(tmp_path / "releases" / "3")
+    link = tmp_path / "current"
+    os.symlink(real, link)
+    s = make_settings(tmp_path, root=link)
+    run_backup(s, BackupKind.FULL)
+    want = tree_state(real)
+    mutate(real)
+    inplace.run(s, inplace.plan(s, inplace.InPlaceRequest(yes=True)), log=lambda _m: None)
+    assert os.path.islink(link) and diff_states(want, tree_state(real)) == []
