@@ -344,3 +344,15 @@ def test_in_place_through_a_linked_root(tmp_path: Path) -> None:
     mutate(real)
     inplace.run(s, inplace.plan(s, inplace.InPlaceRequest(yes=True)), log=lambda _m: None)
     assert os.path.islink(link) and diff_states(want, tree_state(real)) == []
+
+
+def test_put_back_refuses_what_is_not_a_safety_copy(tmp_path: Path) -> None:
+    s = make_settings(tmp_path, root=make_small_project(tmp_path / "erp"))
+    run_backup(s, BackupKind.FULL)
+    cfg = write_config(tmp_path / "c.toml", s)
+    for path in ("/etc", str(s.storage.local_dir), str(s.storage.local_dir / ".safety-x")):
+        res = run_cli("--config", str(cfg), "restore", "--put-back", path, "--yes")
+        assert res.returncode != 0
+        last = res.stderr.strip().splitlines()[-1]
+        assert last.startswith("erp-backup: error:") and ("not a safety copy" in last or "cannot read" in last), last
+    assert os.path.isdir("/etc")
