@@ -21,7 +21,6 @@ import contextlib
 import dataclasses
 import fcntl
 import hashlib
-import json
 import os
 import stat
 import time
@@ -31,7 +30,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from erp_backup import commands, encryption
+from erp_backup import commands, encryption, recovery_record
 from erp_backup import restore as restorer
 from erp_backup.adapters.databases import scratch as scratchdb
 from erp_backup.adapters.databases.base import adapter_for
@@ -42,8 +41,7 @@ from erp_backup.core.dburl import DatabaseUrl
 from erp_backup.core.errors import BackupError, ConfigError, IntegrityError, LockError
 from erp_backup.core.models import BackupId, EntryType, Manifest
 
-RECORD = ".restore-test.json"
-HISTORY = ".restore-test-history.jsonl"
+RECORD = recovery_record.RECORD
 LOCK = ".restore-test.lock"
 SUFFIX = "_restore_test_"
 RTO_STAGES = ("fetch", "select", "files", "database", "smoke")
@@ -433,28 +431,8 @@ def _restore_and_check(repo: LocalRepository, settings: Settings, m: Manifest, w
 
 
 def record(repo: LocalRepository, result: RestoreTestResult) -> None:
-    """``.restore-test.json`` (the last result, replaced atomically) and a line in the history; 0600."""
-    doc = json.dumps(result.to_json())
-    tmp = repo.root / f"{RECORD}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(doc)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, repo.root / RECORD)
-    fd = os.open(repo.root / HISTORY, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "a", encoding="utf-8") as f:
-        f.write(doc + "\n")
-
-
-def last_result(local_dir: Path) -> dict[str, Any] | None:
-    """The last recorded restore test, or None (never recorded, unreadable)."""
-    try:
-        with open(local_dir / RECORD, encoding="utf-8") as f:
-            doc = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return doc if isinstance(doc, dict) else None
+    """The result next to the sets (``erp_backup.recovery_record``), for ``status``."""
+    recovery_record.write(repo.root, result.to_json())
 
 
 class RestoreTestFailed(IntegrityError):

@@ -112,7 +112,7 @@ def collect(settings: Settings, now: datetime | None = None) -> dict[str, Any]:
         elif state == "copying":
             problem("warning", "in_place_restore", f"an in-place restore stopped while making its safety copy "
                     f"{copy}: nothing was changed, but its stop commands may have left services stopped")
-    from erp_backup.restore_test import last_result
+    from erp_backup.recovery_record import last_result
 
     test = last_result(repo.root)
     test_doc: dict[str, Any] | None = None
