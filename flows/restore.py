@@ -86,10 +86,11 @@ def run_in_place(s: Settings, plan: inplace.InPlacePlan) -> dict[str, Any]:
 def restore_flow(target_dir: str | None = None, backup_id: str | None = None, at: datetime | None = None,
                  target_database: str | None = None, force: bool = False, yes: bool = False, jobs: int = 1,
                  keep_setid: bool = False, config: str | None = None, in_place: bool = False,
-                 files_only: bool = False, database_only: bool = False, verify: str = "quick",
+                 files_only: bool = False, database_only: bool = False, verify: str | None = None,
                  allow_old: bool = False) -> dict[str, Any]:
     """Restore a backup set (``backup_id``), the newest set finished at or before ``at``,
-    or the newest valid set (``verify``: quick or full; refused when older than ``[restore] max_age``
+    or the newest valid set (``verify``: quick or full, default ``[restore] verify``; refused when older than
+    ``[restore] max_age``
     unless ``allow_old``), into ``target_dir`` and/or ``target_database``. Setuid/setgid bits recorded
     in the set are dropped (a warning says how many) unless ``keep_setid``.
 
@@ -97,6 +98,7 @@ def restore_flow(target_dir: str | None = None, backup_id: str | None = None, at
     (``files_only``/``database_only`` narrow it): stop commands, safety copy, restore, start, smoke;
     on a failure the safety copy is put back and the services started again."""
     s = settings_for(config)
+    verify = verify or s.restore.verify
     if in_place:
         if target_dir or target_database:
             raise ConfigError("in_place restores into the project root and the live database",
