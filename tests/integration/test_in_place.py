@@ -356,3 +356,21 @@ def test_put_back_refuses_what_is_not_a_safety_copy(tmp_path: Path) -> None:
         last = res.stderr.strip().splitlines()[-1]
         assert last.startswith("erp-backup: error:") and ("not a safety copy" in last or "cannot read" in last), last
     assert os.path.isdir("/etc")
+
+
+def test_deployed_restore_flow_in_place(tmp_path: Path) -> None:
+    """The restore deployment's parameters (what the UI form sends): config path, in_place, yes."""
+    import subprocess
+
+    s = make_settings(tmp_path, root=make_small_project(tmp_path / "erp"))
+    run_backup(s, BackupKind.FULL)
+    want = tree_state(s.project.root)
+    mutate(s.project.root)
+    cfg = write_config(tmp_path / "c.toml", s)
+    code = ("import sys, json; from erp_backup.flows.restore import restore_flow; "
+            "print(json.dumps(restore_flow(config=sys.argv[1], in_place=True, yes=True, files_only=True)))")
+    res = subprocess.run([sys.executable, "-c", code, str(cfg)], capture_output=True, text=True, timeout=300,
+                         env=cli_env())
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert '"in place": "yes"' in res.stdout.strip().splitlines()[-1]
+    assert diff_states(want, tree_state(s.project.root)) == []
