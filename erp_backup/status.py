@@ -9,6 +9,7 @@ its exit code without parsing text.
 
 from __future__ import annotations
 
+import json
 import os
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,12 +31,30 @@ def _iso(dt: datetime | None) -> str | None:
 
 
 def verification_of(settings: Settings, m: Manifest, chain_problem: str | None) -> dict[str, Any]:
-    """The last verification outcome of set ``m``. The one place that reads it: no separate
-    verification record exists yet, so it is derived — a committed set passed the verification the
-    backup ran before the commit (``[backup] verify``); a set whose chain is broken fails."""
+    """The last verification outcome of set ``m``: the one place that reads it. The record the verify
+    runs keep beside the set (``<local_dir>/<id>.verified.json``: ``result``, ``level``, ``at``,
+    ``problems``; issue #9) when there is one; otherwise derived — a committed set passed the
+    verification its backup ran before the commit (``[backup] verify``). A broken chain fails either way."""
     if chain_problem is not None:
         return {"outcome": "failed", "level": None, "at": None, "reason": f"it {chain_problem}",
                 "source": "chain check"}
+    path = settings.storage.local_dir / f"{m.id.value}.verified.json"
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd, "rb") as f:
+            raw = f.read(1 << 20)
+        doc = json.loads(raw)
+    except FileNotFoundError:
+        doc = None
+    except (OSError, ValueError):
+        doc = {}
+    if doc is not None:
+        if not isinstance(doc, dict) or doc.get("id") != m.id.value or doc.get("result") not in ("passed", "failed"):
+            return {"outcome": "failed", "level": None, "at": None, "source": path.name,
+                    "reason": f"its verification record {path.name} cannot be read"}
+        problems = doc.get("problems") if isinstance(doc.get("problems"), list) else []
+        return {"outcome": doc["result"], "level": doc.get("level"), "at": doc.get("at"), "source": path.name,
+                "reason": (str(problems[0]) if problems else "failed") if doc["result"] == "failed" else None}
     level = settings.backup.verify
     if level == "none":
         return {"outcome": "unknown", "level": None, "at": None, "reason": "[backup] verify is none",
