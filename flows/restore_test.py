@@ -39,10 +39,16 @@ def run_restore_test(settings: Settings, backup_id: str | None, from_remote: boo
         try:
             from prefect.events import emit_event
 
+            sid = result.set or "none"
+            # the shape issue #11's automations and flows/ops.py:report_restore_test use
             emit_event(event="erp-backup.restore-test.failed",
-                       resource={"prefect.resource.id": f"erp-backup.restore-test.{result.set or 'none'}"},
-                       payload={"problems": list(result.problems), "rto_seconds": result.rto_extrapolated_seconds,
-                                "rpo_seconds": result.rpo_seconds, "max_gap_seconds": result.max_gap_seconds})
+                       resource={"prefect.resource.id": f"erp-backup.restore-test.{sid}",
+                                 "prefect.resource.name": sid},
+                       payload={"reason": "; ".join(result.problems), "set": sid,
+                                "rto_s": round(result.rto_extrapolated_seconds, 1),
+                                "rpo_s": None if result.rpo_seconds is None else round(result.rpo_seconds, 1),
+                                "rto_target_s": result.rto_target_seconds, "rpo_target_s": result.rpo_target_seconds,
+                                "max_gap_s": result.max_gap_seconds, "problems": list(result.problems)})
         except Exception as e:  # an event is a courtesy: the failed run alerts anyway
             log.warning("could not emit the restore-test event: %s", e)
     tester.raise_if_failed(result)
