@@ -43,18 +43,14 @@ def parse_duration(value: object, *, key: str = "duration") -> float:
 
 
 def human(seconds: float) -> str:
-    """``3h 5m``, ``42 s``: for messages."""
+    """``3h 5m``, ``1h``, ``1d``, ``42 s``: for messages (zero units left out)."""
     s = int(round(seconds))
     if s < 120:
         return f"{seconds:.1f} s" if seconds < 10 else f"{s} s"
     d, rest = divmod(s, 86400)
     h, rest = divmod(rest, 3600)
     m = rest // 60
-    parts = [f"{d}d"] if d else []
-    if h or d:
-        parts.append(f"{h}h")
-    parts.append(f"{m}m")
-    return " ".join(parts)
+    return " ".join(f"{n}{u}" for n, u in ((d, "d"), (h, "h"), (m, "m")) if n) or "0m"
 
 
 @dataclass(frozen=True)

@@ -76,7 +76,8 @@ def test_extrapolation_never_below_the_measure_and_linear(t: float, restored: in
 
 
 def test_human() -> None:
-    assert human(3 * H) == "3h 0m" and human(90) == "90 s" and human(2 * 86400 + 60) == "2d 0h 1m"
+    assert human(3 * H) == "3h" and human(90) == "90 s" and human(2 * 86400 + 60) == "2d 1m"
+    assert human(3.5 * H) == "3h 30m" and human(86400) == "1d" and human(4.2) == "4.2 s"
 
 
 def fe(path: str, kind: EntryType = EntryType.FILE, size: int = 1, mtime: int = 1, mode: int = 0o644,
