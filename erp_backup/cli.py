@@ -77,6 +77,10 @@ def cmd_list(args: argparse.Namespace) -> int:
     from erp_backup.core import chain
 
     s = _settings(args)
+    if args.remote:
+        from erp_backup.remote_cli import list_remote
+
+        return list_remote(s, args.json)
     repo = LocalRepository(s.storage.local_dir)
     found = repo.scan()
     ids = found.committed_ids
@@ -184,6 +188,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from erp_backup.verify import VerifyFailed
 
     s = _settings(args)
+    if args.remote:
+        return _verify_remote(s, args)
     repo = LocalRepository(s.storage.local_dir)
     for i in args.ids:
         if not repo.exists(BackupId(i)):
@@ -201,6 +207,60 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _verify_remote(s: Any, args: argparse.Namespace) -> int:
+    from erp_backup import runner
+    from erp_backup.core.models import BackupId
+    from erp_backup.flows.remote import verify_remote_checked_flow
+    from erp_backup.remote_cli import plain_verify_remote
+    from erp_backup.remote_store import remote_config
+    from erp_backup.verify import VerifyFailed
+
+    remote_config(s)
+    ids = [BackupId(i).value for i in args.ids] or None
+    try:
+        rows = runner.run(verify_remote_checked_flow, plain_verify_remote, settings=s, backup_ids=ids)
+    except VerifyFailed as e:
+        print_table(e.rows)
+        raise
+    print_table(rows)
+    return 0
+
+
+def cmd_upload(args: argparse.Namespace) -> int:
+    from erp_backup import runner
+    from erp_backup.core.models import BackupId
+    from erp_backup.flows.remote import upload_checked_flow
+    from erp_backup.remote_cli import plain_upload
+    from erp_backup.remote_store import remote_config
+
+    s = _settings(args)
+    remote_config(s)
+    ids = [BackupId(i).value for i in args.ids] or None
+    row = runner.run(upload_checked_flow, plain_upload, settings=s, backup_ids=ids)
+    print_table([row])
+    return 0
+
+
+def _restore_remote(s: Any, args: argparse.Namespace) -> int:
+    from erp_backup import restore as restorer
+    from erp_backup import runner
+    from erp_backup.flows.remote import restore_from_remote_checked_flow
+    from erp_backup.remote_cli import plain_restore_from_remote
+    from erp_backup.remote_restore import precheck
+    from erp_backup.remote_store import remote_config
+
+    remote_config(s)
+    request = restorer.RestoreRequest(
+        target_dir=args.target_dir, backup_id=args.backup, at=_parse_time(args.at) if args.at else None,
+        target_database=args.target_database, force=args.force, yes=args.yes, jobs=args.jobs,
+        keep_setid=args.keep_setid)
+    precheck(request)  # before Prefect starts: a typo costs a second
+    row = runner.run(restore_from_remote_checked_flow, plain_restore_from_remote, settings=s, request=request,
+                     scratch_dir=args.scratch_dir)
+    print_table([row])
+    return 0
+
+
 def _parse_time(text: str) -> datetime:
     try:
         dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
@@ -213,12 +273,26 @@ def cmd_restore(args: argparse.Namespace) -> int:
     from erp_backup import restore as restorer
     from erp_backup.adapters.storage.local import LocalRepository
 
+    if args.put_back:
+        from erp_backup.recovery_cli import put_back
+
+        return put_back(args, _settings(args))
+    if args.in_place:
+        from erp_backup.recovery_cli import restore_in_place
+
+        return restore_in_place(args, _settings(args), _parse_time(args.at) if args.at else None)
+    if args.files_only or args.database_only:
+        raise ConfigError("--files-only/--database-only go with --in-place",
+                          hint="for a restore elsewhere give only --target-dir or only --target-database")
     s = _settings(args)
+    if args.from_remote:
+        return _restore_remote(s, args)
     request = restorer.RestoreRequest(
         target_dir=args.target_dir, backup_id=args.backup, at=_parse_time(args.at) if args.at else None,
         target_database=args.target_database, force=args.force, yes=args.yes, jobs=args.jobs,
-        keep_setid=args.keep_setid)
-    plan = restorer.preflight(LocalRepository(s.storage.local_dir), request, live=s.live_database())
+        keep_setid=args.keep_setid, verify=args.verify or s.restore.verify, allow_old=args.allow_old)
+    plan = restorer.preflight(LocalRepository(s.storage.local_dir), request, live=s.live_database(), settings=s,
+                              max_age_s=s.restore.max_age)
     from erp_backup import jobs, runner
 
     flow = runner.lazy("erp_backup.flows.restore", "restore_checked_flow")
@@ -252,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("list", help="list committed backup sets (no Prefect start-up)")
     sp.add_argument("--json", action="store_true")
+    sp.add_argument("--remote", action="store_true", help="the sets in the [remote] store instead")
     sp.set_defaults(func=cmd_list)
 
     sp = sub.add_parser("show", help="show one set's manifest summary")
@@ -262,6 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("verify", help="verify sets (all by default): checksums, archives, key files, dumps")
     sp.add_argument("ids", nargs="*")
     sp.add_argument("--quick", action="store_true", help="checksums only")
+    sp.add_argument("--remote", action="store_true",
+                    help="the remote copies: stream every object, check sizes and SHA-256 (nothing written)")
     sp.set_defaults(func=cmd_verify)
 
     sp = sub.add_parser("restore", help="restore a set into a directory and/or a database")
@@ -275,7 +352,23 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--jobs", type=int, default=1, help="parallel restore jobs (PostgreSQL)")
     sp.add_argument("--keep-setid", action="store_true",
                     help="restore setuid/setgid bits as recorded (default: dropped, with a warning)")
+    sp.add_argument("--from-remote", action="store_true",
+                    help="from the [remote] store (needs --backup or --at; no local backup directory needed)")
+    sp.add_argument("--scratch-dir", help="with --from-remote: where the chain is downloaded first "
+                    "(default: $TMPDIR); removed afterwards")
+    from erp_backup.recovery_cli import add_recovery_parsers, add_restore_flags
+
+    add_restore_flags(sp)
     sp.set_defaults(func=cmd_restore)
+    add_recovery_parsers(sub)
+
+    sp = sub.add_parser("upload", help="send committed sets missing remotely (default: the catch-up window)")
+    sp.add_argument("ids", nargs="*")
+    sp.set_defaults(func=cmd_upload)
+
+    from erp_backup.remote_cli import add_block_parsers
+
+    add_block_parsers(sub)
 
     sp = sub.add_parser("demo", help="sample ERP: full, incremental, differential, restore each, check")
     sp.add_argument("--dir", help="work directory (default: a new temporary directory)")

@@ -141,7 +141,7 @@ def verify_targets(repo: LocalRepository, backup_ids: list[str] | None, logger: 
 
 def verify_sets(settings: Settings, ids: list[str], level: str) -> list[verifier.VerifyReport]:
     repo = LocalRepository(settings.storage.local_dir)
-    return verifier.verify_sets(repo, ids, level=level, key_files=settings.project.key_files)
+    return verifier.verify_sets(repo, ids, level=level, key_files=settings.project.key_files, settings=settings)
 
 
 def verify_rows(reports: list[verifier.VerifyReport], logger: Log) -> list[dict[str, Any]]:
@@ -183,7 +183,7 @@ def execute_restore(settings: Settings, plan: restorer.RestorePlan) -> restorer.
     """Restore a checked plan (never retried: a half-done restore is looked at by a person)."""
     live = settings.live_database()
     return restorer.execute(LocalRepository(settings.storage.local_dir), plan,
-                            restorer.target_database_of(plan, live))
+                            restorer.target_database_of(plan, live), settings=settings)
 
 
 def restore_job(settings: Settings, plan: restorer.RestorePlan) -> dict[str, Any]:

@@ -116,6 +116,7 @@ def _header(m: Manifest) -> dict[str, Any]:
         ],
         "deleted": list(m.deleted),
         "skipped": [{"path": p, "reason": r} for p, r in m.skipped],
+        **({"encryption": {"method": "gpg", "recipients": list(m.recipients)}} if m.recipients else {}),
     }
 
 
@@ -232,6 +233,7 @@ def loads(text: str | bytes, *, where: str = "manifest.json") -> Manifest:
             deleted=tuple(d.get("deleted", [])),
             depends_on=tuple(BackupId(x) for x in d.get("depends_on", [])),
             skipped=tuple((s["path"], s["reason"]) for s in d.get("skipped", [])),
+            recipients=tuple(str(r) for r in (d.get("encryption") or {}).get("recipients", ())),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise IntegrityError(f"{where} is incomplete or malformed ({e!r})",
