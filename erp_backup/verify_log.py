@@ -23,6 +23,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from erp_backup.config import Settings
+    from erp_backup.verify import VerifyReport
 
 DEFAULT_LOG = Path("/var/log/erp-backup/verify.log")
 
@@ -102,3 +107,10 @@ def parse_line(text: str) -> dict[str, str]:
             value, _, rest = rest.partition(" ")
             out[key] = "" if value == "-" else value
     return out
+
+
+def record(settings: Settings, reports: Iterable[VerifyReport]) -> str | None:
+    """``append`` one line per report to the configured log ([verify] log); a warning or None."""
+    v = settings.verify
+    return append(v.log, [VerifyLine(r.set_id, r.level, r.ok, "; ".join(r.problems)) for r in reports],
+                  max_bytes=v.log_max_bytes, keep=v.log_keep)
