@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, Valid
 
 from erp_backup.core.dburl import DatabaseUrl, parse_database_url
 from erp_backup.core.errors import ConfigError
+from erp_backup.nagios_config import NagiosConfig
 from erp_backup.recovery_config import RestoreConfig, RestoreTestConfig
 
 DEFAULT_CONFIG = Path("/etc/erp-backup/config.toml")
@@ -93,6 +94,7 @@ class Settings(_Section):
     verify: VerifyConfig = Field(default_factory=VerifyConfig)
     restore: RestoreConfig = Field(default_factory=RestoreConfig)
     restore_test: RestoreTestConfig = Field(default_factory=RestoreTestConfig)
+    nagios: NagiosConfig = Field(default_factory=NagiosConfig)
     encryption: EncryptionConfig | None = None
     remote: RemoteConfig | None = None
     _source: str = PrivateAttr(default="defaults")
@@ -306,7 +308,8 @@ def render_config(root: Path, local_dir: Path, url: str | None) -> str:
     import json
 
     url_line = f"url = {json.dumps(url)}" if url else '# url = "sqlite:////srv/django_erp/db.sqlite3"'
+    from erp_backup.nagios_config import CONFIG_TEMPLATE as NAGIOS_TEMPLATE
     from erp_backup.recovery_config import CONFIG_TEMPLATE as RECOVERY_TEMPLATE
 
     return CONFIG_TEMPLATE.format(root=root, exclude=json.dumps(DEFAULT_EXCLUDES), url_line=url_line,
-                                  local_dir=local_dir, recovery=RECOVERY_TEMPLATE)
+                                  local_dir=local_dir, recovery=RECOVERY_TEMPLATE + NAGIOS_TEMPLATE)
