@@ -355,8 +355,8 @@ def commit(plan: BackupPlan, sealed: SealedSet, verified: VerifyReport) -> Commi
 
 def report(plan: BackupPlan, committed: CommittedSet, warnings: tuple[str, ...],
            timings: dict[str, float]) -> BackupReport:
-    """The summary row and the size check against the last 10 sets of the same kind (a monthly
-    archive is a full and is compared with the fulls)."""
+    """The summary row and the size check against the last ``[monitoring] size_history`` sets of the
+    same kind (a monthly archive is a full and is compared with the fulls)."""
     m = committed.manifest
     dur = max(m.stats.duration_s, 1e-6)
     row: dict[str, object] = {
@@ -372,7 +372,8 @@ def report(plan: BackupPlan, committed: CommittedSet, warnings: tuple[str, ...],
         "throughput MB/s": round(m.stats.bytes_in / dur / 1e6, 1),
         "verification": "skipped" if committed.verify.level == "none" else "passed",
     }
-    history = [h.size_bytes for h in plan.repo.headers() if h.kind is m.kind and h.id != m.id][-10:]
-    verdict = size_anomaly(m.size_bytes, history)
+    mon = plan.settings.monitoring
+    history = [h.size_bytes for h in plan.repo.headers() if h.kind is m.kind and h.id != m.id][-mon.size_history:]
+    verdict = size_anomaly(m.size_bytes, history, factor=mon.size_factor, min_history=mon.size_min_history)
     row["size check"] = verdict.reason
     return BackupReport(row, verdict, warnings, dict(timings))

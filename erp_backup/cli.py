@@ -226,6 +226,16 @@ def cmd_restore(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_setup(args: argparse.Namespace) -> int:
+    from erp_backup.prefect_setup import setup_from_args
+
+    rep = setup_from_args(args.notify, args.timezone, args.late_incremental, args.late_full, args.automations)
+    print_table(list(rep.rows))
+    for w in rep.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from erp_backup.demo import run_demo
 
@@ -275,6 +285,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--keep-setid", action="store_true",
                     help="restore setuid/setgid bits as recorded (default: dropped, with a warning)")
     sp.set_defaults(func=cmd_restore)
+
+    sp = sub.add_parser("setup", help="prepare the Prefect server (PREFECT_API_URL): work pool, concurrency "
+                        "limit, block types, notification block, automations; idempotent")
+    sp.add_argument("--notify", action="append", metavar="URL",
+                    help="Apprise URL of an alert target (repeat for several; replaces the stored ones): "
+                    "mailto://, dingtalk://, wecombot://, feishu://, slack://, twilio://, json://")
+    sp.add_argument("--timezone", help="timezone of the schedules (default: the stored one, else Asia/Shanghai)")
+    sp.add_argument("--late-incremental", metavar="DURATION",
+                    help="alert when no incremental completed for this long (default 75m)")
+    sp.add_argument("--late-full", metavar="DURATION", help="alert when no full completed for this long (default 26h)")
+    sp.add_argument("--automations", metavar="FILE", help="automations YAML (default deployments/automations.yaml)")
+    sp.set_defaults(func=cmd_setup)
 
     sp = sub.add_parser("demo", help="sample ERP: full, incremental, differential, restore each, check")
     sp.add_argument("--dir", help="work directory (default: a new temporary directory)")

@@ -49,11 +49,24 @@ class BackupConfig(_Section):
     retry_delay_s: list[float] = Field(default_factory=lambda: [10.0, 60.0])
 
 
+class MonitoringConfig(_Section):
+    # node_exporter textfile collector file (written atomically after backups, verifies, restore tests)
+    textfile: Path | None = None
+    pushgateway: str | None = None  # e.g. http://pushgateway:9091 (also pushed there when set)
+    push_job: str = "erp-backup"
+    # size anomaly: a set more than size_factor times larger (or smaller) than the median of the
+    # previous size_history sets of its kind, once size_min_history of them exist
+    size_factor: float = Field(3.0, gt=1)
+    size_history: int = Field(10, ge=1)
+    size_min_history: int = Field(3, ge=1)
+
+
 class Settings(_Section):
     project: ProjectConfig = Field(default_factory=ProjectConfig)
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     backup: BackupConfig = Field(default_factory=BackupConfig)
+    monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
     _source: str = PrivateAttr(default="defaults")
 
     @property
@@ -197,6 +210,13 @@ verify = "full"           # after each backup: "full" (decompress + content), "q
 lock_wait_s = 3600        # how long a backup waits for another one to finish
 task_retries = 2          # retries of the stages safe to repeat (scan, dump, archive, verify)
 retry_delay_s = [10, 60]  # seconds before each retry
+
+[monitoring]
+# textfile = "/var/lib/prometheus/node-exporter/erp_backup.prom"  # Prometheus metrics (node_exporter)
+# pushgateway = "http://127.0.0.1:9091"                            # also push them there
+size_factor = 3.0         # size anomaly: more than 3x larger or smaller than the median of ...
+size_history = 10         # ... the previous 10 sets of the same kind, ...
+size_min_history = 3      # ... once at least 3 exist
 """
 
 

@@ -32,6 +32,7 @@ from erp_backup.backup import (
 )
 from erp_backup.config import Settings
 from erp_backup.core.models import BackupJob, BackupKind
+from erp_backup.flows import ops
 from erp_backup.flows.common import artifact_key, as_stage, retry_transient, settings_for
 from erp_backup.pipeline import Stages, run_pipeline
 from erp_backup.prune import PruneResult, prune_stage
@@ -175,6 +176,8 @@ def report_task(plan: BackupPlan, committed: CommittedSet, warnings: tuple[str, 
                    payload={**row, "reason": rep.size.reason, "baseline_bytes": rep.size.baseline,
                             "ratio": rep.size.ratio})
     log.info("backup %s done in %.1f s: %s", m.id, m.stats.duration_s, row)
+    ops.publish_backup_metrics(plan.settings, m)
+    ops.publish_catalog(plan.settings)
     return rep
 
 
@@ -198,7 +201,8 @@ def task_stages(settings: Settings) -> Stages:
 
 
 def run_backup_flow(job: BackupJob, settings: Settings, checked: Preflight | None) -> dict[str, Any]:
-    result = run_pipeline(settings, job, task_stages(settings), checked=checked)
+    with ops.backup_slot(settings, job.value):  # one backup at a time across deployments (setup's limit)
+        result = run_pipeline(settings, job, ops.with_progress(task_stages(settings), job.value), checked=checked)
     return {**result.report.row, "timings": result.timings}
 
 

@@ -1,0 +1,87 @@
+"""What the operator's console shows, without Prefect: the catalog of sets as markdown, the metrics
+a run changes, the stage weights of a backup's progress bar."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+
+from erp_backup.adapters import metrics
+from erp_backup.adapters.storage.local import RepoScan
+from erp_backup.config import Settings
+from erp_backup.core.models import Manifest
+from erp_backup.tables import human
+
+CATALOG_KEY = "erp-backup-catalog"
+
+# share of a backup's wall time each stage takes, roughly (archive and dump dominate): the progress
+# artifact moves by these after each stage
+STAGE_WEIGHTS: Mapping[str, float] = {
+    "preflight": 2, "prepare": 2, "scan": 8, "dump": 25, "archive": 40, "seal": 2, "verify": 15,
+    "commit": 1, "upload": 3, "prune": 1, "report": 1,
+}
+
+
+def progress_after(stage: str, order: Sequence[str]) -> float:
+    """Percent done once ``stage`` (of ``order``) has finished."""
+    total = sum(STAGE_WEIGHTS.get(s, 1) for s in order)
+    done = sum(STAGE_WEIGHTS.get(s, 1) for s in order[: order.index(stage) + 1])
+    return round(100.0 * done / total, 1)
+
+
+def set_label(m: Manifest) -> str:
+    """The kind label used by metrics and the catalog (a monthly archive is its own)."""
+    return "monthly" if m.is_monthly else m.kind.value
+
+
+def _cell(v: object) -> str:
+    return str(v).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(rows: Sequence[Mapping[str, object]]) -> str:
+    if not rows:
+        return "_none_\n"
+    cols = list(rows[0])
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    out += ["| " + " | ".join(_cell(r.get(c, "")) for c in cols) + " |" for r in rows]
+    return "\n".join(out) + "\n"
+
+
+def catalog_markdown(local_root: str, found: RepoScan, now: datetime,
+                     remote: tuple[str, Sequence[Mapping[str, object]]] | None = None) -> str:
+    """The catalog of sets (newest first): local, and remote when given as (where, rows)."""
+    rows: list[dict[str, object]] = []
+    for m in reversed(found.committed):
+        rows.append({"set": m.id.value, "kind": set_label(m), "parent": m.parent.value if m.parent else "-",
+                     "finished (UTC)": m.finished_at.strftime("%Y-%m-%d %H:%M:%S"), "size": human(m.size_bytes),
+                     "files": m.stats.files_scanned, "changed": m.stats.files_changed, "status": "committed"})
+    for d in reversed(found.damaged):
+        rows.append({"set": d.id.value, "kind": d.id.kind.value, "parent": "-", "finished (UTC)": "-", "size": "-",
+                     "files": "-", "changed": "-", "status": f"DAMAGED: {d.reason}"})
+    total = sum(m.size_bytes for m in found.committed)
+    text = [f"# erp-backup catalog\n\nUpdated {now.strftime('%Y-%m-%d %H:%M:%S')} UTC.\n",
+            f"## Local: `{local_root}`\n\n{len(found.committed)} committed set(s), {human(total)}"
+            + (f", {len(found.damaged)} damaged" if found.damaged else "") + ".\n", markdown_table(rows)]
+    if remote is None:
+        text.append("## Remote\n\nNo remote copy configured (or not listed by this run).\n")
+    else:
+        where, rrows = remote
+        text.append(f"## Remote: `{where}`\n\n{len(rrows)} set(s).\n")
+        text.append(markdown_table(rrows))
+    return "\n".join(text)
+
+
+def backup_metrics(m: Manifest, history: Iterable[Manifest]) -> metrics.Update:
+    """Samples a committed set changes; ``history``: the committed sets (the new one may be among them)."""
+    before = [h.finished_at for h in history if h.id != m.id and h.finished_at <= m.finished_at]
+    return metrics.backup_update(set_label(m), m.finished_at.timestamp(), m.size_bytes, m.stats.duration_s,
+                                 max(before).timestamp() if before else None)
+
+
+def publish_metrics(settings: Settings, update: metrics.Update) -> bool:
+    """Write/push the metrics when ``[monitoring]`` asks for them; False when nothing is configured."""
+    mon = settings.monitoring
+    if mon.textfile is None and not mon.pushgateway:
+        return False
+    metrics.publish(mon.textfile, mon.pushgateway, mon.push_job, update)
+    return True
