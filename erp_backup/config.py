@@ -45,7 +45,7 @@ class BackupConfig(_Section):
     missing_parent: Literal["fail", "full"] = "fail"
     verify: Literal["full", "quick", "none"] = "full"
     lock_wait_s: float = Field(3600, ge=0)
-    task_retries: int = Field(2, ge=0, le=10)  # for stages safe to repeat (scan, dump, archive, verify)
+    task_retries: int = Field(2, ge=0, le=10)  # for stages safe to repeat (preflight, scan, dump, archive, verify)
     retry_delay_s: list[float] = Field(default_factory=lambda: [10.0, 60.0])
 
 
@@ -208,7 +208,7 @@ threads = 0               # compression threads; 0 = all cores
 missing_parent = "fail"   # incremental/differential with no full: "fail" or "full" (promote to a full)
 verify = "full"           # after each backup: "full" (decompress + content), "quick" (checksums), "none"
 lock_wait_s = 3600        # how long a backup waits for another one to finish
-task_retries = 2          # retries of the stages safe to repeat (scan, dump, archive, verify)
+task_retries = 2          # retries of the stages safe to repeat (preflight, scan, dump, archive, verify)
 retry_delay_s = [10, 60]  # seconds before each retry
 
 [monitoring]

@@ -71,11 +71,11 @@ def catalog_markdown(local_root: str, found: RepoScan, now: datetime,
     return "\n".join(text)
 
 
-def backup_metrics(m: Manifest, history: Iterable[Manifest]) -> metrics.Update:
+def backup_metrics(m: Manifest, history: Iterable[Manifest], *, verified: bool) -> metrics.Update:
     """Samples a committed set changes; ``history``: the committed sets (the new one may be among them)."""
     before = [h.finished_at for h in history if h.id != m.id and h.finished_at <= m.finished_at]
     return metrics.backup_update(set_label(m), m.finished_at.timestamp(), m.size_bytes, m.stats.duration_s,
-                                 max(before).timestamp() if before else None)
+                                 max(before).timestamp() if before else None, verified=verified)
 
 
 def publish_metrics(settings: Settings, update: metrics.Update) -> bool:

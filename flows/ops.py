@@ -108,10 +108,10 @@ def publish_catalog(settings: Settings) -> None:
     quietly("catalog artifact", run)
 
 
-def publish_backup_metrics(settings: Settings, m: Manifest) -> None:
+def publish_backup_metrics(settings: Settings, m: Manifest, verified: bool) -> None:
     def run() -> None:
         history = LocalRepository(settings.storage.local_dir).headers()
-        if monitoring.publish_metrics(settings, monitoring.backup_metrics(m, history)):
+        if monitoring.publish_metrics(settings, monitoring.backup_metrics(m, history, verified=verified)):
             mon = settings.monitoring
             get_run_logger().info("metrics written (%s)", mon.textfile or mon.pushgateway)
 

@@ -57,13 +57,16 @@ class Update:
 
 
 def backup_update(kind: str, finished_unix: float, size_bytes: int, duration_s: float,
-                  previous_finished_unix: float | None) -> Update:
-    """What a committed backup set changes (it was verified before the commit: verify_ok of its kind is 1)."""
+                  previous_finished_unix: float | None, *, verified: bool = True) -> Update:
+    """What a committed backup set changes (``verified``: it passed verification before the commit,
+    so verify_ok of its kind is 1 until a verify run says otherwise)."""
     samples: dict[Key, float] = {
         ("erp_backup_last_success_timestamp_seconds", kind): finished_unix,
         ("erp_backup_last_size_bytes", kind): float(size_bytes),
         ("erp_backup_last_duration_seconds", kind): duration_s,
     }
+    if verified:
+        samples[("erp_backup_verify_ok", kind)] = 1.0
     if previous_finished_unix is not None:
         samples[("erp_backup_rpo_seconds", "")] = max(0.0, finished_unix - previous_finished_unix)
     return Update(samples)
