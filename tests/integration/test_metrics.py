@@ -1,0 +1,152 @@
+"""Prometheus metrics: the node_exporter textfile (atomic, merged, parseable) and the Pushgateway push
+(against a real HTTP receiver on loopback)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
+
+from erp_backup.adapters import metrics
+from erp_backup.core.errors import ConfigError, StorageError
+from erp_backup.prefect_setup import check_notify_url, check_timezone, parse_duration
+
+
+def parse(path: Path) -> dict[str, list[tuple[dict[str, str], float]]]:
+    return {f.name: [(s.labels, s.value) for s in f.samples]
+            for f in text_string_to_metric_families(path.read_text())}
+
+
+def test_textfile_merges_runs_and_parses(tmp_path: Path) -> None:
+    prom = tmp_path / "erp_backup.prom"
+    metrics.write_textfile(prom, metrics.backup_update("full", 1_800_000_000.0, 1234, 5.5, None))
+    metrics.write_textfile(prom, metrics.backup_update("incremental", 1_800_003_600.0, 99, 0.5, 1_800_000_000.0))
+    metrics.write_textfile(prom, metrics.verify_update([("full", True), ("incremental", True), ("incremental", False)]))
+    metrics.write_textfile(prom, metrics.restore_test_update(42.0, 600.0))
+    got = parse(prom)
+    assert sorted(got["erp_backup_last_success_timestamp_seconds"], key=lambda x: x[1]) == [
+        ({"kind": "full"}, 1_800_000_000.0), ({"kind": "incremental"}, 1_800_003_600.0)]
+    assert dict((x[0]["kind"], x[1]) for x in got["erp_backup_last_size_bytes"]) == {"full": 1234, "incremental": 99}
+    assert dict((x[0]["set_kind"], x[1]) for x in got["erp_backup_verify_ok"]) == {"full": 1.0, "incremental": 0.0}
+    assert got["erp_backup_rpo_seconds"] == [({}, 3600.0)]
+    assert got["erp_backup_restore_test_rto_seconds"] == [({}, 42.0)]
+    assert oct(prom.stat().st_mode & 0o777) == "0o644"
+    assert [p.name for p in tmp_path.iterdir()] == ["erp_backup.prom"]  # no temporary file left behind
+
+
+def test_damaged_textfile_is_rewritten_not_trusted(tmp_path: Path) -> None:
+    prom = tmp_path / "erp_backup.prom"
+    prom.write_bytes(b"erp_backup_last_size_bytes{kind=\"full\" 12\n\xff\xfe garbage")
+    metrics.write_textfile(prom, metrics.backup_update("full", 1.0, 7, 1.0, None))
+    assert parse(prom)["erp_backup_last_size_bytes"] == [({"kind": "full"}, 7.0)]
+
+
+def test_missing_directory_and_unwritable_file_are_one_line_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        metrics.write_textfile(tmp_path / "nope" / "x.prom", metrics.restore_test_update(1.0))
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    (ro / "x.prom").mkdir()  # a directory where the file should be: the rename fails
+    with pytest.raises(StorageError, match="metrics textfile .*x.prom"):
+        metrics.write_textfile(ro / "x.prom", metrics.restore_test_update(1.0))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.dictionaries(st.sampled_from(["full", "incremental", "differential", "monthly", "we\"ird\\kind\n"]),
+                       st.tuples(st.floats(0, 4e9), st.integers(0, 1 << 50), st.floats(0, 1e6)), min_size=1))
+def test_textfile_roundtrip(tmp_path_factory: pytest.TempPathFactory,
+                            runs: dict[str, tuple[float, int, float]]) -> None:
+    prom = tmp_path_factory.mktemp("prom") / "m.prom"
+    for kind, (ts, size, dur) in runs.items():
+        metrics.write_textfile(prom, metrics.backup_update(kind, ts, size, dur, None))
+    back = metrics.read_samples(prom)
+    for kind, (ts, size, _dur) in runs.items():
+        assert back[("erp_backup_last_success_timestamp_seconds", kind)] == pytest.approx(ts)
+        assert back[("erp_backup_last_size_bytes", kind)] == float(size)
+        assert back[("erp_backup_verify_ok", kind)] == 1.0
+
+
+class Gateway:
+    def __init__(self, status: int = 200) -> None:
+        self.requests: list[tuple[str, str, bytes]] = []
+        outer = self
+
+        class H(BaseHTTPRequestHandler):
+            def _rec(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                outer.requests.append((self.command, self.path, body))
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            do_PUT = do_POST = _rec
+
+            def log_message(self, *a: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def gateway() -> Iterator[Gateway]:
+    g = Gateway()
+    yield g
+    g.httpd.shutdown()
+    g.httpd.server_close()
+
+
+def test_push_sends_every_known_sample(tmp_path: Path, gateway: Gateway) -> None:
+    prom = tmp_path / "m.prom"
+    metrics.publish(prom, None, "erp-backup", metrics.backup_update("full", 10.0, 5, 1.0, None))
+    metrics.publish(prom, gateway.url, "erp-backup", metrics.backup_update("incremental", 20.0, 6, 1.0, 10.0))
+    [(method, path, body)] = gateway.requests
+    assert (method, path) == ("PUT", "/metrics/job/erp-backup")
+    text = body.decode()
+    assert 'erp_backup_last_size_bytes{kind="full"} 5.0' in text  # merged from the textfile
+    assert 'erp_backup_last_size_bytes{kind="incremental"} 6.0' in text
+
+
+def test_push_to_a_dead_or_failing_gateway_is_one_line_error(tmp_path: Path) -> None:
+    failing = Gateway(status=500)
+    try:
+        with pytest.raises(StorageError, match="cannot push metrics"):
+            metrics.publish(None, failing.url, "erp-backup", metrics.restore_test_update(1.0))
+    finally:
+        failing.httpd.shutdown()
+        failing.httpd.server_close()
+    with pytest.raises(StorageError, match="cannot push metrics"):
+        metrics.publish(None, "http://127.0.0.1:1", "erp-backup", metrics.restore_test_update(1.0))
+
+
+def test_setup_arguments_are_checked_before_the_server() -> None:
+    assert parse_duration("75m", what="x") == 4500 and parse_duration("26h", what="x") == 93600
+    assert parse_duration("20", what="x") == 20
+    for bad in ("", "soon", "-5m", "0s", "1w"):
+        with pytest.raises(ConfigError):
+            parse_duration(bad, what="--late-full")
+    assert check_timezone("Asia/Shanghai") == "Asia/Shanghai"
+    for bad in ("Mars/Base", "../../etc/passwd", ""):
+        with pytest.raises(ConfigError, match="time zone"):
+            check_timezone(bad)
+    for good in ("mailto://user:pw@smtp.example.com?to=ops@example.com", "json://127.0.0.1:8080/hook",
+                 "dingtalk://token/secret", "wecombot://botkey", "slack://T1JJ3T3L2/A1BRTD4JD/TIiajkdnl",
+                 "twilio://AC735c307c62944b5a:e29dfbcebf390dee9@12345678901/15551234567"):
+        assert check_notify_url(good) == good
+    for bad in ("nope", "http//x", "unknownscheme://x"):
+        with pytest.raises(ConfigError, match="not a valid Apprise URL"):
+            check_notify_url(bad)
+
+
+def test_secrets_in_a_bad_url_never_reach_the_message() -> None:
+    with pytest.raises(ConfigError) as e:
+        check_notify_url("bogus://user:hunter2@host")
+    assert "hunter2" not in str(e.value)
