@@ -290,7 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "limit, block types, notification block, automations; idempotent")
     sp.add_argument("--notify", action="append", metavar="URL",
                     help="Apprise URL of an alert target (repeat for several; replaces the stored ones): "
-                    "mailto://, dingtalk://, wecombot://, feishu://, slack://, twilio://, json://")
+                    "mailto://, dingtalk://, wecombot://, feishu://, slack://, twilio://, json://; "
+                    "env:NAME reads them from $NAME (keeps tokens out of the process list); "
+                    "default $ERP_BACKUP_NOTIFY, else the stored ones")
     sp.add_argument("--timezone", help="timezone of the schedules (default: the stored one, else Asia/Shanghai)")
     sp.add_argument("--late-incremental", metavar="DURATION",
                     help="alert when no incremental completed for this long (default 75m)")

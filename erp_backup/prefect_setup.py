@@ -292,12 +292,36 @@ def _automations(client: Any, specs: list[dict[str, Any]], log: _Log) -> None:
         log.add("automation", core.name, "updated" + (f", {len(same) - 1} duplicate(s) removed" if same[1:] else ""))
 
 
+NOTIFY_ENV = "ERP_BACKUP_NOTIFY"
+
+
+def notify_urls(args: list[str] | None) -> tuple[str, ...] | None:
+    """The targets: ``--notify`` values, where ``env:NAME`` reads the URLs (whitespace-separated) from
+    the environment variable NAME, so tokens and passwords stay out of argv (``ps`` shows argv to
+    every user); without ``--notify``, $ERP_BACKUP_NOTIFY if set; else None (keep the stored ones)."""
+    if not args:
+        env = os.environ.get(NOTIFY_ENV, "").split()
+        return tuple(check_notify_url(u) for u in env) if env else None
+    urls: list[str] = []
+    for a in args:
+        if a.startswith("env:"):
+            name = a[4:]
+            value = os.environ.get(name, "").split()
+            if not value:
+                raise ConfigError(f"--notify {a}: environment variable {name} is not set or empty",
+                                  hint="export it with the Apprise URL(s), separated by spaces")
+            urls += value
+        else:
+            urls.append(a)
+    return tuple(check_notify_url(u) for u in urls)
+
+
 def setup_from_args(notify: list[str] | None, timezone: str | None, late_incremental: str | None,
                     late_full: str | None, automations_file: str | None,
                     run: Callable[[SetupRequest], SetupReport] = run_setup) -> SetupReport:
     """Check every argument before talking to the server, then run setup."""
     req = SetupRequest(
-        notify=tuple(check_notify_url(u) for u in notify) if notify is not None else None,
+        notify=notify_urls(notify),
         timezone=check_timezone(timezone) if timezone else None,
         late_incremental_s=parse_duration(late_incremental, what="--late-incremental")
         if late_incremental else DEFAULT_LATE_INCREMENTAL_S,

@@ -38,7 +38,8 @@ REPO = Path(__file__).resolve().parents[2]
 CLI = str(VENV_BIN / "erp-backup")
 TZ = "America/New_York"  # not the default: the schedules must follow the configured zone
 LATE_S = 15  # the shortened late window of the incremental automation
-AUTOMATIONS = ("erp-backup: run failed or crashed", "erp-backup: incremental late", "erp-backup: full late",
+AUTOMATIONS = ("erp-backup: run failed or crashed", "erp-backup: scheduled run not started",
+               "erp-backup: incremental late", "erp-backup: full late",
                "erp-backup: size anomaly", "erp-backup: restore test missed RTO/RPO")
 DEPLOYMENTS = ("erp-backup-full/full", "erp-backup-incremental/incremental",
                "erp-backup-differential/differential", "erp-backup-monthly/monthly", "erp-backup-verify/verify",
@@ -367,6 +368,24 @@ def test_size_anomaly_notifies_and_metrics_are_published(ops: Ops) -> None:
     assert verify.returncode == 0, verify.stderr[-2000:]
     cat = ops.server.artifacts("erp-backup-catalog")
     assert any(big in str(a["data"]) for a in cat)
+
+
+def test_restore_test_that_misses_its_targets_notifies(ops: Ops) -> None:
+    """The restore-test flow's report (flows/ops.py:report_restore_test) emits the event the automation
+    matches; run here from a one-off flow against the server, as the restore-test flow calls it."""
+    cfg = ops.config("rt", ops.tmp / "rt-erp", ops.tmp / "rt.sqlite3")
+    code = ("import sys; from prefect import flow; from erp_backup.config import load_settings; "
+            "from erp_backup.flows.ops import report_restore_test\n"
+            "@flow(name='erp-backup-restore-test-probe')\n"
+            "def probe(): return report_restore_test(load_settings(sys.argv[1]), '20270101T000000Z-full', "
+            "rto_s=5400.0, rpo_s=600.0, rto_target_s=3600.0, rpo_target_s=3600.0)\n"
+            "sys.exit(0 if probe() is False else 3)")
+    r = ops.run(sys.executable, "-c", code, str(cfg))
+    assert r.returncode == 0, r.stderr[-3000:]
+    mails, posts = wait_for("the restore-test notification", lambda: (m, p) if all(
+        (m := ops.messages_about("restore test missed")[0], p := ops.messages_about("restore test missed")[1]))
+        else None, 60)
+    assert "20270101T000000Z-full" in mails[0] and "RTO target of 3600 s" in posts[0]["message"]
 
 
 def test_completed_backup_page_in_chromium(ops: Ops) -> None:

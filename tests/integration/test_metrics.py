@@ -150,3 +150,21 @@ def test_secrets_in_a_bad_url_never_reach_the_message() -> None:
     with pytest.raises(ConfigError) as e:
         check_notify_url("bogus://user:hunter2@host")
     assert "hunter2" not in str(e.value)
+
+
+def test_notify_urls_from_the_environment_keep_secrets_out_of_argv(monkeypatch: pytest.MonkeyPatch) -> None:
+    from erp_backup.prefect_setup import notify_urls
+
+    monkeypatch.setenv("OPS_HOOKS", "json://127.0.0.1:1/a  mailto://u:hunter2@smtp.example.com?to=o@example.com")
+    assert notify_urls(["env:OPS_HOOKS", "wecombot://k"]) == (
+        "json://127.0.0.1:1/a", "mailto://u:hunter2@smtp.example.com?to=o@example.com", "wecombot://k")
+    monkeypatch.delenv("ERP_BACKUP_NOTIFY", raising=False)
+    assert notify_urls(None) is None  # keep what is stored
+    monkeypatch.setenv("ERP_BACKUP_NOTIFY", "json://127.0.0.1:2/b")
+    assert notify_urls([]) == ("json://127.0.0.1:2/b",)
+    with pytest.raises(ConfigError, match="OPS_NONE is not set"):
+        notify_urls(["env:OPS_NONE"])
+    monkeypatch.setenv("OPS_BAD", "bogus://u:hunter2@h")
+    with pytest.raises(ConfigError) as e:
+        notify_urls(["env:OPS_BAD"])
+    assert "hunter2" not in str(e.value)
