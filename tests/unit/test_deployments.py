@@ -78,3 +78,16 @@ def test_automations_file_renders_into_valid_automations() -> None:
     assert "4500 s" in body
     expects = {e for c in cores.values() for e in c.trigger.model_dump()["expect"]}
     assert {"erp-backup.backup.size-anomaly", "erp-backup.restore-test.failed", "prefect.flow-run.Crashed"} <= expects
+
+
+def test_sample_alert_rules_use_our_metrics() -> None:
+    import re
+
+    from erp_backup.adapters.metrics import HELP
+
+    rules = yaml.safe_load((ROOT / "deployments" / "prometheus-alerts.yml").read_text())["groups"][0]["rules"]
+    assert len({r["alert"] for r in rules}) == len(rules) >= 6
+    used = {m for r in rules for m in re.findall(r"erp_backup_[a-z_]+", r["expr"])}
+    assert used <= set(HELP), used - set(HELP)  # no rule on a metric we do not write
+    assert {"erp_backup_last_success_timestamp_seconds", "erp_backup_verify_ok",
+            "erp_backup_restore_test_rto_seconds"} <= used
