@@ -6,9 +6,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 
+from erp_backup import backup as stages
 from erp_backup.adapters import metrics
-from erp_backup.adapters.storage.local import RepoScan
+from erp_backup.adapters.storage.local import LocalRepository, RepoScan
+from erp_backup.backup import BackupPlan, BackupReport, CommittedSet
 from erp_backup.config import Settings
+from erp_backup.core.errors import BackupError
 from erp_backup.core.models import Manifest
 from erp_backup.tables import human
 
@@ -85,3 +88,21 @@ def publish_metrics(settings: Settings, update: metrics.Update) -> bool:
         return False
     metrics.publish(mon.textfile, mon.pushgateway, mon.push_job, update)
     return True
+
+
+def publish_backup(settings: Settings, m: Manifest, *, verified: bool) -> bool:
+    """The metrics of a committed set (the newest sets' history read from the repository)."""
+    history = LocalRepository(settings.storage.local_dir).headers()
+    return publish_metrics(settings, backup_metrics(m, history, verified=verified))
+
+
+def plain_report(plan: BackupPlan, committed: CommittedSet, warnings: tuple[str, ...],
+                 timings: dict[str, float]) -> BackupReport:
+    """The plain pipeline's report stage (no Prefect): the engine's report, then the metrics; a metrics
+    failure becomes a warning of the report, never a failed backup (the set is committed by now)."""
+    rep = stages.report(plan, committed, warnings, timings)
+    try:
+        publish_backup(plan.settings, committed.manifest, verified=committed.verify.level != "none")
+    except (BackupError, OSError) as e:
+        return BackupReport(rep.row, rep.size, (*rep.warnings, f"metrics not written: {e}"), rep.timings)
+    return rep

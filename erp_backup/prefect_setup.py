@@ -102,7 +102,11 @@ class _Log:
 def render_automations(text: str, values: dict[str, Any]) -> list[dict[str, Any]]:
     """The automations of ``automations.yaml`` with ``${NAME}`` placeholders filled in: a value that is
     exactly a placeholder takes the value's type; inside text it is replaced by its string."""
-    doc = yaml.safe_load(text)
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"automations file is not valid YAML: {str(e).splitlines()[0]}",
+                          hint="fix it, or restore deployments/automations.yaml from the repository") from e
     if not isinstance(doc, dict) or not isinstance(doc.get("automations"), list):
         raise ConfigError("automations file has no top-level `automations:` list",
                           hint="restore deployments/automations.yaml from the repository")
@@ -150,6 +154,10 @@ def run_setup(req: SetupRequest) -> SetupReport:
     if text is None:
         raise ConfigError(f"automations file {req.automations_file} not found",
                           hint="run setup from the repository checkout (deployments/automations.yaml)")
+    # the whole file is checked before anything is written on the server
+    validate_automations(render_automations(text, {"NOTIFY_BLOCK_ID": "00000000-0000-0000-0000-000000000000",
+                                                   "LATE_INCREMENTAL_S": req.late_incremental_s,
+                                                   "LATE_FULL_S": req.late_full_s}))
     log = _Log()
     try:
         _setup(req, text, log)
@@ -276,11 +284,25 @@ def _retime_deployments(client: Any, tz: str, log: _Log) -> None:
                 log.add("schedule", f"{names[dep.flow_id]}/{dep.name}", f"{s.cron} now in {tz}")
 
 
-def _automations(client: Any, specs: list[dict[str, Any]], log: _Log) -> None:
+def validate_automations(specs: list[dict[str, Any]]) -> list[Any]:
+    """Prefect's automation models of ``specs``; the first problem as a ConfigError."""
     from prefect.events.schemas.automations import AutomationCore
+    from pydantic import ValidationError
 
+    cores = []
     for spec in specs:
-        core = AutomationCore.model_validate(spec)
+        try:
+            cores.append(AutomationCore.model_validate(spec))
+        except ValidationError as e:
+            err = e.errors()[0]
+            where = ".".join(str(x) for x in err["loc"])
+            raise ConfigError(f"automation {spec.get('name')!r}: {where}: {err['msg']}",
+                              hint="fix deployments/automations.yaml (Prefect's automation format)") from e
+    return cores
+
+
+def _automations(client: Any, specs: list[dict[str, Any]], log: _Log) -> None:
+    for core in validate_automations(specs):
         same = client.read_automations_by_name(core.name)
         if not same:
             client.create_automation(core)

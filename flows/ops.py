@@ -56,8 +56,8 @@ def backup_slot(settings: Settings, job: str) -> Iterator[None]:
     a second backup (another deployment, the UI, the CLI against the server) waits here, Running,
     up to ``[backup] lock_wait_s``, then fails. Without the limit (not set up, ephemeral API) the
     repository lock alone serialises backups."""
-    get_run_logger().info("%s backup: waiting for the %s concurrency slot (at most %.0f s)", job, BACKUP_LIMIT,
-                          settings.backup.lock_wait_s)
+    get_run_logger().info("%s backup: taking the %s concurrency slot (waits up to %.0f s while another backup "
+                          "runs)", job, BACKUP_LIMIT, settings.backup.lock_wait_s)
     try:
         ctx = concurrency(BACKUP_LIMIT, occupy=1, timeout_seconds=settings.backup.lock_wait_s, strict=False)
         ctx.__enter__()
@@ -116,8 +116,7 @@ def publish_catalog(settings: Settings) -> None:
 
 def publish_backup_metrics(settings: Settings, m: Manifest, verified: bool) -> None:
     def run() -> None:
-        history = LocalRepository(settings.storage.local_dir).headers()
-        if monitoring.publish_metrics(settings, monitoring.backup_metrics(m, history, verified=verified)):
+        if monitoring.publish_backup(settings, m, verified=verified):
             mon = settings.monitoring
             get_run_logger().info("metrics written (%s)", mon.textfile or mon.pushgateway)
 

@@ -23,6 +23,7 @@ import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from prometheus_client import CollectorRegistry, push_to_gateway, write_to_textfile
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -144,12 +145,21 @@ def write_textfile(path: Path, update: Update) -> dict[Key, float]:
     return merged
 
 
+def redact(url: str) -> str:
+    """``url`` without the credentials of its authority (``http://user:pw@host`` -> ``http://***@host``)."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
+
+
 def push(gateway: str, job: str, samples: Mapping[Key, float], *, timeout: float = 10) -> None:
     """PUT the samples to a Pushgateway under ``job`` (replaces that job's group)."""
     try:
         push_to_gateway(gateway, job=job, registry=registry_of(samples), timeout=timeout)
-    except OSError as e:  # urllib errors are OSErrors
-        raise StorageError(f"cannot push metrics to {gateway}: {e}",
+    except (OSError, ValueError) as e:  # urllib errors are OSErrors; a malformed URL a ValueError
+        detail = str(e).replace(gateway, redact(gateway))
+        raise StorageError(f"cannot push metrics to {redact(gateway)}: {detail}",
                            hint="check [monitoring] pushgateway and that the Pushgateway is up") from e
 
 

@@ -411,6 +411,6 @@ def test_completed_backup_page_in_chromium(ops: Ops) -> None:
         assert "erp-backup-catalog" in page and "erp-backup-progress" in page
         assert b.screenshot(shots / "completed-backup-run.png").stat().st_size > 20_000
         b.goto(f"{ui}/artifacts/artifact/{table['id']}")  # the table itself
-        page = b.wait_text(set_id, "files scanned", "throughput MB/s")
+        page = b.wait_text(set_id, "status", "committed", "files scanned", "throughput MB/s", "database rows")
         assert b.eval("document.querySelectorAll('table').length") >= 1
         assert b.screenshot(shots / "completed-backup-table.png").stat().st_size > 20_000

@@ -168,3 +168,39 @@ def test_notify_urls_from_the_environment_keep_secrets_out_of_argv(monkeypatch: 
     with pytest.raises(ConfigError) as e:
         notify_urls(["env:OPS_BAD"])
     assert "hunter2" not in str(e.value)
+
+
+def test_plain_pipeline_writes_metrics_and_a_metrics_failure_is_only_a_warning(tmp_path: Path) -> None:
+    """The CLI's Prefect-free path (PLAIN_STAGES) publishes the same metrics as the flows."""
+    from erp_backup.config import MonitoringConfig
+    from erp_backup.core.models import BackupKind
+    from erp_backup.pipeline import run_backup
+    from tests.conftest import make_settings, make_small_project
+
+    make_small_project(tmp_path / "erp")
+    base = make_settings(tmp_path)
+    prom = tmp_path / "erp_backup.prom"
+    s = base.model_copy(update={"monitoring": MonitoringConfig(textfile=prom)})
+    full = run_backup(s, BackupKind.FULL)
+    got = parse(prom)
+    finished = full.manifest.finished_at.timestamp()
+    assert got["erp_backup_last_success_timestamp_seconds"] == [({"kind": "full"}, finished)]
+    assert got["erp_backup_last_size_bytes"] == [({"kind": "full"}, float(full.manifest.size_bytes))]
+    assert "erp_backup_rpo_seconds" not in got  # one set: no gap yet
+    incr = run_backup(s, BackupKind.INCREMENTAL)
+    got = parse(prom)
+    assert {x[0]["kind"] for x in got["erp_backup_last_success_timestamp_seconds"]} == {"full", "incremental"}
+    gap = (incr.manifest.finished_at - full.manifest.finished_at).total_seconds()
+    [(labels, value)] = got["erp_backup_rpo_seconds"]
+    assert labels == {} and value == pytest.approx(gap)
+
+    broken = base.model_copy(update={"monitoring": MonitoringConfig(textfile=tmp_path / "gone" / "m.prom")})
+    res = run_backup(broken, BackupKind.FULL)
+    assert (res.path / "manifest.json").exists()  # the set is committed all the same
+    assert any("metrics not written" in w and "does not exist" in w for w in res.report.warnings)
+
+
+def test_pushgateway_credentials_never_reach_the_error() -> None:
+    with pytest.raises(StorageError) as e:
+        metrics.publish(None, "http://ops:hunter2@127.0.0.1:1", "erp-backup", metrics.restore_test_update(1.0))
+    assert "hunter2" not in str(e.value) and "***@127.0.0.1:1" in str(e.value)
