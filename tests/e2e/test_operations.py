@@ -370,6 +370,37 @@ def test_size_anomaly_notifies_and_metrics_are_published(ops: Ops) -> None:
     assert any(big in str(a["data"]) for a in cat)
 
 
+def test_a_second_backup_waits_for_the_slot_then_gives_up(ops: Ops) -> None:
+    """The setup's concurrency limit serialises backups whatever started them: while another holder
+    has the one slot, a backup waits (Running) and runs when it is released, or fails after lock_wait_s."""
+    root = ops.tmp / "slot-erp"
+    db = make_project(root)
+    hold = ("import sys, time; from prefect.concurrency.sync import concurrency\n"
+            "with concurrency('erp-backup-backups', occupy=1, strict=True):\n"
+            "    print('held', flush=True); time.sleep(float(sys.argv[1]))\n"
+            "print(time.time(), flush=True)")
+    holder = subprocess.Popen([sys.executable, "-c", hold, "18"], env=ops.env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        cfg = ops.tmp / "slot.toml"
+        cfg.write_text(f'[project]\nroot = "{root}"\n[database]\nurl = "sqlite:///{db}"\n'
+                       f'[storage]\nlocal_dir = "{ops.tmp / "slot-bk"}"\n[backup]\nlock_wait_s = 2\n')
+        gave_up = ops.run(CLI, "--config", str(cfg), "backup", "full")
+        assert gave_up.returncode != 0
+        assert "another backup held the erp-backup-backups slot for more than 2 s" in gave_up.stderr.splitlines()[-1]
+        cfg.write_text(cfg.read_text().replace("lock_wait_s = 2", "lock_wait_s = 120"))
+        waited = ops.run(CLI, "--config", str(cfg), "backup", "full")
+        released = float(holder.stdout.readline())
+        assert waited.returncode == 0, waited.stderr[-2000:]
+    finally:
+        holder.wait(timeout=60)
+    run = ops.server.flow_runs("erp-backup-full")[0]
+    started = datetime.fromisoformat(run["start_time"]).timestamp()
+    task_runs = ops.api("POST", "/task_runs/filter", json={"flow_runs": {"id": {"any_": [run["id"]]}}})
+    first_task = min(datetime.fromisoformat(t["start_time"]).timestamp() for t in task_runs if t["start_time"])
+    assert started < released <= first_task + 1  # it was Running, waiting, and did its work after the release
+
+
 def test_restore_test_that_misses_its_targets_notifies(ops: Ops) -> None:
     """The restore-test flow's report (flows/ops.py:report_restore_test) emits the event the automation
     matches; run here from a one-off flow against the server, as the restore-test flow calls it."""
