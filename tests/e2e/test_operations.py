@@ -13,13 +13,11 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from email import message_from_bytes
 from email.message import Message
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -29,6 +27,7 @@ from aiosmtpd.controller import Controller
 from prometheus_client.parser import text_string_to_metric_families
 
 from erp_backup.demo import make_project
+from tests.receivers import Receiver
 
 from .browser import Browser
 from .conftest import VENV_BIN, PrefectServer, free_port
@@ -66,38 +65,6 @@ class Mailbox:
                 p.get_payload(decode=True) or b"" for p in m.walk() if not p.is_multipart())
             out.append(f"{m['Subject']}\n{(body or b'').decode('utf-8', 'replace')}")
         return out
-
-
-class Receiver:
-    """A tiny HTTP server on loopback recording every request (method, path, body)."""
-
-    def __init__(self) -> None:
-        self.requests: list[tuple[str, str, bytes]] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def _record(self) -> None:
-                n = int(self.headers.get("Content-Length") or 0)
-                outer.requests.append((self.command, self.path, self.rfile.read(n)))
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            do_POST = do_PUT = _record
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def json_bodies(self) -> list[dict[str, Any]]:
-        return [json.loads(b) for m, _, b in self.requests if m == "POST" and b.startswith(b"{")]
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float, every: float = 0.5) -> Any:
@@ -170,6 +137,21 @@ class Ops:
         mails = [t for t in self.mailbox.texts() if needle in t]
         posts = [b for b in self.hook.json_bodies() if needle in f"{b.get('title')}\n{b.get('message')}"]
         return mails, posts
+
+    def wait_alert(self, needle: str, timeout: float) -> tuple[list[str], list[dict[str, Any]]]:
+        """Both the e-mail and the webhook POST that mention ``needle``."""
+        def both() -> tuple[list[str], list[dict[str, Any]]] | None:
+            mails, posts = self.messages_about(needle)
+            return (mails, posts) if mails and posts else None
+        return wait_for(f"an e-mail and a webhook POST about {needle!r}", both, timeout)
+
+    def deployed_backup(self, name: str, flow: str, deployment: str) -> tuple[dict[str, Any], Path]:
+        """A new project backed up by a deployment run through the worker: (the Completed run, its config)."""
+        root = self.tmp / f"{name}-erp"
+        cfg = self.config(name, root, make_project(root))
+        run = self.wait_run(self.run_deployment(flow, deployment, config=str(cfg)))
+        assert run["state_type"] == "COMPLETED", run["state"]
+        return run, cfg
 
 
 def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -297,9 +279,7 @@ def test_failed_deployment_run_retries_then_mails_and_posts(ops: Ops) -> None:
     tasks = ops.api("POST", "/task_runs/filter", json={"flow_runs": {"id": {"any_": [run_id]}}})
     pre = [t for t in tasks if t["name"].startswith("preflight")]
     assert pre and pre[0]["run_count"] == 2, [(t["name"], t["run_count"]) for t in tasks]  # it retried
-    mails, posts = wait_for("an e-mail and a webhook POST about the failure",
-                            lambda: (m, p) if (m := ops.messages_about(run["name"])[0])
-                            and (p := ops.messages_about(run["name"])[1]) else None, 60)
+    mails, posts = ops.wait_alert(run["name"], 60)
     assert time.monotonic() - failed_at < 60
     for text in [mails[0], f"{posts[0]['title']}\n{posts[0]['message']}"]:
         assert "erp-backup-full/full" in text, text  # the deployment
@@ -309,16 +289,10 @@ def test_failed_deployment_run_retries_then_mails_and_posts(ops: Ops) -> None:
 
 
 def test_late_incremental_alerts_once_per_gap(ops: Ops) -> None:
-    root = ops.tmp / "late-erp"
-    db = make_project(root)
-    cfg = ops.config("late", root, db)
-    run = ops.wait_run(ops.run_deployment("erp-backup-incremental", "incremental", config=str(cfg)))
-    assert run["state_type"] == "COMPLETED", run["state"]
+    run, _ = ops.deployed_backup("late", "erp-backup-incremental", "incremental")
     done = time.monotonic()
     # the incremental deployment's schedule is paused (fixture): nothing completes after this run
-    mails, posts = wait_for("the late alert", lambda: (m, p) if all(
-        (m := ops.messages_about("incremental backup late")[0], p := ops.messages_about("incremental backup late")[1]))
-        else None, LATE_S + 45)
+    mails, posts = ops.wait_alert("incremental backup late", LATE_S + 45)
     assert LATE_S - 1 <= time.monotonic() - done, "the late alert fired before the window ended"
     assert run["name"] in mails[0]  # it names the last good run
     time.sleep(2 * LATE_S + 5)  # two more windows of the same gap
@@ -333,7 +307,7 @@ def test_size_anomaly_notifies_and_metrics_are_published(ops: Ops) -> None:
     prom = ops.tmp / "textfile"
     prom.mkdir()
     cfg = ops.config("big", root, db, monitoring=f'textfile = "{prom / "erp_backup.prom"}"\n'
-                     f'pushgateway = "http://127.0.0.1:{pushgw.port}"\nsize_min_history = 2')
+                     f'pushgateway = "{pushgw.url}"\nsize_min_history = 2')
     try:
         ids = []
         for _ in range(2):
@@ -345,10 +319,7 @@ def test_size_anomaly_notifies_and_metrics_are_published(ops: Ops) -> None:
         r = ops.run(CLI, "--config", str(cfg), "backup", "full")
         assert r.returncode == 0, r.stderr[-3000:]
         big = r.stdout.split()[-1]
-        mails, posts = wait_for("the size-anomaly notification",
-                                lambda: (m, p) if all((m := ops.messages_about(f"size anomaly in set {big}")[0],
-                                                       p := ops.messages_about(f"size anomaly in set {big}")[1]))
-                                else None, 60)
+        mails, posts = ops.wait_alert(f"size anomaly in set {big}", 60)
         assert "the median" in posts[0]["message"] and "erp-backup show" in posts[0]["message"]
         assert not ops.messages_about(f"size anomaly in set {ids[1]}")[1]  # the ordinary set did not alert
 
@@ -413,18 +384,12 @@ def test_restore_test_that_misses_its_targets_notifies(ops: Ops) -> None:
             "sys.exit(0 if probe() is False else 3)")
     r = ops.run(sys.executable, "-c", code, str(cfg))
     assert r.returncode == 0, r.stderr[-3000:]
-    mails, posts = wait_for("the restore-test notification", lambda: (m, p) if all(
-        (m := ops.messages_about("restore test missed")[0], p := ops.messages_about("restore test missed")[1]))
-        else None, 60)
+    mails, posts = ops.wait_alert("restore test missed", 60)
     assert "20270101T000000Z-full" in mails[0] and "RTO target of 3600 s" in posts[0]["message"]
 
 
 def test_completed_backup_page_in_chromium(ops: Ops) -> None:
-    root = ops.tmp / "ui-erp"
-    db = make_project(root)
-    cfg = ops.config("ui", root, db)
-    run = ops.wait_run(ops.run_deployment("erp-backup-full", "full", config=str(cfg)))
-    assert run["state_type"] == "COMPLETED", run["state"]
+    run, cfg = ops.deployed_backup("ui", "erp-backup-full", "full")
     set_id = json.loads(ops.run(CLI, "--config", str(cfg), "list", "--json").stdout)["sets"][-1]["id"]
     arts = ops.api("POST", "/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [run["id"]]}}})
     assert {a["type"] for a in arts} >= {"table", "progress", "markdown"}

@@ -3,11 +3,8 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -17,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from erp_backup.adapters import metrics
 from erp_backup.core.errors import ConfigError, StorageError
 from erp_backup.prefect_setup import check_notify_url, check_timezone, parse_duration
+from tests.receivers import Receiver
 
 
 def parse(path: Path) -> dict[str, list[tuple[dict[str, str], float]]]:
@@ -73,38 +71,14 @@ def test_textfile_roundtrip(tmp_path_factory: pytest.TempPathFactory,
         assert back[("erp_backup_verify_ok", kind)] == 1.0
 
 
-class Gateway:
-    def __init__(self, status: int = 200) -> None:
-        self.requests: list[tuple[str, str, bytes]] = []
-        outer = self
-
-        class H(BaseHTTPRequestHandler):
-            def _rec(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                outer.requests.append((self.command, self.path, body))
-                self.send_response(status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            do_PUT = do_POST = _rec
-
-            def log_message(self, *a: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-
 @pytest.fixture
-def gateway() -> Iterator[Gateway]:
-    g = Gateway()
+def gateway() -> Iterator[Receiver]:
+    g = Receiver()
     yield g
-    g.httpd.shutdown()
-    g.httpd.server_close()
+    g.close()
 
 
-def test_push_sends_every_known_sample(tmp_path: Path, gateway: Gateway) -> None:
+def test_push_sends_every_known_sample(tmp_path: Path, gateway: Receiver) -> None:
     prom = tmp_path / "m.prom"
     metrics.publish(prom, None, "erp-backup", metrics.backup_update("full", 10.0, 5, 1.0, None))
     metrics.publish(prom, gateway.url, "erp-backup", metrics.backup_update("incremental", 20.0, 6, 1.0, 10.0))
@@ -116,13 +90,12 @@ def test_push_sends_every_known_sample(tmp_path: Path, gateway: Gateway) -> None
 
 
 def test_push_to_a_dead_or_failing_gateway_is_one_line_error(tmp_path: Path) -> None:
-    failing = Gateway(status=500)
+    failing = Receiver(status=500)
     try:
         with pytest.raises(StorageError, match="cannot push metrics"):
             metrics.publish(None, failing.url, "erp-backup", metrics.restore_test_update(1.0))
     finally:
-        failing.httpd.shutdown()
-        failing.httpd.server_close()
+        failing.close()
     with pytest.raises(StorageError, match="cannot push metrics"):
         metrics.publish(None, "http://127.0.0.1:1", "erp-backup", metrics.restore_test_update(1.0))
 
