@@ -301,16 +301,23 @@ def validate_automations(specs: list[dict[str, Any]]) -> list[Any]:
     return cores
 
 
+def _same_name(client: Any, name: str) -> list[str]:
+    """Ids of the automations called ``name``, oldest first."""
+    r = client.request("POST", "/automations/filter",
+                       json={"sort": "CREATED_DESC", "automations": {"name": {"any_": [name]}}})
+    return [a["id"] for a in reversed(r.json()) if a.get("name") == name]
+
+
 def _automations(client: Any, specs: list[dict[str, Any]], log: _Log) -> None:
     for core in validate_automations(specs):
-        same = client.read_automations_by_name(core.name)
+        same = _same_name(client, core.name)
         if not same:
             client.create_automation(core)
             log.add("automation", core.name, "created")
             continue
-        client.update_automation(same[0].id, core)
-        for dup in same[1:]:  # an earlier setup interrupted between create and report, or a hand-made copy
-            client.delete_automation(dup.id)
+        client.update_automation(same[0], core)  # the oldest: the one operators know (its id, its history)
+        for dup in same[1:]:  # two setups at once, or a hand-made copy
+            client.delete_automation(dup)
         log.add("automation", core.name, "updated" + (f", {len(same) - 1} duplicate(s) removed" if same[1:] else ""))
 
 

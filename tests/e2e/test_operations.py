@@ -214,9 +214,13 @@ def count(items: list[dict[str, Any]], key: str, value: str) -> int:
 
 def test_setup_twice_leaves_exactly_one_of_each_and_updates_in_place(ops: Ops) -> None:
     before = {a["name"]: a for a in ops.api("POST", "/automations/filter", json={}) if a["name"] in AUTOMATIONS}
+    copy = {k: v for k, v in before["erp-backup: size anomaly"].items()
+            if k in ("name", "description", "enabled", "trigger", "actions")}
+    ops.api("POST", "/automations/", json=copy)  # a hand-made duplicate (or two setups at once)
     ops.notify = ops.notify[::-1]  # changed arguments: the same objects, changed
     second = ops.setup("--late-full", "2h")
     assert "created" not in second.stdout, second.stdout  # everything existed already
+    assert "1 duplicate(s) removed" in second.stdout
     autos = ops.api("POST", "/automations/filter", json={})
     for name in AUTOMATIONS:
         assert count(autos, "name", name) == 1, name
