@@ -19,13 +19,15 @@ Metrics (all gauges):
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from prometheus_client import CollectorRegistry, push_to_gateway, write_to_textfile
+from prometheus_client import CollectorRegistry, generate_latest, push_to_gateway
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
@@ -136,12 +138,26 @@ def write_textfile(path: Path, update: Update) -> dict[Key, float]:
         raise ConfigError(f"[monitoring] textfile: directory {path.parent} does not exist",
                           hint="create it (node_exporter's --collector.textfile.directory) or fix the path")
     merged = {**read_samples(path), **update.samples}
+    data = generate_latest(registry_of(merged))
+    # a temporary file of an unpredictable name created exclusively (mkstemp: O_EXCL, never through a
+    # planted link), written, synced, then renamed over the old file: readers see old or new, whole
+    tmp = None
     try:
-        write_to_textfile(str(path), registry_of(merged))  # writes <path>.<pid>.<thread> and renames it
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+            os.fchmod(f.fileno(), 0o644)  # node_exporter runs as its own user; the file holds no secret
+        os.replace(tmp, path)
+        tmp = None
     except OSError as e:
         raise StorageError(f"cannot write metrics textfile {path}: {e.strerror}",
                            hint="check the directory's permissions and free space") from e
-    os.chmod(path, 0o644)  # node_exporter runs as its own user; the file holds no secret
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
     return merged
 
 
