@@ -50,6 +50,9 @@ def parse_duration(text: str, *, what: str) -> int:
     seconds = int(float(m.group(1)) * _UNIT[m.group(2)])
     if seconds < 1:
         raise ConfigError(f"{what} {text!r} is shorter than a second", hint="give at least 1s")
+    if seconds > 400 * 86400:
+        raise ConfigError(f"{what} {text!r} is longer than 400 days", hint="an alert that late is no alert: "
+                          "give e.g. 75m for incrementals, 26h for fulls")
     return seconds
 
 
