@@ -59,6 +59,7 @@ class MonitoringConfig(_Section):
     size_factor: float = Field(3.0, gt=1)
     size_history: int = Field(10, ge=1)
     size_min_history: int = Field(3, ge=1)
+    progress_interval_s: float = Field(5.0, gt=0)  # how often a long dump/archive moves the progress artifact
 
 
 class Settings(_Section):
@@ -217,6 +218,7 @@ retry_delay_s = [10, 60]  # seconds before each retry
 size_factor = 3.0         # size anomaly: more than 3x larger or smaller than the median of ...
 size_history = 10         # ... the previous 10 sets of the same kind, ...
 size_min_history = 3      # ... once at least 3 exist
+progress_interval_s = 5   # how often a long dump/archive moves the run's progress artifact
 """
 
 

@@ -3,8 +3,11 @@ a run changes, the stage weights of a backup's progress bar."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 from erp_backup import backup as stages
 from erp_backup.adapters import metrics
@@ -30,6 +33,50 @@ def progress_after(stage: str, order: Sequence[str]) -> float:
     total = sum(STAGE_WEIGHTS.get(s, 1) for s in order)
     done = sum(STAGE_WEIGHTS.get(s, 1) for s in order[: order.index(stage) + 1])
     return round(100.0 * done / total, 1)
+
+
+def progress_within(stage: str, order: Sequence[str], fraction: float) -> float:
+    """Percent done while ``stage`` is ``fraction`` (0..1) through: inside the stage's share."""
+    before = progress_after(order[order.index(stage) - 1], order) if order.index(stage) else 0.0
+    return round(before + (progress_after(stage, order) - before) * min(max(fraction, 0.0), 0.99), 1)
+
+
+def written_bytes(partial: Path, prefix: str) -> int:
+    """Bytes written so far into the artifacts of a ``.partial`` set whose names start with ``prefix``."""
+    total = 0
+    try:
+        with os.scandir(partial) as it:
+            for e in it:
+                if e.name.startswith(prefix) and e.is_file(follow_symlinks=False):
+                    total += e.stat(follow_symlinks=False).st_size
+    except OSError:
+        return 0
+    return total
+
+
+@dataclass(frozen=True)
+class StageEstimate:
+    """How far the dump or the archive of a running backup is: bytes written into its artifact
+    against what the parent's set suggests (its dump's size; the changed bytes at its compression
+    ratio). An estimate for the progress bar, never more than 99 % of the stage."""
+
+    prefix: str
+    expected: int
+
+    def fraction(self, partial: Path) -> float:
+        return written_bytes(partial, self.prefix) / self.expected if self.expected > 0 else 0.0
+
+
+def estimates(parent: Manifest | None, changed_bytes: int) -> dict[str, StageEstimate]:
+    out: dict[str, StageEstimate] = {}
+    if parent is not None:
+        db = parent.artifact("database")
+        if db is not None and db.size > 0:
+            out["dump"] = StageEstimate("db.", db.size)
+    ratio = parent.stats.bytes_out / parent.stats.bytes_in if parent and parent.stats.bytes_in else 0.5
+    if changed_bytes > 0:
+        out["archive"] = StageEstimate("files.", max(1, int(changed_bytes * min(max(ratio, 0.01), 1.0))))
+    return out
 
 
 def set_label(m: Manifest) -> str:

@@ -202,7 +202,8 @@ def task_stages(settings: Settings) -> Stages:
 
 def run_backup_flow(job: BackupJob, settings: Settings, checked: Preflight | None) -> dict[str, Any]:
     with ops.backup_slot(settings, job.value):  # one backup at a time across deployments (setup's limit)
-        result = run_pipeline(settings, job, ops.with_progress(task_stages(settings), job.value), checked=checked)
+        stages = ops.with_progress(task_stages(settings), job.value, settings.monitoring.progress_interval_s)
+        result = run_pipeline(settings, job, stages, checked=checked)
     return {**result.report.row, "timings": result.timings}
 
 

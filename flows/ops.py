@@ -8,9 +8,11 @@ is a warning in the run's log (and in the metrics' absence, the staleness alert 
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -27,10 +29,12 @@ from prefect.events import emit_event
 from erp_backup import monitoring
 from erp_backup.adapters import metrics
 from erp_backup.adapters.storage.local import LocalRepository
+from erp_backup.backup import BackupPlan, ScanResult
 from erp_backup.config import Settings
 from erp_backup.core.errors import LockError
 from erp_backup.core.models import Manifest
 from erp_backup.pipeline import Stages
+from erp_backup.tables import human
 
 BACKUP_LIMIT = "erp-backup-backups"  # created by `erp-backup setup` (erp_backup.prefect_setup.BACKUP_LIMIT)
 PROGRESS_KEY = "erp-backup-progress"
@@ -75,26 +79,67 @@ def backup_slot(settings: Settings, job: str) -> Iterator[None]:
         ctx.__exit__(None, None, None)
 
 
-def with_progress(stages: Stages, job: str) -> Stages:
-    """The stages, each moving a progress artifact of this run forward when it finishes."""
+def with_progress(stages: Stages, job: str, tick_s: float = 5.0) -> Stages:
+    """The stages, each moving a progress artifact of this run forward when it finishes; during the
+    dump and the archive (the long stages) a ticker moves it by the bytes written so far."""
     order = Stages.order()
     art: UUID | None = quietly("progress artifact", lambda: _new_progress(job))
     if art is None:
         return stages
     artifact_id: UUID = art
+    seen: dict[str, Any] = {}  # the plan (prepare) and the scan, for the estimates
+
+    def show(pct: float, text: str) -> None:
+        quietly("progress update", lambda: update_progress_artifact(artifact_id, pct,
+                                                                    description=f"{job} backup: {text}"))
 
     def wrap(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         def call(*args: Any, **kwargs: Any) -> Any:
-            out = fn(*args, **kwargs)
+            with _ticker(name, seen, order, show, tick_s):
+                out = fn(*args, **kwargs)
+            if name in ("prepare", "scan"):
+                seen[name] = out
             pct = monitoring.progress_after(name, order)
-            quietly("progress update", lambda: update_progress_artifact(
-                artifact_id, pct, description=f"{job} backup: {name} done ({pct:.0f} %)"))
+            show(pct, f"{name} done ({pct:.0f} %)")
             return out
 
         call.__name__ = getattr(fn, "__name__", name)
         return call
 
     return dataclasses.replace(stages, **{n: wrap(n, getattr(stages, n)) for n in order})
+
+
+@contextmanager
+def _ticker(stage: str, seen: dict[str, Any], order: tuple[str, ...], show: Callable[[float, str], None],
+            tick_s: float) -> Iterator[None]:
+    plan: BackupPlan | None = seen.get("prepare")
+    scanned: ScanResult | None = seen.get("scan")
+    est = None
+    if plan is not None and scanned is not None:
+        est = monitoring.estimates(plan.parent, scanned.changes.changed_bytes).get(stage)
+    if plan is None or est is None:
+        yield
+        return
+    stop = threading.Event()
+    partial: Path = plan.partial
+    estimate: monitoring.StageEstimate = est
+
+    def run() -> None:
+        last = -1.0
+        while not stop.wait(tick_s):
+            pct = monitoring.progress_within(stage, order, estimate.fraction(partial))
+            if pct > last:
+                show(pct, f"{stage}: {human(monitoring.written_bytes(partial, estimate.prefix))} "
+                     f"written ({pct:.0f} %)")
+                last = pct
+
+    t = threading.Thread(target=run, name=f"progress-{stage}", daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        t.join(timeout=10)
 
 
 def _new_progress(job: str) -> UUID:
