@@ -187,11 +187,13 @@ def ops(prefect_server: PrefectServer, tmp_path_factory: pytest.TempPathFactory)
     o.setup()
     deployed = o.run(str(VENV_BIN / "prefect"), "--no-prompt", "deploy", "--all")
     assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
-    # nothing scheduled may start while the tests run: only the runs they trigger
+    # nothing scheduled may start while the tests run, only the runs they trigger: every schedule is
+    # paused (the incremental's too: the late alert must fire) but the monthly's, whose next runs are
+    # checked below (all in the future)
     for flow, name in (d.split("/") for d in DEPLOYMENTS):
         dep = o.deployment(flow, name)
-        if flow != "erp-backup-monthly":  # its scheduled runs are checked below (all in the future anyway)
-            o.api("POST", f"/deployments/{dep['id']}/pause_deployment")
+        for sched in o.api("GET", f"/deployments/{dep['id']}/schedules") if flow != "erp-backup-monthly" else []:
+            o.api("PATCH", f"/deployments/{dep['id']}/schedules/{sched['id']}", json={"active": False})
     worker = start_worker(o.env, tmp / "worker.log")
     try:
         yield o
@@ -296,6 +298,8 @@ def test_late_incremental_alerts_once_per_gap(ops: Ops) -> None:
     run, _ = ops.deployed_backup("late", "erp-backup-incremental", "incremental")
     done = time.monotonic()
     # the incremental deployment's schedule is paused (fixture): nothing completes after this run
+    dep = ops.deployment("erp-backup-incremental", "incremental")
+    assert [s["active"] for s in ops.api("GET", f"/deployments/{dep['id']}/schedules")] == [False]
     mails, posts = ops.wait_alert("incremental backup late", LATE_S + 45)
     assert LATE_S - 1 <= time.monotonic() - done, "the late alert fired before the window ended"
     assert run["name"] in mails[0]  # it names the last good run
