@@ -226,6 +226,13 @@ def cmd_restore(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_block_gpg(args: argparse.Namespace) -> int:
+    from erp_backup import gpg_block
+
+    print(gpg_block.save(gpg_block.spec_from_args(args), overwrite=args.overwrite))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from erp_backup.demo import run_demo
 
@@ -275,6 +282,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--keep-setid", action="store_true",
                     help="restore setuid/setgid bits as recorded (default: dropped, with a warning)")
     sp.set_defaults(func=cmd_restore)
+
+    sp = sub.add_parser("block", help="create the Prefect blocks of a scripted install (secrets from the environment)")
+    block_sub = sp.add_subparsers(dest="block_kind", required=True)
+    from erp_backup import gpg_block
+
+    gpg_block.add_parser(block_sub)
+    block_sub.choices["gpg"].set_defaults(func=cmd_block_gpg)
 
     sp = sub.add_parser("demo", help="sample ERP: full, incremental, differential, restore each, check")
     sp.add_argument("--dir", help="work directory (default: a new temporary directory)")
