@@ -154,6 +154,8 @@ def cmd_show(args: argparse.Namespace) -> int:
         d = m.database
         print(f"database     {d.engine} {d.database} (server {d.server_version}, {d.dump_format}, "
               f"{len(d.tables)} tables, {sum(d.tables.values())} rows)")
+    if m.recipients:
+        print(f"encrypted to {', '.join(m.recipients)}")
     for a in m.artifacts:
         print(f"artifact     {a.name}  {_human(a.size)}  sha256 {a.sha256[:16]}…  "
               f"{a.compression}{'+' + a.encryption if a.encryption else ''}")

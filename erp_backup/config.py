@@ -161,6 +161,10 @@ def _check_encryption(e: EncryptionConfig, source: str, *, remote: bool) -> None
     if e.public_keys is not None and not e.public_keys.is_absolute():
         raise ConfigError(f"config {source}: encryption.public_keys: must be an absolute path",
                           hint="e.g. /etc/erp-backup/keys.asc")
+    if e.sign and not (e.signers or e.signing_key or e.block):
+        raise ConfigError(f"config {source}: [encryption] sign = true but no verification key is named",
+                          hint="set encryption.signers (or signing_key) to the signing key's fingerprint, "
+                          "or use a GPG keys block")
     if e.recipients and e.public_keys is None and not e.block:
         raise ConfigError(f"config {source}: [encryption] names recipients but no public_keys file and no block",
                           hint="set encryption.public_keys to the armored keys file, or encryption.block")

@@ -20,7 +20,7 @@ FPR2 = "0123456789ABCDEF0123456789ABCDEF01234567"
 
 
 def enc(**kw: object) -> dict[str, object]:
-    return {"encryption": {"recipients": [FPR], "public_keys": "/etc/erp-backup/keys.asc", **kw}}
+    return {"encryption": {"recipients": [FPR], "public_keys": "/etc/erp-backup/keys.asc", "signers": [FPR2], **kw}}
 
 
 def test_defaults_sign_and_keep_local_sets_plain() -> None:
@@ -37,7 +37,8 @@ def test_defaults_sign_and_keep_local_sets_plain() -> None:
     (enc(signing_key="nope"), "encryption.signing_key"),
     (enc(recipients=[], local=True), "encryption.recipients is empty"),
     (enc(public_keys="keys.asc"), "encryption.public_keys: must be an absolute path"),
-    ({"encryption": {"recipients": [FPR]}}, "no public_keys file and no block"),
+    ({"encryption": {"recipients": [FPR], "signers": [FPR]}}, "no public_keys file and no block"),
+    ({"encryption": {"recipients": [FPR], "public_keys": "/k.asc"}}, "no verification key is named"),
     (enc(colour="blue"), "encryption.colour: unknown key"),
 ])
 def test_refused_in_one_line_naming_the_key(data: dict[str, object], needle: str) -> None:
@@ -85,3 +86,16 @@ def test_manifest_records_recipients_and_reads_them_back(recipients: list[str]) 
     back = mf.loads(text)
     assert back.recipients == tuple(recipients) and back.artifacts[0].encryption == "gpg"
     assert ('"encryption": {' in text) == bool(recipients)
+
+
+@pytest.mark.parametrize("value", ['"gpg"', '{"recipients": "AAAA"}', "[1]"])
+def test_malformed_encryption_header_is_an_integrity_error(value: str) -> None:
+    from erp_backup.core.errors import IntegrityError
+
+    m = Manifest(id=BackupId("20261128T020000Z-full"), kind=BackupKind.FULL, started_at=T, finished_at=T,
+                 host="h", tool_version="1", source_root="/srv", recipients=(FPR,))
+    text = mf.dumps(m).replace('"encryption": {\n    "method": "gpg",\n    "recipients": [\n      "' + FPR
+                               + '"\n    ]\n  }', f'"encryption": {value}')
+    assert f'"encryption": {value}' in text
+    with pytest.raises(IntegrityError, match="malformed"):
+        mf.loads(text)
