@@ -87,23 +87,13 @@ def check(spec: GpgBlockSpec) -> dict[str, Any]:
     with crypto.gpg_home(crypto.KeyMaterial(public_keys=publics)) as home:
         out["public"] = [k.fingerprint for k in home.keys()]
         if spec.signing_key:
-            fprs = set(home.import_keys(spec.signing_key, what="signing key"))
-            signing = [k for k in home.keys(secret=True) if k.fingerprint in fprs and k.usable_for("s")]
-            if not signing:
-                raise CryptoError("the signing key holds no usable private signing key",
-                                  hint="export it with gpg --armor --export-secret-keys FINGERPRINT")
-            out["signing"] = signing[0].fingerprint
+            out["signing"] = _secret_key(home, spec.signing_key, "signing key", "s")
             probe = home.path / "probe"
             probe.write_bytes(b"erp-backup block check\n")
             home.sign_detached(probe, signer=out["signing"], passphrase=spec.signing_passphrase)
             home.verify_detached(probe, probe.with_name("probe.sig"), [out["signing"]])
         if spec.private_key:
-            fprs = set(home.import_keys(spec.private_key, what="private key"))
-            private = [k for k in home.keys(secret=True) if k.fingerprint in fprs and k.usable_for("e")]
-            if not private:
-                raise CryptoError("the private key cannot decrypt (no encryption subkey, or only public parts)",
-                                  hint="export the restore key with gpg --armor --export-secret-keys FINGERPRINT")
-            out["private"] = private[0].fingerprint
+            out["private"] = _secret_key(home, spec.private_key, "private key", "e")
             _decrypt_probe(home, out["private"], spec.private_key_passphrase)
         known = [k for k in home.keys()]
         for fpr in spec.trusted_signers:
@@ -111,6 +101,16 @@ def check(spec: GpgBlockSpec) -> dict[str, Any]:
                 raise CryptoError(f"trusted signer {fpr} is not among the keys given",
                                   hint="add its public key with --public-keys")
     return out
+
+
+def _secret_key(home: crypto.GpgHome, armored: str, what: str, cap: str) -> str:
+    """Import ``armored``; the fingerprint of its private key that can ``cap`` (s: sign, e: encrypt)."""
+    fprs = set(home.import_keys(armored, what=what))
+    usable = [k for k in home.keys(secret=True) if k.fingerprint in fprs and k.usable_for(cap)]
+    if not usable:
+        raise CryptoError(f"the {what} holds no private key that can {'sign' if cap == 's' else 'decrypt'}",
+                          hint="export it with gpg --armor --export-secret-keys FINGERPRINT")
+    return usable[0].fingerprint
 
 
 def _decrypt_probe(home: crypto.GpgHome, fpr: str, passphrase: str | None) -> None:

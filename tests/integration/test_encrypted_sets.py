@@ -31,6 +31,7 @@ from erp_backup.verify import NO_KEY_LEVEL, verify_sets
 from tests.conftest import diff_states, make_settings, make_small_project, tree_state, write_file
 from tests.integration.conftest import assert_actionable
 from tests.integration.offsite_fixtures import PASSPHRASE, SIGN_PASSPHRASE, GpgTestKeys, kill_agent
+from tests.integration.test_offsite_crypto import agents_for
 
 pytestmark = pytest.mark.integration
 T0 = datetime(2026, 11, 28, 2, 0, tzinfo=UTC)
@@ -409,7 +410,6 @@ def test_a_killed_run_leaves_no_secret_on_disk_and_the_next_run_cleans_up(gpg_ke
                                                                           tmp_path: Path) -> None:
     import signal
     import sys
-    import time
 
     from erp_backup.adapters import crypto
     from tests.conftest import REPO
@@ -433,10 +433,7 @@ def test_a_killed_run_leaves_no_secret_on_disk_and_the_next_run_cleans_up(gpg_ke
     with crypto.gpg_home():  # the next run does
         pass
     assert not home.exists()
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and _agents(home):
-        time.sleep(0.1)
-    assert _agents(home) == []
+    assert no_agents(home)
 
 
 def no_agents(home: Path, wait_s: float = 5.0) -> bool:
@@ -444,22 +441,9 @@ def no_agents(home: Path, wait_s: float = 5.0) -> bool:
     import time
 
     deadline = time.monotonic() + wait_s
-    while _agents(home) and time.monotonic() < deadline:
+    while agents_for(home) and time.monotonic() < deadline:
         time.sleep(0.1)
-    return _agents(home) == []
-
-
-def _agents(home: Path) -> list[int]:
-    out = []
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"gpg-agent" in cmd and str(home).encode() in cmd:
-                out.append(int(pid))
-    return out
+    return agents_for(home) == []
 
 
 BIG_SCRIPT = """
@@ -547,3 +531,42 @@ def test_postgres_marker_row_never_leaves_in_clear_and_restores(host: Host, gpg_
     assert pg_sql(target, "SELECT note FROM customer WHERE note = %s", (MARKER,)) == [(MARKER,)]
     assert pg_sql(target, "SELECT count(*) FROM customer") == [(501,)]
     assert diff_states(tree_state(root), tree_state(tmp_path / "restored")) == []
+
+
+def test_block_command_checks_every_key_before_saving(gpg_keys: GpgTestKeys, tmp_path: Path) -> None:
+    """`erp-backup block gpg`'s checks with the real gpg (saving it needs a Prefect server: e2e)."""
+    import argparse
+
+    from erp_backup import gpg_block
+
+    k = gpg_keys
+    pub = tmp_path / "pub.asc"
+    pub.write_text(k.enc.public + k.sign.public)
+    (tmp_path / "sign.asc").write_text(k.sign.secret)
+
+    def spec(env: dict[str, str], **kw: object) -> gpg_block.GpgBlockSpec:
+        ns = argparse.Namespace(name="b", public_keys=[str(pub)], signing_key_file=None, private_key_file=None,
+                                trusted_signer=[], overwrite=False)
+        for key, value in kw.items():
+            setattr(ns, key, value)
+        return gpg_block.spec_from_args(ns, env)
+
+    good = gpg_block.check(spec({gpg_block.ENV_SIGNING_PASSPHRASE: SIGN_PASSPHRASE,
+                                 gpg_block.ENV_PRIVATE_KEY: k.enc.secret, gpg_block.ENV_PASSPHRASE: PASSPHRASE},
+                                signing_key_file=str(tmp_path / "sign.asc"), trusted_signer=[k.sign.fingerprint]))
+    assert good["signing"] == k.sign.fingerprint and good["private"] == k.enc.fingerprint
+    cases: list[tuple[gpg_block.GpgBlockSpec | None, dict[str, object], str]] = [
+        (None, {"public_keys": []}, "no keys given"),
+        (None, {"signing_key_file": str(tmp_path / "missing.asc")}, "cannot read the signing key file"),
+        (spec({gpg_block.ENV_SIGNING_KEY: k.sign.public}), {}, "holds no private key that can sign"),
+        (spec({gpg_block.ENV_SIGNING_KEY: k.sign.secret, gpg_block.ENV_SIGNING_PASSPHRASE: "nope"}), {},
+         "wrong passphrase"),
+        (spec({gpg_block.ENV_PRIVATE_KEY: k.enc.secret, gpg_block.ENV_PASSPHRASE: "nope"}), {}, "wrong passphrase"),
+        (spec({gpg_block.ENV_PRIVATE_KEY: k.sign.secret, gpg_block.ENV_PASSPHRASE: SIGN_PASSPHRASE}), {},
+         "no private key that can decrypt"),
+        (spec({}, trusted_signer=[k.other.fingerprint]), {}, "is not among the keys given"),
+    ]
+    for prepared, kw, expected in cases:
+        with pytest.raises(BackupError) as e:
+            gpg_block.check(prepared if prepared is not None else spec({}, **kw))
+        assert_actionable(e.value, expected, secrets=SECRETS + ("nope",))
