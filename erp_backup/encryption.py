@@ -415,3 +415,13 @@ def restore_decryptor(settings: Settings | None, repo: LocalRepository, m: Manif
             for h, _ in members:
                 s.check_signature(repo.set_dir(h.id), h.id.value)
         yield s.decryptor
+
+
+def check_remote_signature(settings: Settings, sums: bytes, sig: bytes | None, sid: str) -> str | None:
+    """For ``list``/``verify --remote``: with ``sign = true``, the signer of a remote set's
+    ``SHA256SUMS`` (given as bytes, ``sig`` None when the object is missing) if the signature is good
+    and by a verification key, else CryptoError naming the set; None when signing is not configured."""
+    if not signs(settings):
+        return None
+    with session(settings, signing=True) as s:
+        return s.check_signature_bytes(sums, sig, sid)

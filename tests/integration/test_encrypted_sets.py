@@ -337,6 +337,15 @@ def test_remote_copy_of_a_plaintext_set_is_encrypted_signed_and_restorable(
     assert diff_states(state, tree_state(target)) == []
     assert rows(out_db) == rows(db)
 
+    # what `verify --remote` checks from the objects' bytes, nothing written
+    d = remote / inc.manifest.id.value
+    assert encryption.check_remote_signature(s, (d / SUMS).read_bytes(), (d / SIG).read_bytes(),
+                                             inc.manifest.id.value) == gpg_keys.sign.fingerprint
+    with pytest.raises(CryptoError, match="bad signature"):
+        encryption.check_remote_signature(s, (d / SUMS).read_bytes() + b"x", (d / SIG).read_bytes(), "x")
+    with pytest.raises(CryptoError, match="not signed"):
+        encryption.check_remote_signature(s, (d / SUMS).read_bytes(), None, "x")
+
     # the remote copy's signature guards it like a local one
     (remote / inc.manifest.id.value / SIG).unlink()
     with pytest.raises(CryptoError, match="not signed"):
@@ -498,18 +507,21 @@ def test_kill_during_an_encrypted_backup_leaves_no_plaintext(host: Host, gpg_key
         (backups / i.value / SIG).exists() for i in LocalRepository(backups).list_ids())
 
 
-@pytest.mark.parametrize("local", [True, False])
-def test_postgres_marker_row_never_leaves_in_clear_and_restores(host: Host, gpg_keys: GpgTestKeys, tmp_path: Path,
-                                                                pg_db: Callable[..., object],
-                                                                pg_sql: Callable[..., list[tuple[object, ...]]],
-                                                                local: bool) -> None:
+@pytest.mark.parametrize("engine, local", [("postgresql", True), ("postgresql", False), ("mysql", False)])
+def test_database_marker_row_never_leaves_in_clear_and_restores(
+        host: Host, gpg_keys: GpgTestKeys, tmp_path: Path, request: pytest.FixtureRequest, engine: str,
+        local: bool) -> None:
     from erp_backup.core.dburl import DatabaseUrl
 
-    src = pg_db("encsrc")
+    make_db = request.getfixturevalue("pg_db" if engine == "postgresql" else "my_db")
+    sql = request.getfixturevalue("pg_sql" if engine == "postgresql" else "my_sql")
+    src = make_db("encsrc")
     assert isinstance(src, DatabaseUrl)
-    pg_sql(src, "CREATE TABLE customer (id serial PRIMARY KEY, note text)")
-    pg_sql(src, "INSERT INTO customer(note) SELECT 'row ' || g FROM generate_series(1, 500) g")
-    pg_sql(src, "INSERT INTO customer(note) VALUES (%s)", (MARKER,))
+    key = "id serial PRIMARY KEY" if engine == "postgresql" else "id INT AUTO_INCREMENT PRIMARY KEY"
+    sql(src, f"CREATE TABLE customer ({key}, note text)")
+    for i in range(200):
+        sql(src, "INSERT INTO customer(note) VALUES (%s)", (f"row {i}",))
+    sql(src, "INSERT INTO customer(note) VALUES (%s)", (MARKER,))
     root = make_small_project(tmp_path / "erp")
     write_file(root / "app/secret.txt", MARKER)
     s = enc_settings(tmp_path, gpg_keys, local=local, root=root, db=src.redacted())
@@ -524,12 +536,12 @@ def test_postgres_marker_row_never_leaves_in_clear_and_restores(host: Host, gpg_
 
     host.restore()
     rs = s.model_copy(update={"storage": s.storage.model_copy(update={"local_dir": remote})})
-    target = pg_db("encdst", create=False)
+    target = make_db("encdst", create=engine == "mysql")
     assert isinstance(target, DatabaseUrl)
     restore(LocalRepository(remote), target_dir=tmp_path / "restored", backup_id=res.manifest.id.value,
-            target_db=target, settings=rs)
-    assert pg_sql(target, "SELECT note FROM customer WHERE note = %s", (MARKER,)) == [(MARKER,)]
-    assert pg_sql(target, "SELECT count(*) FROM customer") == [(501,)]
+            target_db=target, settings=rs, force=engine == "mysql")
+    assert sql(target, "SELECT note FROM customer WHERE note = %s", (MARKER,)) == [(MARKER,)]
+    assert sql(target, "SELECT count(*) FROM customer") == [(201,)]
     assert diff_states(tree_state(root), tree_state(tmp_path / "restored")) == []
 
 
