@@ -56,10 +56,6 @@ class _Secrets:
     restore_passphrase: str | None = field(default=None, repr=False)
 
 
-def config_of(settings: Settings) -> EncryptionConfig | None:
-    return settings.encryption
-
-
 def encrypts_local(settings: Settings) -> bool:
     return settings.encryption is not None and settings.encryption.local
 
