@@ -582,3 +582,43 @@ def test_block_command_checks_every_key_before_saving(gpg_keys: GpgTestKeys, tmp
         with pytest.raises(BackupError) as e:
             gpg_block.check(prepared if prepared is not None else spec({}, **kw))
         assert_actionable(e.value, expected, secrets=SECRETS + ("nope",))
+
+
+def test_cli_refuses_before_prefect_starts(host: Host, gpg_keys: GpgTestKeys, tmp_path: Path) -> None:
+    """The restore's key checks run in the CLI's preflight: a wrong passphrase or a missing signature
+    is one line within seconds (no Prefect start-up) and nothing is written; `[remote]` without
+    `[encryption]` is refused by every command."""
+    import time
+
+    from tests.conftest import cli_env, run_cli, write_config
+
+    s, repo, sid = _one_set(host, gpg_keys, tmp_path, local=True)
+    e = s.encryption
+    assert e is not None
+    cfg = write_config(tmp_path / "c.toml", s)
+    with open(cfg, "a") as f:
+        f.write(f'[encryption]\nrecipients = ["{gpg_keys.enc.fingerprint}"]\npublic_keys = "{e.public_keys}"\n'
+                f'local = true\nsign = true\nsigners = ["{gpg_keys.sign.fingerprint}"]\n')
+    target = tmp_path / "target"
+    kill_agent(host.restore_ring)
+    for env, expected in (({"ERP_BACKUP_GPG_PASSPHRASE": "wrong-passphrase"}, "wrong passphrase"),
+                          ({}, "needs a passphrase")):
+        t0 = time.monotonic()
+        r = run_cli("--config", str(cfg), "restore", "--backup", sid.value, "--target-dir", str(target),
+                    env=cli_env(GNUPGHOME=str(host.restore_ring), **env))
+        assert r.returncode != 0 and time.monotonic() - t0 < 10, r.stderr[-2000:]
+        last = r.stderr.strip().splitlines()[-1]
+        assert last.startswith("erp-backup: error: ") and expected in last, last
+        assert "wrong-passphrase" not in r.stderr and not target.exists()
+    (repo.set_dir(sid) / SIG).unlink()
+    r = run_cli("--config", str(cfg), "restore", "--backup", sid.value, "--target-dir", str(target),
+                env=cli_env(GNUPGHOME=str(host.restore_ring), ERP_BACKUP_GPG_PASSPHRASE=PASSPHRASE))
+    assert r.returncode != 0 and "not signed" in r.stderr.strip().splitlines()[-1] and not target.exists()
+
+    with open(cfg, "a") as f:
+        f.write('[remote]\nblock = "erp-offsite"\n')
+    text = cfg.read_text()
+    cfg.write_text(text[:text.index("[encryption]")] + text[text.index("[remote]"):])
+    for args in (("list",), ("backup", "full"), ("verify", "--quick")):
+        r = run_cli("--config", str(cfg), *args)
+        assert r.returncode == 2 and "[remote] without [encryption]" in r.stderr.strip().splitlines()[-1], args
