@@ -86,6 +86,10 @@ def _load_block(name: str) -> Any:
         raise ConfigError(f"encryption.block: no GPG keys block named {name!r}",
                           hint="create it with `erp-backup block gpg --name NAME …` (README: Encryption) or fix "
                           "the name") from e
+    except Exception as e:  # the Prefect API is down or unreachable: one line, not a traceback
+        raise ConfigError(f"encryption.block: cannot load the GPG keys block {name!r} "
+                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no message'})",
+                          hint="check that the Prefect server at PREFECT_API_URL is up, then run again") from e
 
 
 def _read_public_keys(path: Path) -> str:

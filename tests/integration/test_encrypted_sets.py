@@ -622,3 +622,19 @@ def test_cli_refuses_before_prefect_starts(host: Host, gpg_keys: GpgTestKeys, tm
     for args in (("list",), ("backup", "full"), ("verify", "--quick")):
         r = run_cli("--config", str(cfg), *args)
         assert r.returncode == 2 and "[remote] without [encryption]" in r.stderr.strip().splitlines()[-1], args
+
+
+def test_block_with_the_prefect_api_down_is_one_line(tmp_path: Path) -> None:
+    from tests.conftest import cli_env, make_settings, run_cli, write_config
+
+    s = make_settings(tmp_path, root=make_small_project(tmp_path / "erp"))
+    cfg = write_config(tmp_path / "c.toml", s)
+    with open(cfg, "a") as f:
+        f.write(f'[encryption]\nrecipients = ["{"A" * 40}"]\nblock = "erp-gpg"\n')
+    from tests.integration.offsite_fixtures import free_port
+
+    r = run_cli("--config", str(cfg), "backup", "full",
+                env=cli_env(PREFECT_API_URL=f"http://127.0.0.1:{free_port()}/api"))
+    last = r.stderr.strip().splitlines()[-1]
+    assert r.returncode == 2 and "cannot load the GPG keys block 'erp-gpg'" in last and "Prefect server" in last
+    assert not s.storage.local_dir.exists()
