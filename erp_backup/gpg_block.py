@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,9 @@ def _read(path: str, what: str) -> str:
 
 def spec_from_args(args: argparse.Namespace, env: dict[str, str] | None = None) -> GpgBlockSpec:
     env = dict(os.environ) if env is None else env
+    if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", args.name):
+        raise ConfigError(f"--name {args.name!r}: a block name has lowercase letters, digits and dashes only",
+                          hint="e.g. --name erp-gpg")
     publics = "".join(_read(p, "public key") for p in args.public_keys)
     signing = _read(args.signing_key_file, "signing key") if args.signing_key_file else env.get(ENV_SIGNING_KEY)
     private = _read(args.private_key_file, "private key") if args.private_key_file else env.get(ENV_PRIVATE_KEY)
@@ -149,7 +153,12 @@ def save(spec: GpgBlockSpec, *, overwrite: bool) -> str:
         if "already" in str(e).lower():
             raise ConfigError(f"a GPG keys block named {spec.name!r} already exists",
                               hint="pass --overwrite to replace it") from e
-        raise
+        raise ConfigError(f"cannot save the GPG keys block {spec.name!r}: {str(e).splitlines()[0]}",
+                          hint="check the block name (lowercase letters, digits and dashes)") from e
+    except Exception as e:  # the Prefect API is down or unreachable
+        raise ConfigError(f"cannot save the GPG keys block {spec.name!r} ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else 'no message'})",
+                          hint="check that the Prefect server at PREFECT_API_URL is up, then run again") from e
     parts = [f"{len(checked['public'])} public key(s)"]
     if checked["signing"]:
         parts.append(f"signing key {checked['signing']}")

@@ -569,6 +569,7 @@ def test_block_command_checks_every_key_before_saving(gpg_keys: GpgTestKeys, tmp
     assert good["signing"] == k.sign.fingerprint and good["private"] == k.enc.fingerprint
     cases: list[tuple[gpg_block.GpgBlockSpec | None, dict[str, object], str]] = [
         (None, {"public_keys": []}, "no keys given"),
+        (None, {"name": "Bad Name"}, "lowercase letters, digits and dashes"),
         (None, {"signing_key_file": str(tmp_path / "missing.asc")}, "cannot read the signing key file"),
         (spec({gpg_block.ENV_SIGNING_KEY: k.sign.public}), {}, "holds no private key that can sign"),
         (spec({gpg_block.ENV_SIGNING_KEY: k.sign.secret, gpg_block.ENV_SIGNING_PASSPHRASE: "nope"}), {},
