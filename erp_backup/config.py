@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, Valid
 
 from erp_backup.core.dburl import DatabaseUrl, parse_database_url
 from erp_backup.core.errors import ConfigError
+from erp_backup.recovery_config import RestoreConfig, RestoreTestConfig
 
 DEFAULT_CONFIG = Path("/etc/erp-backup/config.toml")
 DEFAULT_EXCLUDES = ["*.pyc", "__pycache__", "venv", ".venv", "node_modules", "staticfiles", "media"]
@@ -49,6 +50,21 @@ class BackupConfig(_Section):
     retry_delay_s: list[float] = Field(default_factory=lambda: [10.0, 60.0])
 
 
+class RemoteConfig(_Section):
+    """Off-site copies (``erp_backup.offsite``): where, and how the upload behaves."""
+
+    # a prefect-aws S3Bucket block or an erp-backup FTP storage block; "s3-bucket/NAME" or
+    # "erp-backup-ftp-storage/NAME" names the type, a bare NAME is looked up as S3 first, then FTP
+    block: str = Field(min_length=1)
+    prefix: str = "django_erp"
+    part_size_mib: int = Field(8, ge=5, le=5120)  # S3 multipart part size (5 MiB is S3's minimum)
+    concurrency: int = Field(4, ge=1, le=64)  # parts in flight per object
+    retries: int = Field(3, ge=0, le=10)  # attempts per set after the first (on top of the client's own)
+    retry_backoff_s: float = Field(2.0, ge=0)  # doubled after each failed attempt
+    catch_up_days: float = Field(30, ge=0)  # local sets finished within this many days are sent if missing
+    catch_up_monthly_days: float = Field(366, ge=0)  # the same for monthly archives
+
+
 class EncryptionConfig(_Section):
     """``[encryption]``: GPG encryption and signing of sets (``erp_backup.encryption``). Holds no
     secret: private keys and passphrases come from the GPG keys block, GNUPGHOME and the environment."""
@@ -68,7 +84,10 @@ class Settings(_Section):
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     backup: BackupConfig = Field(default_factory=BackupConfig)
+    restore: RestoreConfig = Field(default_factory=RestoreConfig)
+    restore_test: RestoreTestConfig = Field(default_factory=RestoreTestConfig)
     encryption: EncryptionConfig | None = None
+    remote: RemoteConfig | None = None
     _source: str = PrivateAttr(default="defaults")
 
     @property
@@ -139,6 +158,8 @@ def settings_from_dict(data: dict[str, object], *, source: str = "dict") -> Sett
                           hint="e.g. /var/backups/django_erp")
     if s.encryption is not None:
         _check_encryption(s.encryption, source, remote=data.get("remote") is not None)
+    if s.remote is not None:
+        _check_remote(s, source)
     s._source = source
     return s
 
@@ -168,6 +189,15 @@ def _check_encryption(e: EncryptionConfig, source: str, *, remote: bool) -> None
     if e.recipients and e.public_keys is None and not e.block:
         raise ConfigError(f"config {source}: [encryption] names recipients but no public_keys file and no block",
                           hint="set encryption.public_keys to the armored keys file, or encryption.block")
+
+
+def _check_remote(s: Settings, source: str) -> None:
+    """``[remote] prefix``: a clean relative path (``[remote]`` without ``[encryption]`` is refused above)."""
+    prefix = s.remote.prefix if s.remote else ""
+    parts = prefix.strip("/").split("/")
+    if prefix.strip("/") and any(p in ("", ".", "..") for p in parts):
+        raise ConfigError(f"config {source}: remote.prefix: {prefix!r} is not a clean relative path",
+                          hint='e.g. prefix = "django_erp"')
 
 
 def read_dotenv(path: Path) -> dict[str, str]:
@@ -258,12 +288,14 @@ retry_delay_s = [10, 60]  # seconds before each retry
 # sign = true                                  # SHA256SUMS.sig on every set; restore refuses unsigned sets
 # signing_key = "<fingerprint>"                # which key signs (default: the only one available)
 # signers = ["<fingerprint>"]                  # whose signatures verify/restore accept (default: signing_key)
-"""
+{recovery}"""
 
 
 def render_config(root: Path, local_dir: Path, url: str | None) -> str:
     import json
 
     url_line = f"url = {json.dumps(url)}" if url else '# url = "sqlite:////srv/django_erp/db.sqlite3"'
+    from erp_backup.recovery_config import CONFIG_TEMPLATE as RECOVERY_TEMPLATE
+
     return CONFIG_TEMPLATE.format(root=root, exclude=json.dumps(DEFAULT_EXCLUDES), url_line=url_line,
-                                  local_dir=local_dir)
+                                  local_dir=local_dir, recovery=RECOVERY_TEMPLATE)
