@@ -20,11 +20,9 @@ from prefect import get_run_logger
 from prefect.artifacts import (
     create_markdown_artifact,
     create_progress_artifact,
-    create_table_artifact,
     update_progress_artifact,
 )
 from prefect.concurrency.sync import concurrency
-from prefect.events import emit_event
 
 from erp_backup import monitoring
 from erp_backup.adapters import metrics
@@ -178,35 +176,3 @@ def publish_restore_test_metrics(settings: Settings, rto_s: float, rpo_s: float 
     quietly("Prometheus metrics",
             lambda: monitoring.publish_metrics(settings, metrics.restore_test_update(rto_s, rpo_s)))
 
-
-RESTORE_TEST_FAILED = "erp-backup.restore-test.failed"  # matched by deployments/automations.yaml
-
-
-def report_restore_test(settings: Settings, set_id: str, rto_s: float, rpo_s: float | None,
-                        rto_target_s: float, rpo_target_s: float, row: dict[str, Any] | None = None) -> bool:
-    """For the restore-test flow, once it has measured a restore: the table artifact, the metrics, the
-    catalog, and the ``erp-backup.restore-test.failed`` event (which the automation turns into an alert)
-    when the restore took longer than the RTO target or restored data older than the RPO target.
-    True when both targets were met."""
-    missed = []
-    if rto_s > rto_target_s:
-        missed.append(f"restore took {rto_s:.0f} s, over the RTO target of {rto_target_s:.0f} s")
-    if rpo_s is not None and rpo_s > rpo_target_s:
-        missed.append(f"the newest restorable data was {rpo_s:.0f} s old, over the RPO target of "
-                      f"{rpo_target_s:.0f} s")
-    table = {**(row or {}), "set": set_id, "RTO s": round(rto_s, 1), "RTO target s": rto_target_s,
-             "RPO s": None if rpo_s is None else round(rpo_s, 1), "RPO target s": rpo_target_s,
-             "result": "passed" if not missed else "MISSED: " + "; ".join(missed)}
-    quietly("restore-test artifact", lambda: create_table_artifact(
-        key="erp-backup-restore-test", table=[table], description=f"Restore test of **{set_id}**"))
-    publish_restore_test_metrics(settings, rto_s, rpo_s)
-    publish_catalog(settings)
-    if missed:
-        get_run_logger().error("restore test of %s missed its target: %s", set_id, "; ".join(missed))
-        emit_event(event=RESTORE_TEST_FAILED,
-                   resource={"prefect.resource.id": f"erp-backup.restore-test.{set_id}",
-                             "prefect.resource.name": set_id},
-                   payload={"reason": "; ".join(missed), "set": set_id, "rto_s": round(rto_s, 1),
-                            "rpo_s": None if rpo_s is None else round(rpo_s, 1), "rto_target_s": rto_target_s,
-                            "rpo_target_s": rpo_target_s})
-    return not missed

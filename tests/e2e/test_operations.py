@@ -42,7 +42,7 @@ AUTOMATIONS = ("erp-backup: run failed or crashed", "erp-backup: scheduled run n
                "erp-backup: size anomaly", "erp-backup: restore test missed RTO/RPO")
 DEPLOYMENTS = ("erp-backup-full/full", "erp-backup-incremental/incremental",
                "erp-backup-differential/differential", "erp-backup-monthly/monthly", "erp-backup-verify/verify",
-               "erp-backup-restore/restore")
+               "erp-backup-restore/restore", "erp-backup-restore-test/restore-test")
 
 
 # ----------------------------------------------------------------------------- receivers
@@ -381,19 +381,23 @@ def test_a_second_backup_waits_for_the_slot_then_gives_up(ops: Ops) -> None:
 
 
 def test_restore_test_that_misses_its_targets_notifies(ops: Ops) -> None:
-    """The restore-test flow's report (flows/ops.py:report_restore_test) emits the event the automation
-    matches; run here from a one-off flow against the server, as the restore-test flow calls it."""
-    cfg = ops.config("rt", ops.tmp / "rt-erp", ops.tmp / "rt.sqlite3")
-    code = ("import sys; from prefect import flow; from erp_backup.config import load_settings; "
-            "from erp_backup.flows.ops import report_restore_test\n"
-            "@flow(name='erp-backup-restore-test-probe')\n"
-            "def probe(): return report_restore_test(load_settings(sys.argv[1]), '20270101T000000Z-full', "
-            "rto_s=5400.0, rpo_s=600.0, rto_target_s=3600.0, rpo_target_s=3600.0)\n"
-            "sys.exit(0 if probe() is False else 3)")
-    r = ops.run(sys.executable, "-c", code, str(cfg))
-    assert r.returncode == 0, r.stderr[-3000:]
-    mails, posts = ops.wait_alert("restore test missed", 60)
-    assert "20270101T000000Z-full" in mails[0] and "RTO target of 3600 s" in posts[0]["message"]
+    """The restore-test deployment, run through the worker with an RPO target no set can meet: the
+    run fails and the restore-test automation sends its own message (the reason, RTO, RPO)."""
+    root = ops.tmp / "rt-erp"
+    db = make_project(root)
+    cfg = ops.config("rt", root, db, restore_test='rpo_target = "1s"',
+                     monitoring=f'textfile = "{ops.tmp / "rt.prom"}"')
+    r = ops.run(CLI, "--config", str(cfg), "backup", "full")
+    assert r.returncode == 0, r.stderr[-2000:]
+    time.sleep(1.5)  # the set is older than the target by the time the test measures it
+    run = ops.wait_run(ops.run_deployment("erp-backup-restore-test", "restore-test", config=str(cfg)))
+    assert run["state_type"] == "FAILED", run["state"]
+    mails, posts = ops.wait_alert("restore test missed its target", 60)
+    set_id = r.stdout.split()[-1]
+    assert set_id in mails[0] and "RPO" in posts[0]["message"] and "of 1.0 s" in posts[0]["message"]
+    got = {f.name: f.samples for f in text_string_to_metric_families((ops.tmp / "rt.prom").read_text())}
+    assert got["erp_backup_restore_test_rto_seconds"][0].value > 0
+    assert got["erp_backup_restore_test_rpo_seconds"][0].value >= 1.0
 
 
 def test_completed_backup_page_in_chromium(ops: Ops) -> None:

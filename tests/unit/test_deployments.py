@@ -91,3 +91,13 @@ def test_sample_alert_rules_use_our_metrics() -> None:
     assert used <= set(HELP), used - set(HELP)  # no rule on a metric we do not write
     assert {"erp_backup_last_success_timestamp_seconds", "erp_backup_verify_ok",
             "erp_backup_restore_test_rto_seconds"} <= used
+
+
+def test_restore_test_is_deployed_monthly() -> None:
+    (d,) = [d for d in load()["deployments"] if d["name"] == "restore-test"]
+    assert d["entrypoint"] == "flows/restore_test.py:restore_test_flow"
+    (s,) = d["schedules"]
+    it = CronSim(s["cron"], datetime(2027, 1, 15, tzinfo=UTC))
+    assert [(r.month, r.day) for r in (next(it), next(it))] == [(2, 1), (3, 1)]
+    assert s["timezone"] == "{{ prefect.variables." + TZ_VARIABLE + " }}"  # set by `erp-backup setup`
+    CronSchedule(cron=s["cron"], timezone=DEFAULT_TZ)
