@@ -15,7 +15,7 @@ from erp_backup.adapters.storage.local import LocalRepository, RepoScan
 from erp_backup.backup import BackupPlan, BackupReport, CommittedSet
 from erp_backup.config import Settings
 from erp_backup.core.errors import BackupError
-from erp_backup.core.models import Manifest
+from erp_backup.core.models import BackupId, Manifest
 from erp_backup.tables import human
 
 CATALOG_KEY = "erp-backup-catalog"
@@ -119,6 +119,25 @@ def catalog_markdown(local_root: str, found: RepoScan, now: datetime,
         text.append(f"## Remote: `{where}`\n\n{len(rrows)} set(s).\n")
         text.append(markdown_table(rrows))
     return "\n".join(text)
+
+
+def remote_catalog(settings: Settings) -> tuple[str, list[dict[str, object]]] | None:
+    """The sets of the ``[remote]`` store as its listing shows them (no object is read: complete sets
+    have their manifest, incomplete ones not yet); None without ``[remote]``."""
+    if getattr(settings, "remote", None) is None:
+        return None
+    from erp_backup import remote_sets
+    from erp_backup.remote_store import open_store
+
+    store = open_store(settings)
+    listing = remote_sets.scan(store)
+    done = set(listing.complete)
+    rows: list[dict[str, object]] = [
+        {"set": sid, "kind": BackupId(sid).kind.value, "objects": len(objs),
+         "size": human(sum(objs.values())),
+         "status": "complete" if BackupId(sid) in done else "incomplete (upload not finished)"}
+        for sid, objs in sorted(listing.objects.items(), reverse=True)]
+    return store.describe(), rows
 
 
 def backup_metrics(m: Manifest, history: Iterable[Manifest], *, verified: bool) -> metrics.Update:

@@ -149,7 +149,12 @@ def publish_catalog(settings: Settings) -> None:
     """The markdown catalog of sets under the fixed key ``erp-backup-catalog``."""
     def run() -> None:
         repo = LocalRepository(settings.storage.local_dir)
-        text = monitoring.catalog_markdown(str(repo.root), repo.scan(), datetime.now(UTC))
+        remote: tuple[str, list[dict[str, object]]] | None
+        try:
+            remote = monitoring.remote_catalog(settings)
+        except Exception as e:  # the local catalog is worth publishing without the remote half
+            remote = ("(not listed)", [{"problem": f"{type(e).__name__}: {e}"}])
+        text = monitoring.catalog_markdown(str(repo.root), repo.scan(), datetime.now(UTC), remote)
         create_markdown_artifact(markdown=text, key=monitoring.CATALOG_KEY,
                                  description="Backup sets: local and remote (updated by every backup, verify, "
                                  "prune and restore test)")
