@@ -11,6 +11,7 @@ from pathlib import Path
 
 from erp_backup import backup as stages
 from erp_backup.adapters import metrics
+from erp_backup.adapters.storage.base import RemoteStore
 from erp_backup.adapters.storage.local import LocalRepository, RepoScan
 from erp_backup.backup import BackupPlan, BackupReport, CommittedSet
 from erp_backup.config import Settings
@@ -121,15 +122,17 @@ def catalog_markdown(local_root: str, found: RepoScan, now: datetime,
     return "\n".join(text)
 
 
-def remote_catalog(settings: Settings) -> tuple[str, list[dict[str, object]]] | None:
-    """The sets of the ``[remote]`` store as its listing shows them (no object is read: complete sets
-    have their manifest, incomplete ones not yet); None without ``[remote]``."""
-    if getattr(settings, "remote", None) is None:
+def remote_catalog(settings: Settings, store: RemoteStore | None = None
+                   ) -> tuple[str, list[dict[str, object]]] | None:
+    """The sets of the ``[remote]`` store (``store``, default the configured one) as its listing shows
+    them (no object is read: complete sets have their manifest, incomplete ones not yet); None
+    without ``[remote]``."""
+    if settings.remote is None:
         return None
     from erp_backup import remote_sets
     from erp_backup.remote_store import open_store
 
-    store = open_store(settings)
+    store = store or open_store(settings)
     listing = remote_sets.scan(store)
     done = set(listing.complete)
     rows: list[dict[str, object]] = [
