@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from erp_backup.adapters import metrics
 from erp_backup.core.errors import ConfigError, StorageError
 from erp_backup.prefect_setup import check_notify_url, check_timezone, parse_duration
+from tests.integration.test_faults import small_disk  # noqa: F401  (a real 2 MiB tmpfs)
 from tests.receivers import Receiver
 
 
@@ -177,3 +179,18 @@ def test_pushgateway_credentials_never_reach_the_error() -> None:
     with pytest.raises(StorageError) as e:
         metrics.publish(None, "http://ops:hunter2@127.0.0.1:1", "erp-backup", metrics.restore_test_update(1.0))
     assert "hunter2" not in str(e.value) and "***@127.0.0.1:1" in str(e.value)
+
+
+def test_full_disk_keeps_the_previous_textfile_whole(small_disk: Path) -> None:  # noqa: F811
+    """A real full filesystem (the 2 MiB tmpfs of tests/integration/test_faults.py): the write fails
+    with one line, the previous file stays as it was, no temporary file is left."""
+    prom = small_disk / "erp_backup.prom"
+    metrics.write_textfile(prom, metrics.backup_update("full", 1.0, 5, 1.0, None))
+    before = prom.read_bytes()
+    with open(small_disk / "filler", "wb", buffering=0) as f, contextlib.suppress(OSError):
+        while True:  # fill the disk to the last block
+            f.write(b"\0" * 4096)
+    with pytest.raises(StorageError, match="cannot write metrics textfile"):
+        metrics.write_textfile(prom, metrics.backup_update("incremental", 2.0, 6, 1.0, 1.0))
+    assert prom.read_bytes() == before
+    assert sorted(p.name for p in small_disk.iterdir()) == ["erp_backup.prom", "filler"]
