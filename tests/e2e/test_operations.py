@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -219,6 +220,12 @@ def test_setup_twice_leaves_exactly_one_of_each_and_updates_in_place(ops: Ops) -
     copy = {k: v for k, v in before["erp-backup: size anomaly"].items()
             if k in ("name", "description", "enabled", "trigger", "actions")}
     ops.api("POST", "/automations/", json=copy)  # a hand-made duplicate (or two setups at once)
+    # a setup killed at a random moment (SIGKILL) leaves nothing that the next one does not put right
+    killed = subprocess.Popen([CLI, "setup", "--timezone", "UTC"], env=ops.env, cwd=REPO,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(random.uniform(0.5, 2.5))
+    killed.kill()
+    killed.wait(timeout=30)
     ops.notify = ops.notify[::-1]  # changed arguments: the same objects, changed
     second = ops.setup("--late-full", "2h")
     assert "created" not in second.stdout, second.stdout  # everything existed already
