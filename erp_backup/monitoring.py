@@ -18,6 +18,7 @@ from erp_backup.config import Settings
 from erp_backup.core.errors import BackupError
 from erp_backup.core.models import BackupId, Manifest
 from erp_backup.tables import human
+from erp_backup.verify import VerifyReport
 
 CATALOG_KEY = "erp-backup-catalog"
 
@@ -175,3 +176,11 @@ def plain_report(plan: BackupPlan, committed: CommittedSet, warnings: tuple[str,
     except (BackupError, OSError) as e:
         return BackupReport(rep.row, rep.size, (*rep.warnings, f"metrics not written: {e}"), rep.timings)
     return rep
+
+
+def publish_verify(settings: Settings, reports: Iterable[VerifyReport]) -> bool:
+    """``erp_backup_verify_ok`` per kind from a verify run's reports (a damaged set counts under the
+    kind its name says)."""
+    kinds = {m.id.value: set_label(m) for m in LocalRepository(settings.storage.local_dir).headers()}
+    return publish_metrics(settings, metrics.verify_update(
+        [(kinds.get(r.set_id) or BackupId(r.set_id).kind.value, r.ok) for r in reports]))

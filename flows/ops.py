@@ -33,6 +33,7 @@ from erp_backup.core.errors import LockError
 from erp_backup.core.models import Manifest
 from erp_backup.pipeline import Stages
 from erp_backup.tables import human
+from erp_backup.verify import VerifyReport
 
 BACKUP_LIMIT = "erp-backup-backups"  # created by `erp-backup setup` (erp_backup.prefect_setup.BACKUP_LIMIT)
 PROGRESS_KEY = "erp-backup-progress"
@@ -171,9 +172,9 @@ def publish_backup_metrics(settings: Settings, m: Manifest, verified: bool) -> N
     quietly("Prometheus metrics", run)
 
 
-def publish_verify_metrics(settings: Settings, results: list[tuple[str, bool]]) -> None:
-    if results:
-        quietly("Prometheus metrics", lambda: monitoring.publish_metrics(settings, metrics.verify_update(results)))
+def publish_verify_metrics(settings: Settings, reports: list[VerifyReport]) -> None:
+    if reports:
+        quietly("Prometheus metrics", lambda: monitoring.publish_verify(settings, reports))
 
 
 def publish_restore_test_metrics(settings: Settings, rto_s: float, rpo_s: float | None) -> None:

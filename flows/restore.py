@@ -21,10 +21,8 @@ from erp_backup import verify as verifier
 from erp_backup.adapters.storage.local import LocalRepository
 from erp_backup.config import Settings
 from erp_backup.core.errors import ConfigError
-from erp_backup.core.models import BackupId
 from erp_backup.flows import ops
 from erp_backup.flows.common import artifact_key, retry_transient, settings_for
-from erp_backup.monitoring import set_label
 
 
 @task(name="restore-preflight", cache_policy=NO_CACHE)
@@ -154,8 +152,7 @@ def run_verify(s: Settings, backup_ids: list[str] | None, level: str) -> list[di
     if rows:
         create_table_artifact(key=artifact_key("erp-backup-verify"), table=rows,
                               description=f"Verification of {len(rows)} set(s) in `{repo.root}`")
-    kinds = {m.id.value: set_label(m) for m in repo.headers()}
-    ops.publish_verify_metrics(s, [(kinds.get(r.set_id, BackupId(r.set_id).kind.value), r.ok) for r in reports])
+    ops.publish_verify_metrics(s, reports)
     ops.publish_catalog(s)
     jobs.raise_if_failed(rows, reports)
     return rows

@@ -194,3 +194,29 @@ def test_full_disk_keeps_the_previous_textfile_whole(small_disk: Path) -> None: 
         metrics.write_textfile(prom, metrics.backup_update("incremental", 2.0, 6, 1.0, 1.0))
     assert prom.read_bytes() == before
     assert sorted(p.name for p in small_disk.iterdir()) == ["erp_backup.prom", "filler"]
+
+
+def test_plain_verify_publishes_verify_ok_per_kind(tmp_path: Path) -> None:
+    """The CLI's Prefect-free verify (erp_backup.jobs.verify_job) writes erp_backup_verify_ok; a set
+    with a flipped byte turns its kind to 0."""
+    from erp_backup.config import MonitoringConfig
+    from erp_backup.core.models import BackupKind
+    from erp_backup.jobs import verify_job
+    from erp_backup.pipeline import run_backup
+    from erp_backup.verify import VerifyFailed
+    from tests.conftest import flip_byte, make_settings, make_small_project
+
+    make_small_project(tmp_path / "erp")
+    prom = tmp_path / "m.prom"
+    s = make_settings(tmp_path).model_copy(update={"monitoring": MonitoringConfig(textfile=prom)})
+    run_backup(s, BackupKind.FULL)
+    incr = run_backup(s, BackupKind.INCREMENTAL)
+    prom.unlink()
+    verify_job(s, None, "quick")
+    assert dict((x[0]["set_kind"], x[1]) for x in parse(prom)["erp_backup_verify_ok"]) == {
+        "full": 1.0, "incremental": 1.0}
+    flip_byte(incr.path / "files.tar.zst", 10)
+    with pytest.raises(VerifyFailed):
+        verify_job(s, None, "quick")
+    assert dict((x[0]["set_kind"], x[1]) for x in parse(prom)["erp_backup_verify_ok"]) == {
+        "full": 1.0, "incremental": 0.0}
