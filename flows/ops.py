@@ -62,7 +62,8 @@ def backup_slot(settings: Settings, job: str) -> Iterator[None]:
     get_run_logger().info("%s backup: taking the %s concurrency slot (waits up to %.0f s while another backup "
                           "runs)", job, BACKUP_LIMIT, settings.backup.lock_wait_s)
     try:
-        ctx = concurrency(BACKUP_LIMIT, occupy=1, timeout_seconds=settings.backup.lock_wait_s, strict=False)
+        ctx = concurrency(BACKUP_LIMIT, occupy=1, timeout_seconds=settings.backup.lock_wait_s, strict=False,
+                          lease_duration=60)  # a backup killed with -9 frees its slot within about a minute
         ctx.__enter__()
     except TimeoutError as e:
         raise LockError(f"another backup held the {BACKUP_LIMIT} slot for more than "
