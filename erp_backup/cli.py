@@ -159,6 +159,8 @@ def cmd_show(args: argparse.Namespace) -> int:
         d = m.database
         print(f"database     {d.engine} {d.database} (server {d.server_version}, {d.dump_format}, "
               f"{len(d.tables)} tables, {sum(d.tables.values())} rows)")
+    if m.recipients:
+        print(f"encrypted to {', '.join(m.recipients)}")
     for a in m.artifacts:
         print(f"artifact     {a.name}  {_human(a.size)}  sha256 {a.sha256[:16]}…  "
               f"{a.compression}{'+' + a.encryption if a.encryption else ''}")
@@ -317,6 +319,23 @@ def cmd_restore(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_setup(args: argparse.Namespace) -> int:
+    from erp_backup.prefect_setup import setup_from_args
+
+    rep = setup_from_args(args.notify, args.timezone, args.late_incremental, args.late_full, args.automations)
+    print_table(list(rep.rows))
+    for w in rep.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    return 0
+
+
+def cmd_block_gpg(args: argparse.Namespace) -> int:
+    from erp_backup import gpg_block
+
+    print(gpg_block.save(gpg_block.spec_from_args(args), overwrite=args.overwrite))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from erp_backup.demo import run_demo
 
@@ -390,6 +409,27 @@ def build_parser() -> argparse.ArgumentParser:
     from erp_backup.remote_cli import add_block_parsers
 
     add_block_parsers(sub)
+
+    sp = sub.add_parser("block", help="create the Prefect blocks of a scripted install (secrets from the environment)")
+    block_sub = sp.add_subparsers(dest="block_kind", required=True)
+    from erp_backup import gpg_block
+
+    gpg_block.add_parser(block_sub)
+    block_sub.choices["gpg"].set_defaults(func=cmd_block_gpg)
+
+    sp = sub.add_parser("setup", help="prepare the Prefect server (PREFECT_API_URL): work pool, concurrency "
+                        "limit, block types, notification block, automations; idempotent")
+    sp.add_argument("--notify", action="append", metavar="URL",
+                    help="Apprise URL of an alert target (repeat for several; replaces the stored ones): "
+                    "mailto://, dingtalk://, wecombot://, feishu://, slack://, twilio://, json://; "
+                    "env:NAME reads them from $NAME (keeps tokens out of the process list); "
+                    "default $ERP_BACKUP_NOTIFY, else the stored ones")
+    sp.add_argument("--timezone", help="timezone of the schedules (default: the stored one, else Asia/Shanghai)")
+    sp.add_argument("--late-incremental", metavar="DURATION",
+                    help="alert when no incremental completed for this long (default 75m)")
+    sp.add_argument("--late-full", metavar="DURATION", help="alert when no full completed for this long (default 26h)")
+    sp.add_argument("--automations", metavar="FILE", help="automations YAML (default deployments/automations.yaml)")
+    sp.set_defaults(func=cmd_setup)
 
     sp = sub.add_parser("demo", help="sample ERP: full, incremental, differential, restore each, check")
     sp.add_argument("--dir", help="work directory (default: a new temporary directory)")

@@ -47,7 +47,7 @@ class BackupConfig(_Section):
     missing_parent: Literal["fail", "full"] = "fail"
     verify: Literal["full", "quick", "none"] = "full"
     lock_wait_s: float = Field(3600, ge=0)
-    task_retries: int = Field(2, ge=0, le=10)  # for stages safe to repeat (scan, dump, archive, verify)
+    task_retries: int = Field(2, ge=0, le=10)  # for stages safe to repeat (preflight, scan, dump, archive, verify)
     retry_delay_s: list[float] = Field(default_factory=lambda: [10.0, 60.0])
 
 
@@ -55,6 +55,19 @@ class VerifyConfig(_Section):
     log: Path = Path("/var/log/erp-backup/verify.log")  # one line per verified set, every verification
     log_max_bytes: int = Field(1 << 20, ge=1024)  # rotate when the log reaches this size
     log_keep: int = Field(5, ge=0, le=100)  # rotated logs kept (verify.log.1 … .N)
+
+
+class MonitoringConfig(_Section):
+    # node_exporter textfile collector file (written atomically after backups, verifies, restore tests)
+    textfile: Path | None = None
+    pushgateway: str | None = None  # e.g. http://pushgateway:9091 (also pushed there when set)
+    push_job: str = "erp-backup"
+    # size anomaly: a set more than size_factor times larger (or smaller) than the median of the
+    # previous size_history sets of its kind, once size_min_history of them exist
+    size_factor: float = Field(3.0, gt=1)
+    size_history: int = Field(10, ge=1)
+    size_min_history: int = Field(3, ge=1)
+    progress_interval_s: float = Field(5.0, gt=0)  # how often a long dump/archive moves the progress artifact
 
 
 class RemoteConfig(_Section):
@@ -92,6 +105,7 @@ class Settings(_Section):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     backup: BackupConfig = Field(default_factory=BackupConfig)
     verify: VerifyConfig = Field(default_factory=VerifyConfig)
+    monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
     restore: RestoreConfig = Field(default_factory=RestoreConfig)
     restore_test: RestoreTestConfig = Field(default_factory=RestoreTestConfig)
     nagios: NagiosConfig = Field(default_factory=NagiosConfig)
@@ -194,6 +208,10 @@ def _check_encryption(e: EncryptionConfig, source: str, *, remote: bool) -> None
     if e.public_keys is not None and not e.public_keys.is_absolute():
         raise ConfigError(f"config {source}: encryption.public_keys: must be an absolute path",
                           hint="e.g. /etc/erp-backup/keys.asc")
+    if e.sign and not (e.signers or e.signing_key or e.block):
+        raise ConfigError(f"config {source}: [encryption] sign = true but no verification key is named",
+                          hint="set encryption.signers (or signing_key) to the signing key's fingerprint, "
+                          "or use a GPG keys block")
     if e.recipients and e.public_keys is None and not e.block:
         raise ConfigError(f"config {source}: [encryption] names recipients but no public_keys file and no block",
                           hint="set encryption.public_keys to the armored keys file, or encryption.block")
@@ -285,13 +303,21 @@ threads = 0               # compression threads; 0 = all cores
 missing_parent = "fail"   # incremental/differential with no full: "fail" or "full" (promote to a full)
 verify = "full"           # after each backup: "full" (decompress + content), "quick" (checksums), "none"
 lock_wait_s = 3600        # how long a backup waits for another one to finish
-task_retries = 2          # retries of the stages safe to repeat (scan, dump, archive, verify)
+task_retries = 2          # retries of the stages safe to repeat (preflight, scan, dump, archive, verify)
 retry_delay_s = [10, 60]  # seconds before each retry
 
 [verify]
 log = "/var/log/erp-backup/verify.log"  # one line per verified set, appended by every verification
 log_max_bytes = 1048576   # rotated (verify.log.1 … .N) when it reaches this size
 log_keep = 5              # rotated logs kept
+
+[monitoring]
+# textfile = "/var/lib/prometheus/node-exporter/erp_backup.prom"  # Prometheus metrics (node_exporter)
+# pushgateway = "http://127.0.0.1:9091"                            # also push them there
+size_factor = 3.0         # size anomaly: more than 3x larger or smaller than the median of ...
+size_history = 10         # ... the previous 10 sets of the same kind, ...
+size_min_history = 3      # ... once at least 3 exist
+progress_interval_s = 5   # how often a long dump/archive moves the run's progress artifact
 
 # [encryption]            # GPG: encrypt and sign sets (README: Encryption). Required by [remote].
 # recipients = ["<40-hex fingerprint>"]        # keys to encrypt to (public keys only on this host)

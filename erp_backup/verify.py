@@ -22,7 +22,7 @@ from erp_backup.adapters.storage.local import MANIFEST, SUMS, LocalRepository
 from erp_backup.core import chain
 from erp_backup.core import manifest as mf
 from erp_backup.core.dburl import DatabaseUrl
-from erp_backup.core.errors import BackupError, IntegrityError
+from erp_backup.core.errors import BackupError, CryptoError, IntegrityError
 from erp_backup.core.models import Artifact, BackupId, EntryType, Manifest
 
 if TYPE_CHECKING:
@@ -245,8 +245,6 @@ def verify_dir(set_dir: Path, m: Manifest, *, level: str = "full", key_files: li
         if without_key == "quick":
             level = NO_KEY_LEVEL
         else:
-            from erp_backup.core.errors import CryptoError
-
             raise CryptoError(f"cannot verify {m.id}: it is encrypted and no GPG key is configured",
                               hint="configure [encryption] (README: Encryption), or `erp-backup verify --quick`")
     rep = _Findings(m.id.value, level)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import sqlite3
 import subprocess
 from collections.abc import Callable
@@ -32,6 +31,7 @@ from erp_backup.verify import NO_KEY_LEVEL, verify_sets
 from tests.conftest import diff_states, make_settings, make_small_project, tree_state, write_file
 from tests.integration.conftest import assert_actionable
 from tests.integration.offsite_fixtures import PASSPHRASE, SIGN_PASSPHRASE, GpgTestKeys, kill_agent
+from tests.integration.test_offsite_crypto import agents_for
 
 pytestmark = pytest.mark.integration
 T0 = datetime(2026, 11, 28, 2, 0, tzinfo=UTC)
@@ -51,6 +51,7 @@ def keyring(tmp_path: Path, name: str, *secret: str) -> Path:
     home.mkdir(mode=0o700)
     for armored in secret:
         _gpg(home, "--import", stdin=armored)
+    kill_agent(home)  # the import started one: the runs must stop the agents *they* start
     return home
 
 
@@ -130,7 +131,8 @@ def assert_no_marker(path: Path) -> None:
 def no_gpg_homes_left() -> list[str]:
     import tempfile
 
-    return [n for n in os.listdir(tempfile.gettempdir()) if n.startswith("erpb-gpg-")]
+    mine = f"erpb-gpg-{os.getpid()}-"  # this process's homes (other runs on the machine have their own)
+    return [n for d in ("/dev/shm", tempfile.gettempdir()) for n in os.listdir(d) if n.startswith(mine)]
 
 
 def rows(db: Path) -> list[tuple[object, ...]]:
@@ -144,7 +146,6 @@ def rows(db: Path) -> list[tuple[object, ...]]:
 def test_encrypted_signed_chain_round_trip(host: Host, gpg_keys: GpgTestKeys, tmp_path: Path) -> None:
     root, db = project_with_marker(tmp_path)
     s = enc_settings(tmp_path, gpg_keys, local=True, root=root, db=db)
-    before_homes = set(no_gpg_homes_left())
     host.backup()
     full = run_backup(s, BackupKind.FULL, now=T0)
     state_full = tree_state(root)
@@ -176,8 +177,10 @@ def test_encrypted_signed_chain_round_trip(host: Host, gpg_keys: GpgTestKeys, tm
     _gpg(check, "--import", stdin=gpg_keys.sign.public)
     _gpg(check, "--verify", str(d / SIG), str(d / SUMS))
     kill_agent(check)
-    # every run removed its private GNUPGHOME (and so stopped its agent)
-    assert set(no_gpg_homes_left()) == before_homes
+    # every run removed its private GNUPGHOME (and so stopped its agent), and stopped the agent it
+    # started in the operator's keyring
+    assert no_gpg_homes_left() == []
+    assert no_agents(host.backup_ring)
 
     # a quick verify needs no key; a full verify without the key says what to do, in one line
     repo = LocalRepository(s.storage.local_dir)
@@ -201,7 +204,8 @@ def test_encrypted_signed_chain_round_trip(host: Host, gpg_keys: GpgTestKeys, tm
         assert diff_states(state, tree_state(target)) == []
         assert rows(out_db) == rows(db)
         assert rep.files > 0
-    assert set(no_gpg_homes_left()) == before_homes
+    assert no_gpg_homes_left() == []
+    assert no_agents(host.restore_ring)
 
 
 def _one_set(host: Host, keys: GpgTestKeys, tmp_path: Path, *, local: bool) -> tuple[Settings, LocalRepository,
@@ -333,6 +337,15 @@ def test_remote_copy_of_a_plaintext_set_is_encrypted_signed_and_restorable(
     assert diff_states(state, tree_state(target)) == []
     assert rows(out_db) == rows(db)
 
+    # what `verify --remote` checks from the objects' bytes, nothing written
+    d = remote / inc.manifest.id.value
+    assert encryption.check_remote_signature(s, (d / SUMS).read_bytes(), (d / SIG).read_bytes(),
+                                             inc.manifest.id.value) == gpg_keys.sign.fingerprint
+    with pytest.raises(CryptoError, match="bad signature"):
+        encryption.check_remote_signature(s, (d / SUMS).read_bytes() + b"x", (d / SIG).read_bytes(), "x")
+    with pytest.raises(CryptoError, match="not signed"):
+        encryption.check_remote_signature(s, (d / SUMS).read_bytes(), None, "x")
+
     # the remote copy's signature guards it like a local one
     (remote / inc.manifest.id.value / SIG).unlink()
     with pytest.raises(CryptoError, match="not signed"):
@@ -361,13 +374,268 @@ def test_remote_copy_refuses_a_damaged_local_set_and_needs_encryption(host: Host
         send(plain, repo, sid)
 
 
-def test_sign_without_a_signing_key_fails_before_commit(host: Host, gpg_keys: GpgTestKeys, tmp_path: Path) -> None:
+def test_key_problems_fail_the_backup_before_anything_is_written(host: Host, gpg_keys: GpgTestKeys,
+                                                                 tmp_path: Path) -> None:
     root, db = project_with_marker(tmp_path)
     s = enc_settings(tmp_path, gpg_keys, local=True, root=root, db=db)
-    host.restore(ring=host.empty_ring)
-    with pytest.raises(CryptoError) as e:
-        run_backup(s, BackupKind.FULL, now=T0)
-    assert_actionable(e.value, "signing key", secrets=SECRETS)
-    assert LocalRepository(s.storage.local_dir).list_ids() == []
-    assert not any(p.name.endswith(".partial") for p in s.storage.local_dir.iterdir())
-    shutil.rmtree(s.storage.local_dir)
+    e_cfg = s.encryption
+    assert e_cfg is not None
+    cases: list[tuple[Settings, str | None, str]] = [
+        (s, None, "signing key"),  # no signing key anywhere
+        (s, "wrong-passphrase", "wrong passphrase"),
+        (s.model_copy(update={"encryption": e_cfg.model_copy(update={"recipients": [gpg_keys.other.fingerprint]})}),
+         SIGN_PASSPHRASE, "no public key for recipient"),
+        (s.model_copy(update={"encryption": e_cfg.model_copy(update={"signers": [gpg_keys.enc.fingerprint]})}),
+         SIGN_PASSPHRASE, "do not verify"),
+        (s.model_copy(update={"encryption": e_cfg.model_copy(update={"public_keys": tmp_path / "nope.asc"})}),
+         SIGN_PASSPHRASE, "does not exist"),
+    ]
+    for settings, passphrase, expected in cases:
+        if passphrase is None:
+            host.restore(ring=host.empty_ring)
+        else:
+            host.backup()
+            kill_agent(host.backup_ring)
+            host.mp.setenv(encryption.ENV_SIGNING_PASSPHRASE, passphrase)
+        with pytest.raises(BackupError) as e:
+            run_backup(settings, BackupKind.FULL, now=T0)
+        assert_actionable(e.value, expected, secrets=SECRETS)
+        assert not s.storage.local_dir.exists(), expected
+
+
+KILL_SCRIPT = """
+import os, sys, time
+from erp_backup.adapters import crypto
+keys = crypto.KeyMaterial(secret_keys=(sys.stdin.read(),))
+with crypto.gpg_home(keys) as home:
+    (home.path / "probe").write_text("x")
+    home.sign_detached(home.path / "probe", passphrase=os.environ["P"])  # starts its agent
+    print(home.path, flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_killed_run_leaves_no_secret_on_disk_and_the_next_run_cleans_up(gpg_keys: GpgTestKeys,
+                                                                          tmp_path: Path) -> None:
+    import signal
+    import sys
+
+    from erp_backup.adapters import crypto
+    from tests.conftest import REPO
+
+    child = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             text=True, cwd=REPO, env={**os.environ, "P": SIGN_PASSPHRASE})
+    assert child.stdin is not None and child.stdout is not None
+    child.stdin.write(gpg_keys.sign.secret)
+    child.stdin.close()
+    home = Path(child.stdout.readline().strip())
+    try:
+        assert home.is_dir() and (home / "private-keys-v1.d").is_dir()
+        # the imported secret key lives in memory (tmpfs), never on a disk
+        fs = subprocess.run(["stat", "-f", "-c", "%T", str(home)], capture_output=True, text=True, check=True)
+        assert fs.stdout.strip() == "tmpfs", fs.stdout
+        assert [p for p in (home / "private-keys-v1.d").iterdir()], "no secret key imported: proves nothing"
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+    assert home.exists()  # the killed run could not clean up
+    with crypto.gpg_home():  # the next run does
+        pass
+    assert not home.exists()
+    assert no_agents(home)
+
+
+def no_agents(home: Path, wait_s: float = 5.0) -> bool:
+    """No gpg-agent of ``home`` is left (an agent told to stop takes a moment to exit)."""
+    import time
+
+    deadline = time.monotonic() + wait_s
+    while agents_for(home) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return agents_for(home) == []
+
+
+BIG_SCRIPT = """
+import sys
+from datetime import datetime, UTC
+from erp_backup.config import Settings
+from erp_backup.core.models import BackupKind
+from erp_backup.pipeline import run_backup
+s = Settings.model_validate_json(sys.stdin.read())
+run_backup(s, BackupKind.FULL)
+"""
+
+
+def test_kill_during_an_encrypted_backup_leaves_no_plaintext(host: Host, gpg_keys: GpgTestKeys,
+                                                             tmp_path: Path) -> None:
+    import signal
+    import sys
+    import time
+
+    from tests.conftest import REPO
+
+    root, db = project_with_marker(tmp_path)
+    line = f"{MARKER} ".encode() + os.urandom(32).hex().encode() + b"\n"
+    for i in range(4):
+        write_file(root / f"big/{i}.log", line * (200_000 + i))
+    s = enc_settings(tmp_path, gpg_keys, local=True, root=root, db=db)
+    host.backup()
+    data = s.model_dump_json()
+    data = data.replace('"url":"**********"', f'"url":"sqlite:///{db}"')
+    backups = s.storage.local_dir
+    caught_writing = 0
+    for extra in (0.0, 0.1, 0.3):
+        child = subprocess.Popen([sys.executable, "-c", BIG_SCRIPT], stdin=subprocess.PIPE, text=True, cwd=REPO,
+                                 env=dict(os.environ))
+        assert child.stdin is not None
+        child.stdin.write(data)
+        child.stdin.close()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and child.poll() is None:  # until gpg output reaches an artifact
+            if any(p.stat().st_size for p in backups.glob("*.partial/*.gpg")):
+                break
+            time.sleep(0.02)
+        time.sleep(extra)
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+        for p, content in all_bytes(backups):
+            assert MARKER.encode() not in content or p.name == MANIFEST, p
+            if p.suffix == ".gpg" and p.parent.name.endswith(".partial") and content:
+                caught_writing += 1
+    assert caught_writing, "no kill landed while an artifact was written: the test proves nothing"
+    assert LocalRepository(backups).list_ids() == [] or all(
+        (backups / i.value / SIG).exists() for i in LocalRepository(backups).list_ids())
+
+
+@pytest.mark.parametrize("engine, local", [("postgresql", True), ("postgresql", False), ("mysql", False)])
+def test_database_marker_row_never_leaves_in_clear_and_restores(
+        host: Host, gpg_keys: GpgTestKeys, tmp_path: Path, request: pytest.FixtureRequest, engine: str,
+        local: bool) -> None:
+    from erp_backup.core.dburl import DatabaseUrl
+
+    make_db = request.getfixturevalue("pg_db" if engine == "postgresql" else "my_db")
+    sql = request.getfixturevalue("pg_sql" if engine == "postgresql" else "my_sql")
+    src = make_db("encsrc")
+    assert isinstance(src, DatabaseUrl)
+    key = "id serial PRIMARY KEY" if engine == "postgresql" else "id INT AUTO_INCREMENT PRIMARY KEY"
+    sql(src, f"CREATE TABLE customer ({key}, note text)")
+    for i in range(200):
+        sql(src, "INSERT INTO customer(note) VALUES (%s)", (f"row {i}",))
+    sql(src, "INSERT INTO customer(note) VALUES (%s)", (MARKER,))
+    root = make_small_project(tmp_path / "erp")
+    write_file(root / "app/secret.txt", MARKER)
+    s = enc_settings(tmp_path, gpg_keys, local=local, root=root, db=src.redacted())
+    host.backup()
+    res = run_backup(s, BackupKind.FULL, now=T0)
+    repo = LocalRepository(s.storage.local_dir)
+    remote = tmp_path / "bucket"
+    download(remote, send(s, repo, res.manifest.id), res.manifest.id)
+    assert_no_marker(remote)
+    if local:
+        assert_no_marker(s.storage.local_dir)
+
+    host.restore()
+    rs = s.model_copy(update={"storage": s.storage.model_copy(update={"local_dir": remote})})
+    target = make_db("encdst", create=engine == "mysql")
+    assert isinstance(target, DatabaseUrl)
+    restore(LocalRepository(remote), target_dir=tmp_path / "restored", backup_id=res.manifest.id.value,
+            target_db=target, settings=rs, force=engine == "mysql")
+    assert sql(target, "SELECT note FROM customer WHERE note = %s", (MARKER,)) == [(MARKER,)]
+    assert sql(target, "SELECT count(*) FROM customer") == [(201,)]
+    assert diff_states(tree_state(root), tree_state(tmp_path / "restored")) == []
+
+
+def test_block_command_checks_every_key_before_saving(gpg_keys: GpgTestKeys, tmp_path: Path) -> None:
+    """`erp-backup block gpg`'s checks with the real gpg (saving it needs a Prefect server: e2e)."""
+    import argparse
+
+    from erp_backup import gpg_block
+
+    k = gpg_keys
+    pub = tmp_path / "pub.asc"
+    pub.write_text(k.enc.public + k.sign.public)
+    (tmp_path / "sign.asc").write_text(k.sign.secret)
+
+    def spec(env: dict[str, str], **kw: object) -> gpg_block.GpgBlockSpec:
+        ns = argparse.Namespace(name="b", public_keys=[str(pub)], signing_key_file=None, private_key_file=None,
+                                trusted_signer=[], overwrite=False)
+        for key, value in kw.items():
+            setattr(ns, key, value)
+        return gpg_block.spec_from_args(ns, env)
+
+    good = gpg_block.check(spec({gpg_block.ENV_SIGNING_PASSPHRASE: SIGN_PASSPHRASE,
+                                 gpg_block.ENV_PRIVATE_KEY: k.enc.secret, gpg_block.ENV_PASSPHRASE: PASSPHRASE},
+                                signing_key_file=str(tmp_path / "sign.asc"), trusted_signer=[k.sign.fingerprint]))
+    assert good["signing"] == k.sign.fingerprint and good["private"] == k.enc.fingerprint
+    cases: list[tuple[gpg_block.GpgBlockSpec | None, dict[str, object], str]] = [
+        (None, {"public_keys": []}, "no keys given"),
+        (None, {"name": "Bad Name"}, "lowercase letters, digits and dashes"),
+        (None, {"signing_key_file": str(tmp_path / "missing.asc")}, "cannot read the signing key file"),
+        (spec({gpg_block.ENV_SIGNING_KEY: k.sign.public}), {}, "holds no private key that can sign"),
+        (spec({gpg_block.ENV_SIGNING_KEY: k.sign.secret, gpg_block.ENV_SIGNING_PASSPHRASE: "nope"}), {},
+         "wrong passphrase"),
+        (spec({gpg_block.ENV_PRIVATE_KEY: k.enc.secret, gpg_block.ENV_PASSPHRASE: "nope"}), {}, "wrong passphrase"),
+        (spec({gpg_block.ENV_PRIVATE_KEY: k.sign.secret, gpg_block.ENV_PASSPHRASE: SIGN_PASSPHRASE}), {},
+         "no private key that can decrypt"),
+        (spec({}, trusted_signer=[k.other.fingerprint]), {}, "is not among the keys given"),
+    ]
+    for prepared, kw, expected in cases:
+        with pytest.raises(BackupError) as e:
+            gpg_block.check(prepared if prepared is not None else spec({}, **kw))
+        assert_actionable(e.value, expected, secrets=SECRETS + ("nope",))
+
+
+def test_cli_refuses_before_prefect_starts(host: Host, gpg_keys: GpgTestKeys, tmp_path: Path) -> None:
+    """The restore's key checks run in the CLI's preflight: a wrong passphrase or a missing signature
+    is one line within seconds (no Prefect start-up) and nothing is written; `[remote]` without
+    `[encryption]` is refused by every command."""
+    import time
+
+    from tests.conftest import cli_env, run_cli, write_config
+
+    s, repo, sid = _one_set(host, gpg_keys, tmp_path, local=True)
+    e = s.encryption
+    assert e is not None
+    cfg = write_config(tmp_path / "c.toml", s)
+    with open(cfg, "a") as f:
+        f.write(f'[encryption]\nrecipients = ["{gpg_keys.enc.fingerprint}"]\npublic_keys = "{e.public_keys}"\n'
+                f'local = true\nsign = true\nsigners = ["{gpg_keys.sign.fingerprint}"]\n')
+    target = tmp_path / "target"
+    kill_agent(host.restore_ring)
+    for env, expected in (({"ERP_BACKUP_GPG_PASSPHRASE": "wrong-passphrase"}, "wrong passphrase"),
+                          ({}, "needs a passphrase")):
+        t0 = time.monotonic()
+        r = run_cli("--config", str(cfg), "restore", "--backup", sid.value, "--target-dir", str(target),
+                    env=cli_env(GNUPGHOME=str(host.restore_ring), **env))
+        assert r.returncode != 0 and time.monotonic() - t0 < 10, r.stderr[-2000:]
+        last = r.stderr.strip().splitlines()[-1]
+        assert last.startswith("erp-backup: error: ") and expected in last, last
+        assert "wrong-passphrase" not in r.stderr and not target.exists()
+    (repo.set_dir(sid) / SIG).unlink()
+    r = run_cli("--config", str(cfg), "restore", "--backup", sid.value, "--target-dir", str(target),
+                env=cli_env(GNUPGHOME=str(host.restore_ring), ERP_BACKUP_GPG_PASSPHRASE=PASSPHRASE))
+    assert r.returncode != 0 and "not signed" in r.stderr.strip().splitlines()[-1] and not target.exists()
+
+    with open(cfg, "a") as f:
+        f.write('[remote]\nblock = "erp-offsite"\n')
+    text = cfg.read_text()
+    cfg.write_text(text[:text.index("[encryption]")] + text[text.index("[remote]"):])
+    for args in (("list",), ("backup", "full"), ("verify", "--quick")):
+        r = run_cli("--config", str(cfg), *args)
+        assert r.returncode == 2 and "[remote] without [encryption]" in r.stderr.strip().splitlines()[-1], args
+
+
+def test_block_with_the_prefect_api_down_is_one_line(tmp_path: Path) -> None:
+    from tests.conftest import cli_env, make_settings, run_cli, write_config
+
+    s = make_settings(tmp_path, root=make_small_project(tmp_path / "erp"))
+    cfg = write_config(tmp_path / "c.toml", s)
+    with open(cfg, "a") as f:
+        f.write(f'[encryption]\nrecipients = ["{"A" * 40}"]\nblock = "erp-gpg"\n')
+    from tests.integration.offsite_fixtures import free_port
+
+    r = run_cli("--config", str(cfg), "backup", "full",
+                env=cli_env(PREFECT_API_URL=f"http://127.0.0.1:{free_port()}/api"))
+    last = r.stderr.strip().splitlines()[-1]
+    assert r.returncode == 2 and "cannot load the GPG keys block 'erp-gpg'" in last and "Prefect server" in last
+    assert not s.storage.local_dir.exists()
