@@ -322,7 +322,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
 def cmd_setup(args: argparse.Namespace) -> int:
     from erp_backup.prefect_setup import setup_from_args
 
-    rep = setup_from_args(args.notify, args.timezone, args.late_incremental, args.late_full, args.automations)
+    rep = setup_from_args(args.notify, args.timezone, args.late_incremental, args.late_full, args.automations,
+                          notify_security=args.notify_security)
     print_table(list(rep.rows))
     for w in rep.warnings:
         print(f"warning: {w}", file=sys.stderr)
@@ -423,7 +424,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="Apprise URL of an alert target (repeat for several; replaces the stored ones): "
                     "mailto://, dingtalk://, wecombot://, feishu://, slack://, twilio://, json://; "
                     "env:NAME reads them from $NAME (keeps tokens out of the process list); "
-                    "default $ERP_BACKUP_NOTIFY, else the stored ones")
+                    "default $ERP_BACKUP_NOTIFY, else the stored ones. These are the administrators: every alert")
+    sp.add_argument("--notify-security", action="append", metavar="URL",
+                    help="Apprise URL of the security team (repeat for several; replaces the stored ones): they get "
+                    "integrity, signature, permission and restore-test failures; env:NAME as for --notify; "
+                    "`none` removes them; default $ERP_BACKUP_NOTIFY_SECURITY, else the stored ones")
     sp.add_argument("--timezone", help="timezone of the schedules (default: the stored one, else Asia/Shanghai)")
     sp.add_argument("--late-incremental", metavar="DURATION",
                     help="alert when no incremental completed for this long (default 75m)")

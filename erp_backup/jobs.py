@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, TypeAlias, TypeVar
 
 from erp_backup import backup as engine
-from erp_backup import monitoring
+from erp_backup import monitoring, verify_log
 from erp_backup import restore as restorer
 from erp_backup import verify as verifier
-from erp_backup import verify_log
 from erp_backup.adapters.storage.local import LocalRepository
+from erp_backup.alerts import exposed_files
 from erp_backup.backup import Preflight
 from erp_backup.config import Settings
 from erp_backup.core.errors import BackupError
@@ -146,10 +147,17 @@ def verify_sets(settings: Settings, ids: list[str], level: str) -> list[verifier
     """Verify the sets; every outcome is appended to the verification log ([verify] log)."""
     repo = LocalRepository(settings.storage.local_dir)
     reports = verifier.verify_sets(repo, ids, level=level, key_files=settings.project.key_files, settings=settings)
+    reports = [_with_exposure(repo, r) for r in reports]
     warn = verify_log.record(settings, reports)
     if warn:
         log.warning("%s", warn)
     return reports
+
+
+def _with_exposure(repo: LocalRepository, rep: verifier.VerifyReport) -> verifier.VerifyReport:
+    """A set whose files group or others can read fails too (erp_backup.alerts: class permission)."""
+    exposed = exposed_files(repo.set_dir(BackupId(rep.set_id))) if BackupId.is_valid(rep.set_id) else []
+    return replace(rep, problems=rep.problems + tuple(exposed)) if exposed else rep
 
 
 def verify_rows(reports: list[verifier.VerifyReport], logger: Log) -> list[dict[str, Any]]:

@@ -6,7 +6,9 @@ Against ``PREFECT_API_URL`` it creates, or updates in place (found by name):
 - the global concurrency limit ``erp-backup-backups`` (1 slot) every backup flow takes a slot of, so
   two backups never run at the same time, whatever started them;
 - our block types (database connection, GPG keys, notifications);
-- one notification block ``erp-backup`` holding the alert targets (Apprise URLs, as secrets);
+- two notification blocks, one per audience (``erp_backup.alerts``): ``erp-backup`` for the
+  administrators (every alert) and ``erp-backup-security`` for the security team (integrity,
+  signature, permission and restore-test failures), each holding Apprise URLs as secrets;
 - the Prefect variable ``erp_backup_timezone`` that ``prefect.yaml``'s schedules read at deploy time
   (and the timezone of the schedules already deployed);
 - the automations of ``deployments/automations.yaml`` (failed/crashed, late, size anomaly, restore test).
@@ -31,6 +33,7 @@ from erp_backup.core.errors import BackupError, ConfigError
 POOL = "erp-backup"
 BACKUP_LIMIT = "erp-backup-backups"
 NOTIFY_BLOCK = "erp-backup"
+SECURITY_BLOCK = "erp-backup-security"
 TZ_VARIABLE = "erp_backup_timezone"
 DEFAULT_TZ = "Asia/Shanghai"
 DEFAULT_LATE_INCREMENTAL_S = 75 * 60
@@ -65,13 +68,13 @@ def check_timezone(tz: str) -> str:
     return tz
 
 
-def check_notify_url(url: str) -> str:
+def check_notify_url(url: str, option: str = "--notify") -> str:
     """An Apprise URL Apprise understands (checked offline; the secret part is never printed)."""
     from apprise import Apprise
 
     scheme = url.split("://", 1)[0] if "://" in url else ""
     if not scheme or Apprise.instantiate(url, suppress_exceptions=True) is None:
-        raise ConfigError(f"--notify URL with scheme {scheme or '(none)'!r} is not a valid Apprise URL",
+        raise ConfigError(f"{option} URL with scheme {scheme or '(none)'!r} is not a valid Apprise URL",
                           hint="e.g. mailtos://user:pass@smtp.example.com?to=ops@example.com, "
                           "dingtalk://token/secret, wecombot://key, feishu://token, slack://T/B/X, "
                           "twilio://SID:token@+from/+to, json://host:port/path")
@@ -80,7 +83,8 @@ def check_notify_url(url: str) -> str:
 
 @dataclass(frozen=True)
 class SetupRequest:
-    notify: tuple[str, ...] | None = None  # None: keep the targets already stored
+    notify: tuple[str, ...] | None = None  # administrators; None: keep the targets already stored
+    notify_security: tuple[str, ...] | None = None  # the security team; None: keep, (): none
     timezone: str | None = None  # None: keep the stored one (default Asia/Shanghai)
     late_incremental_s: int = DEFAULT_LATE_INCREMENTAL_S
     late_full_s: int = DEFAULT_LATE_FULL_S
@@ -158,7 +162,8 @@ def run_setup(req: SetupRequest) -> SetupReport:
         raise ConfigError(f"automations file {req.automations_file} not found",
                           hint="run setup from the repository checkout (deployments/automations.yaml)")
     # the whole file is checked before anything is written on the server
-    validate_automations(render_automations(text, {"NOTIFY_BLOCK_ID": "00000000-0000-0000-0000-000000000000",
+    zero = "00000000-0000-0000-0000-000000000000"
+    validate_automations(render_automations(text, {"NOTIFY_BLOCK_ID": zero, "NOTIFY_SECURITY_BLOCK_ID": zero,
                                                    "LATE_INCREMENTAL_S": req.late_incremental_s,
                                                    "LATE_FULL_S": req.late_full_s}))
     log = _Log()
@@ -180,11 +185,14 @@ def _setup(req: SetupRequest, automations_text: str, log: _Log) -> None:
         _work_pool(client, log)
         _concurrency_limit(client, log)
         _block_types(log)
-        block_id = _notification_block(req, log)
+        block_id, _ = _notification_block(NOTIFY_BLOCK, req.notify, "administrators", log)
+        security_id, security_targets = _notification_block(SECURITY_BLOCK, req.notify_security, "security team", log)
         tz = _timezone(client, req, log)
-        values = {"NOTIFY_BLOCK_ID": str(block_id), "LATE_INCREMENTAL_S": req.late_incremental_s,
-                  "LATE_FULL_S": req.late_full_s}
-        _automations(client, render_automations(automations_text, values), log)
+        values = {"NOTIFY_BLOCK_ID": str(block_id),
+                  # no security targets: the automations keep only the administrators' action
+                  "NOTIFY_SECURITY_BLOCK_ID": str(security_id) if security_targets else None,
+                  "LATE_INCREMENTAL_S": req.late_incremental_s, "LATE_FULL_S": req.late_full_s}
+        _automations(client, drop_unset_actions(render_automations(automations_text, values)), log)
         log.add("timezone", TZ_VARIABLE, tz)
 
 
@@ -234,28 +242,46 @@ def _block_types(log: _Log) -> None:
         log.add("block type", cls.get_block_type_slug(), "registered")
 
 
-def _notification_block(req: SetupRequest, log: _Log) -> Any:
+def _notification_block(name: str, wanted: tuple[str, ...] | None, audience: str, log: _Log) -> tuple[Any, int]:
+    """Save the audience's block (``wanted`` None: keep its stored targets); (its id, how many targets)."""
     from pydantic import SecretStr
 
     from erp_backup.blocks.notify import ErpBackupNotifications
 
     try:
-        old: ErpBackupNotifications | None = ErpBackupNotifications.load(NOTIFY_BLOCK)  # type: ignore[assignment]
+        old: ErpBackupNotifications | None = ErpBackupNotifications.load(name)  # type: ignore[assignment]
     except ValueError:
         old = None
-    if req.notify is None:
+    if wanted is None:
         urls = list(old.urls) if old is not None else []
     else:
-        urls = [SecretStr(u) for u in req.notify]
-    if not urls:
+        urls = [SecretStr(u) for u in wanted]
+    if not urls and name == NOTIFY_BLOCK:
         log.warnings.append("no notification targets: alerts go nowhere until you run "
                             "`erp-backup setup --notify URL` (mailto://, dingtalk://, wecombot://, json://…)")
+    elif not urls:
+        log.warnings.append("no security team targets: integrity, signature, permission and restore-test "
+                            "failures go to the administrators only (`erp-backup setup --notify-security URL`)")
     block = ErpBackupNotifications(urls=urls, notify_type="failure")
-    block_id = block.save(NOTIFY_BLOCK, overwrite=True)
-    action = "created" if old is None else "unchanged" if req.notify is None else "updated"
-    log.add("notification block", f"{ErpBackupNotifications.get_block_type_slug()}/{NOTIFY_BLOCK}",
-            f"{action} ({len(urls)} target(s))")
-    return block_id
+    block_id = block.save(name, overwrite=True)
+    action = "created" if old is None else "unchanged" if wanted is None else "updated"
+    log.add("notification block", f"{ErpBackupNotifications.get_block_type_slug()}/{name}",
+            f"{action} ({audience}: {len(urls)} target(s))")
+    return block_id, len(urls)
+
+
+def drop_unset_actions(specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The automations without the notification actions whose block is not set (an audience with no
+    targets): every automation keeps at least one action."""
+    out = []
+    for spec in specs:
+        actions = [a for a in spec.get("actions") or []
+                   if not (isinstance(a, dict) and "block_document_id" in a and a["block_document_id"] is None)]
+        if not actions:
+            raise ConfigError(f"automation {spec.get('name')!r} has no action left",
+                              hint="every automation must notify the administrators (${NOTIFY_BLOCK_ID})")
+        out.append({**spec, "actions": actions})
+    return out
 
 
 def _timezone(client: Any, req: SetupRequest, log: _Log) -> str:
@@ -325,35 +351,45 @@ def _automations(client: Any, specs: list[dict[str, Any]], log: _Log) -> None:
 
 
 NOTIFY_ENV = "ERP_BACKUP_NOTIFY"
+NOTIFY_SECURITY_ENV = "ERP_BACKUP_NOTIFY_SECURITY"
 
 
-def notify_urls(args: list[str] | None) -> tuple[str, ...] | None:
+def notify_urls(args: list[str] | None, option: str = "--notify", env_name: str = NOTIFY_ENV
+                ) -> tuple[str, ...] | None:
     """The targets: ``--notify`` values, where ``env:NAME`` reads the URLs (whitespace-separated) from
     the environment variable NAME, so tokens and passwords stay out of argv (``ps`` shows argv to
-    every user); without ``--notify``, $ERP_BACKUP_NOTIFY if set; else None (keep the stored ones)."""
+    every user); without ``--notify``, $ERP_BACKUP_NOTIFY if set; else None (keep the stored ones).
+    ``none`` alone: no targets (the stored ones are removed)."""
     if not args:
-        env = os.environ.get(NOTIFY_ENV, "").split()
-        return tuple(check_notify_url(u) for u in env) if env else None
+        env = os.environ.get(env_name, "").split()
+        return tuple(check_notify_url(u, option) for u in env) if env else None
+    if args == ["none"]:
+        return ()
     urls: list[str] = []
     for a in args:
+        if a == "none":
+            raise ConfigError(f"{option} none cannot be combined with targets",
+                              hint=f"give either URLs or {option} none")
         if a.startswith("env:"):
             name = a[4:]
             value = os.environ.get(name, "").split()
             if not value:
-                raise ConfigError(f"--notify {a}: environment variable {name} is not set or empty",
+                raise ConfigError(f"{option} {a}: environment variable {name} is not set or empty",
                                   hint="export it with the Apprise URL(s), separated by spaces")
             urls += value
         else:
             urls.append(a)
-    return tuple(check_notify_url(u) for u in urls)
+    return tuple(check_notify_url(u, option) for u in urls)
 
 
 def setup_from_args(notify: list[str] | None, timezone: str | None, late_incremental: str | None,
                     late_full: str | None, automations_file: str | None,
-                    run: Callable[[SetupRequest], SetupReport] = run_setup) -> SetupReport:
+                    run: Callable[[SetupRequest], SetupReport] = run_setup,
+                    notify_security: list[str] | None = None) -> SetupReport:
     """Check every argument before talking to the server, then run setup."""
     req = SetupRequest(
         notify=notify_urls(notify),
+        notify_security=notify_urls(notify_security, "--notify-security", NOTIFY_SECURITY_ENV),
         timezone=check_timezone(timezone) if timezone else None,
         late_incremental_s=parse_duration(late_incremental, what="--late-incremental")
         if late_incremental else DEFAULT_LATE_INCREMENTAL_S,

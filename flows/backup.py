@@ -19,6 +19,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
+from erp_backup import alerts
 from erp_backup import backup as engine
 from erp_backup.backup import (
     BackupPlan,
@@ -112,7 +113,11 @@ def seal_task(plan: BackupPlan, scanned: ScanResult, files: FilesResult, dumped:
 
 @task(name="verify-set", cache_policy=NO_CACHE, retry_condition_fn=retry_transient)
 def verify_task(plan: BackupPlan, sealed: SealedSet) -> VerifyReport:
-    rep = engine.verify_sealed(plan, sealed)
+    try:
+        rep = engine.verify_sealed(plan, sealed)
+    except Exception as e:  # the new set failed its own check: the security team hears of it too
+        alerts.emit_for_error(plan.id.value, e, "backup")
+        raise
     get_run_logger().info("verification (%s) passed: %d bytes checksummed, %d files content-checked",
                           rep.level, rep.bytes_checked, rep.files_checked)
     return rep

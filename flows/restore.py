@@ -15,7 +15,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from erp_backup import inplace, jobs
+from erp_backup import alerts, inplace, jobs
 from erp_backup import restore as restorer
 from erp_backup import verify as verifier
 from erp_backup.adapters.storage.local import LocalRepository
@@ -27,8 +27,12 @@ from erp_backup.flows.common import artifact_key, retry_transient, settings_for
 
 @task(name="restore-preflight", cache_policy=NO_CACHE)
 def restore_preflight_task(settings: Settings, request: restorer.RestoreRequest) -> restorer.RestorePlan:
-    return restorer.preflight(LocalRepository(settings.storage.local_dir), request, live=settings.live_database(),
-                              settings=settings, max_age_s=settings.restore.max_age)
+    try:
+        return restorer.preflight(LocalRepository(settings.storage.local_dir), request,
+                                  live=settings.live_database(), settings=settings, max_age_s=settings.restore.max_age)
+    except Exception as e:  # a refused set (signature, checksum, permission): the security team hears of it
+        alerts.emit_for_error(request.backup_id, e, "restore")
+        raise
 
 
 @task(name="restore-set", cache_policy=NO_CACHE)
@@ -52,7 +56,11 @@ def run_restore(s: Settings, plan: restorer.RestorePlan) -> dict[str, Any]:
 
 @task(name="in-place-plan", cache_policy=NO_CACHE)
 def in_place_plan_task(settings: Settings, request: inplace.InPlaceRequest) -> inplace.InPlacePlan:
-    return inplace.plan(settings, request)
+    try:
+        return inplace.plan(settings, request)
+    except Exception as e:
+        alerts.emit_for_error(request.backup_id, e, "restore")
+        raise
 
 
 @task(name="in-place-restore", cache_policy=NO_CACHE)
@@ -149,6 +157,7 @@ def run_verify(s: Settings, backup_ids: list[str] | None, level: str) -> list[di
     repo = LocalRepository(s.storage.local_dir)
     reports = verify_sets_task(s, jobs.verify_targets(repo, backup_ids, log), level)
     rows = jobs.verify_rows(reports, log)
+    alerts.emit_for_reports(reports, "verify")
     if rows:
         create_table_artifact(key=artifact_key("erp-backup-verify"), table=rows,
                               description=f"Verification of {len(rows)} set(s) in `{repo.root}`")

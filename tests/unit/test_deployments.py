@@ -65,11 +65,14 @@ def test_automations_file_renders_into_valid_automations() -> None:
     from prefect.events.schemas.automations import AutomationCore
 
     autos = render_automations(AUTOMATIONS_FILE.read_text(), {
-        "NOTIFY_BLOCK_ID": "00000000-0000-0000-0000-000000000001", "LATE_INCREMENTAL_S": 4500, "LATE_FULL_S": 93600})
+        "NOTIFY_BLOCK_ID": "00000000-0000-0000-0000-000000000001",
+        "NOTIFY_SECURITY_BLOCK_ID": "00000000-0000-0000-0000-000000000002", "LATE_INCREMENTAL_S": 4500,
+        "LATE_FULL_S": 93600})
     cores = {a["name"]: AutomationCore.model_validate(a) for a in autos}
     assert set(cores) == {"erp-backup: run failed or crashed", "erp-backup: scheduled run not started",
                           "erp-backup: incremental late", "erp-backup: full late",
-                          "erp-backup: size anomaly", "erp-backup: restore test missed RTO/RPO"}
+                          "erp-backup: size anomaly", "erp-backup: restore test missed RTO/RPO",
+                          "erp-backup: integrity check failed"}
     late = cores["erp-backup: incremental late"].trigger.model_dump()
     assert late["within"].total_seconds() == 4500 and late["posture"] == "Proactive"
     assert late["after"] == {"prefect.flow-run.Completed"}  # once per gap (field notes)
