@@ -34,8 +34,10 @@ class Receiver:
         self.url = f"http://127.0.0.1:{self.port}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
-    def json_bodies(self) -> list[dict[str, Any]]:
-        return [json.loads(b) for m, _, b in self.requests if m == "POST" and b.startswith(b"{")]
+    def json_bodies(self, path: str | None = None) -> list[dict[str, Any]]:
+        """The JSON bodies POSTed (to ``path`` only, when given)."""
+        return [json.loads(b) for m, p, b in self.requests
+                if m == "POST" and b.startswith(b"{") and (path is None or p == path)]
 
     def close(self) -> None:
         self.server.shutdown()

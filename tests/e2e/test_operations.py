@@ -1,6 +1,7 @@
 """Operations on a real Prefect server: `erp-backup setup`, `prefect deploy --all`, a real worker,
 automations that e-mail (aiosmtpd) and POST (an HTTP receiver) on failure, lateness and size
-anomalies, Prometheus metrics, and the UI in headless Chromium.
+anomalies, the security team's audience (its own webhook path) for integrity failures, Prometheus
+metrics, and the UI in headless Chromium.
 
 One server for the session (tests/e2e/conftest.py); this module adds one setup, one deploy and one
 worker. The tests run in file order and share them.
@@ -28,6 +29,7 @@ from aiosmtpd.controller import Controller
 from prometheus_client.parser import text_string_to_metric_families
 
 from erp_backup.demo import make_project
+from tests.integration.offsite_fixtures import SIGN_PASSPHRASE, GpgTestKeys, gpg_keys  # noqa: F401
 from tests.receivers import Receiver
 
 from .browser import Browser
@@ -40,7 +42,8 @@ TZ = "America/New_York"  # not the default: the schedules must follow the config
 LATE_S = 15  # the shortened late window of the incremental automation
 AUTOMATIONS = ("erp-backup: run failed or crashed", "erp-backup: scheduled run not started",
                "erp-backup: incremental late", "erp-backup: full late",
-               "erp-backup: size anomaly", "erp-backup: restore test missed RTO/RPO")
+               "erp-backup: size anomaly", "erp-backup: restore test missed RTO/RPO",
+               "erp-backup: integrity check failed")
 DEPLOYMENTS = ("erp-backup-full/full", "erp-backup-incremental/incremental",
                "erp-backup-differential/differential", "erp-backup-monthly/monthly", "erp-backup-verify/verify",
                "erp-backup-restore/restore", "erp-backup-restore-test/restore-test")
@@ -91,14 +94,18 @@ class Ops:
         self.env = {**server.env, "ERP_BACKUP_HOME": str(REPO)}
         self.notify = [f"mailto://127.0.0.1:{smtp_port}?from=erp-backup@localhost&to=ops@localhost",
                        f"json://127.0.0.1:{hook.port}/hook"]
+        # the security team's audience: its own path on the same receiver
+        self.notify_security = [f"json://127.0.0.1:{hook.port}/security"]
         self.setup_runs: list[subprocess.CompletedProcess[str]] = []
 
-    def run(self, *args: str, timeout: float = 180, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
-        env = {**self.env, "COLUMNS": "250"}  # rich tables (prefect deployment ls) cut names to the terminal
+    def run(self, *args: str, timeout: float = 180, cwd: Path = REPO, env: dict[str, str] | None = None
+            ) -> subprocess.CompletedProcess[str]:
+        env = {**self.env, "COLUMNS": "250", **(env or {})}  # rich tables cut names to the terminal
         return subprocess.run(list(args), env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
     def setup(self, *extra: str) -> subprocess.CompletedProcess[str]:
         args = [a for u in self.notify for a in ("--notify", u)]
+        args += [a for u in self.notify_security for a in ("--notify-security", u)]
         r = self.run(CLI, "setup", *args, "--timezone", TZ, "--late-incremental", f"{LATE_S}s", *extra)
         assert r.returncode == 0, r.stderr[-3000:]
         self.setup_runs.append(r)
@@ -136,8 +143,12 @@ class Ops:
 
     def messages_about(self, needle: str) -> tuple[list[str], list[dict[str, Any]]]:
         mails = [t for t in self.mailbox.texts() if needle in t]
-        posts = [b for b in self.hook.json_bodies() if needle in f"{b.get('title')}\n{b.get('message')}"]
+        posts = [b for b in self.hook.json_bodies("/hook") if needle in f"{b.get('title')}\n{b.get('message')}"]
         return mails, posts
+
+    def security_posts(self, needle: str) -> list[dict[str, Any]]:
+        """What the security team's webhook received about ``needle``."""
+        return [b for b in self.hook.json_bodies("/security") if needle in f"{b.get('title')}\n{b.get('message')}"]
 
     def wait_alert(self, needle: str, timeout: float) -> tuple[list[str], list[dict[str, Any]]]:
         """Both the e-mail and the webhook POST that mention ``needle``."""
@@ -244,7 +255,7 @@ def test_setup_twice_leaves_exactly_one_of_each_and_updates_in_place(ops: Ops) -
     assert [lim["limit"] for lim in limits if lim["name"] == "erp-backup-backups"] == [1]
     docs = ops.api("POST", "/block_documents/filter", json={
         "block_types": {"slug": {"any_": ["erp-backup-notifications"]}}, "include_secrets": False})
-    assert [d["name"] for d in docs] == ["erp-backup"]
+    assert sorted(d["name"] for d in docs) == ["erp-backup", "erp-backup-security"]  # one per audience
     assert "127.0.0.1" not in json.dumps(docs)  # the targets are secrets: never shown
     slugs = {b["slug"] for b in ops.api("POST", "/block_types/filter", json={})}
     assert {"erp-backup-notifications", "erp-backup-database-connection", "erp-backup-gpg-keys"} <= slugs
@@ -313,6 +324,7 @@ def test_late_incremental_alerts_once_per_gap(ops: Ops) -> None:
     time.sleep(2 * LATE_S + 5)  # two more windows of the same gap
     mails, posts = ops.messages_about("incremental backup late")
     assert (len(mails), len(posts)) == (1, 1), "the late alert repeated for the same gap"
+    assert ops.security_posts("late") == [], "a late backup is the administrators' alert only"
 
 
 def test_size_anomaly_notifies_and_metrics_are_published(ops: Ops) -> None:
@@ -405,6 +417,43 @@ def test_restore_test_that_misses_its_targets_notifies(ops: Ops) -> None:
     got = {f.name: f.samples for f in text_string_to_metric_families((ops.tmp / "rt.prom").read_text())}
     assert got["erp_backup_restore_test_rto_seconds"][0].value > 0
     assert got["erp_backup_restore_test_rpo_seconds"][0].value >= 1.0
+    wait_for("the security team's restore-test alert",
+             lambda: ops.security_posts(f"restore test failed ({set_id})"), 30)
+
+
+def test_signature_failure_reaches_the_security_team_and_the_administrators(
+        ops: Ops, gpg_keys: GpgTestKeys, tmp_path: Path) -> None:  # noqa: F811
+    """A signed set whose SHA256SUMS was changed: `verify` (a flow on the server) fails it and emits
+    erp-backup.integrity.failed (class signature); the automation tells both audiences."""
+    k = gpg_keys
+    (tmp_path / "pub.asc").write_text(k.enc.public + k.sign.public)
+    (tmp_path / "sign.asc").write_text(k.sign.secret)
+    empty = tmp_path / "no-keyring"
+    empty.mkdir(mode=0o700)
+    gpg = {"GNUPGHOME": str(empty)}
+    r = ops.run(CLI, "block", "gpg", "--name", "erp-gpg-alerts", "--public-keys", str(tmp_path / "pub.asc"),
+                "--signing-key-file", str(tmp_path / "sign.asc"), "--trusted-signer", k.sign.fingerprint,
+                "--overwrite", env={**gpg, "ERP_BACKUP_GPG_SIGNING_PASSPHRASE": SIGN_PASSPHRASE})
+    assert r.returncode == 0, r.stderr[-2000:]
+    root = ops.tmp / "signed-erp"
+    cfg = ops.config("signed", root, make_project(root), encryption=f'recipients = ["{k.enc.fingerprint}"]\n'
+                     'block = "erp-gpg-alerts"\nsign = true')
+    r = ops.run(CLI, "--config", str(cfg), "backup", "full", env=gpg)
+    assert r.returncode == 0, r.stderr[-3000:]
+    sid = r.stdout.split()[-1]
+    sums = ops.tmp / "signed" / "bk" / sid / "SHA256SUMS"
+    assert (sums.parent / "SHA256SUMS.sig").is_file()
+    sums.write_text(sums.read_text() + "0" * 64 + "  added-later.bin\n")  # the signature no longer matches
+    t0 = time.monotonic()
+    r = ops.run(CLI, "--config", str(cfg), "verify", "--quick", sid, env=gpg)
+    assert r.returncode != 0 and "signature" in r.stderr.strip().splitlines()[-1], r.stderr[-2000:]
+    needle = f"signature failure in set {sid}"
+    mails, posts = ops.wait_alert(needle, 60)
+    security = wait_for("the security team's webhook", lambda: ops.security_posts(needle), 30)
+    assert time.monotonic() - t0 < 90
+    assert "bad signature" in security[0]["message"] and "tampered" in security[0]["message"]
+    assert "do not restore from this set" in posts[0]["message"] and "verify" in mails[0]
+    assert len(security) == 1 and len(posts) == 1  # one event, one message per target
 
 
 def test_completed_backup_page_in_chromium(ops: Ops) -> None:
