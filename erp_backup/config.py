@@ -13,6 +13,7 @@ from erp_backup.core.dburl import DatabaseUrl, parse_database_url
 from erp_backup.core.errors import ConfigError
 from erp_backup.nagios_config import NagiosConfig
 from erp_backup.recovery_config import RestoreConfig, RestoreTestConfig
+from erp_backup.tiers import TiersConfig
 
 DEFAULT_CONFIG = Path("/etc/erp-backup/config.toml")
 DEFAULT_EXCLUDES = ["*.pyc", "__pycache__", "venv", ".venv", "node_modules", "staticfiles", "media"]
@@ -109,6 +110,7 @@ class Settings(_Section):
     restore: RestoreConfig = Field(default_factory=RestoreConfig)
     restore_test: RestoreTestConfig = Field(default_factory=RestoreTestConfig)
     nagios: NagiosConfig = Field(default_factory=NagiosConfig)
+    tiers: TiersConfig = Field(default_factory=TiersConfig)
     encryption: EncryptionConfig | None = None
     remote: RemoteConfig | None = None
     _source: str = PrivateAttr(default="defaults")
@@ -336,6 +338,7 @@ def render_config(root: Path, local_dir: Path, url: str | None) -> str:
     url_line = f"url = {json.dumps(url)}" if url else '# url = "sqlite:////srv/django_erp/db.sqlite3"'
     from erp_backup.nagios_config import CONFIG_TEMPLATE as NAGIOS_TEMPLATE
     from erp_backup.recovery_config import CONFIG_TEMPLATE as RECOVERY_TEMPLATE
+    from erp_backup.tiers import CONFIG_TEMPLATE as TIERS_TEMPLATE
 
     return CONFIG_TEMPLATE.format(root=root, exclude=json.dumps(DEFAULT_EXCLUDES), url_line=url_line,
-                                  local_dir=local_dir, recovery=RECOVERY_TEMPLATE + NAGIOS_TEMPLATE)
+                                  local_dir=local_dir, recovery=RECOVERY_TEMPLATE + NAGIOS_TEMPLATE + TIERS_TEMPLATE)

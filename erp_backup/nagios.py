@@ -28,8 +28,9 @@ class Thresholds:
     """(warning, critical) in seconds."""
 
     age: dict[str, tuple[float, float]]  # per job: full, incremental, differential, monthly
-    rpo: tuple[float, float]
+    rpo: tuple[float, float]  # the critical tier's (the database): the newest restorable set with a dump
     restore_test_age: tuple[float, float]
+    non_critical_rpo: tuple[float, float] = (24 * 3600.0, 48 * 3600.0)  # the non-critical tier ([tiers])
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,13 @@ def evaluate(doc: dict[str, Any], t: Thresholds) -> Verdict:
         lvl = _level(float(rpo), t.rpo)
         if lvl:
             findings.append((lvl, f"RPO {human(rpo)} (limit {human(t.rpo[lvl - 1])})"))
+    non = (doc.get("tiers") or {}).get("non_critical")
+    if non is not None:
+        sec = non.get("seconds")
+        perf.insert(1, _perf("rpo_non_critical_s", sec, t.non_critical_rpo))
+        lvl = _level(float(sec), t.non_critical_rpo) if sec is not None else OK
+        if lvl:
+            findings.append((lvl, f"non-critical tier RPO {human(sec)} (limit {human(t.non_critical_rpo[lvl - 1])})"))
     test = doc.get("restore_test")
     if test is None:
         perf.append(_perf("restore_test_age_s", None))

@@ -16,7 +16,8 @@ class NagiosConfig(BaseModel):
     incremental_age: tuple[Duration, Duration] = (75 * 60.0, 3 * 3600.0)
     differential_age: tuple[Duration, Duration] = (8 * 86400.0, 15 * 86400.0)
     monthly_age: tuple[Duration, Duration] = (32 * 86400.0, 62 * 86400.0)
-    rpo: tuple[Duration, Duration] = (3600.0, 2 * 3600.0)  # age of the newest restorable set
+    rpo: tuple[Duration, Duration] = (3600.0, 2 * 3600.0)  # age of the newest restorable set (critical tier)
+    non_critical_rpo: tuple[Duration, Duration] = (24 * 3600.0, 48 * 3600.0)  # the same for the non-critical tier
     restore_test_age: tuple[Duration, Duration] = (35 * 86400.0, 62 * 86400.0)
 
     @field_validator("*")
@@ -29,7 +30,8 @@ class NagiosConfig(BaseModel):
     def thresholds(self) -> Thresholds:
         return Thresholds(age={"full": self.full_age, "incremental": self.incremental_age,
                                "differential": self.differential_age, "monthly": self.monthly_age},
-                          rpo=self.rpo, restore_test_age=self.restore_test_age)
+                          rpo=self.rpo, restore_test_age=self.restore_test_age,
+                          non_critical_rpo=self.non_critical_rpo)
 
 
 CONFIG_TEMPLATE = """
@@ -39,6 +41,7 @@ full_age = ["26h", "50h"]          # newest full (daily)
 incremental_age = ["75m", "3h"]    # newest incremental (hourly)
 differential_age = ["8d", "15d"]   # newest differential (weekly)
 monthly_age = ["32d", "62d"]       # newest monthly archive
-rpo = ["1h", "2h"]                 # age of the newest restorable set
+rpo = ["1h", "2h"]                 # age of the newest restorable set (critical tier: the database)
+non_critical_rpo = ["24h", "48h"]  # the same, judged for the non-critical tier ([tiers])
 restore_test_age = ["35d", "62d"]  # last restore test (monthly)
 """

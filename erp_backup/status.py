@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from erp_backup import tiers
 from erp_backup.adapters.storage.local import LocalRepository
 from erp_backup.config import Settings
 from erp_backup.core import chain
@@ -109,9 +110,14 @@ def collect(settings: Settings, now: datetime | None = None) -> dict[str, Any]:
                             "size_bytes": m.size_bytes, "verification": ver}
         if ver["outcome"] == "failed":
             problem("critical", "verification", f"the newest {job.value} set {m.id} failed: {ver['reason']}")
-    newest = max(restorable, key=lambda x: x.finished_at, default=None)
+    newest_any = max(restorable, key=lambda x: x.finished_at, default=None)
+    crit, non = tiers.of(settings)
+    # the critical tier's data is the database (when the sets hold one) and its paths
+    with_db = [m for m in restorable if m.database is not None]
+    newest = max(with_db, key=lambda x: x.finished_at, default=None) \
+        if any(m.database is not None for m in found.committed) else newest_any
     rpo_s = None if newest is None else round((now - newest.finished_at).total_seconds(), 1)
-    target = settings.restore_test.rpo_target
+    target = crit.rpo_s
     rpo = {"seconds": rpo_s, "target_seconds": target, "set": newest.id.value if newest else None,
            "ok": rpo_s is not None and rpo_s <= target}
     if newest is None:
@@ -119,6 +125,12 @@ def collect(settings: Settings, now: datetime | None = None) -> dict[str, Any]:
     elif not rpo["ok"]:
         problem("critical", "rpo", f"the newest restorable set {newest.id} is {human(rpo_s or 0)} old, more than "
                 f"the RPO target {human(target)}")
+    any_s = None if newest_any is None else round((now - newest_any.finished_at).total_seconds(), 1)
+    tier_docs = {crit.name: tiers.rpo_doc(crit, rpo_s, newest.id.value if newest else None),
+                 non.name: tiers.rpo_doc(non, any_s, newest_any.id.value if newest_any else None)}
+    if newest_any is not None and not tier_docs[non.name]["ok"]:
+        problem("critical", "rpo_non_critical", f"the non-critical tier's newest restorable set {newest_any.id} is "
+                f"{human(any_s or 0)} old, more than its RPO target {human(non.rpo_s)}")
     for d in found.damaged:
         problem("warning", "damaged", f"set {d.id} is damaged: {d.reason}")
     from erp_backup import safety
@@ -160,7 +172,7 @@ def collect(settings: Settings, now: datetime | None = None) -> dict[str, Any]:
     except OSError:
         local["free_bytes"] = local["filesystem_bytes"] = None
     return {"ok": not any(p["severity"] == "critical" for p in problems), "checked_at": _iso(now),
-            "repository": str(repo.root), "kinds": kinds, "rpo": rpo, "restore_test": test_doc,
+            "repository": str(repo.root), "kinds": kinds, "rpo": rpo, "tiers": tier_docs, "restore_test": test_doc,
             "usage": {"local": local, "remote": remote_usage(settings)}, "problems": problems}
 
 
@@ -177,6 +189,10 @@ def print_human(doc: dict[str, Any]) -> None:
     r = doc["rpo"]
     print(f"\nRPO           {human(r['seconds']) if r['seconds'] is not None else '-'} "
           f"(target {human(r['target_seconds'])}; newest restorable set {r['set'] or '-'})")
+    for name, tier in (doc.get("tiers") or {}).items():
+        sec = tier["seconds"]
+        print(f"RPO {name:<13} {human(sec) if sec is not None else '-'} (target {human(tier['target_seconds'])}, "
+              f"RTO target {human(tier['rto_target_seconds'])}: {tier['covers']}) {'ok' if tier['ok'] else 'MISSED'}")
     t = doc["restore_test"]
     if t is None:
         print("restore test  never run")
