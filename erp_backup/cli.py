@@ -321,9 +321,10 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 def cmd_setup(args: argparse.Namespace) -> int:
     from erp_backup.prefect_setup import setup_from_args
+    from erp_backup.tiers import setup_windows
 
     rep = setup_from_args(args.notify, args.timezone, args.late_incremental, args.late_full, args.automations,
-                          notify_security=args.notify_security)
+                          notify_security=args.notify_security, windows=setup_windows(args.config))
     print_table(list(rep.rows))
     for w in rep.warnings:
         print(f"warning: {w}", file=sys.stderr)
@@ -431,8 +432,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "`none` removes them; default $ERP_BACKUP_NOTIFY_SECURITY, else the stored ones")
     sp.add_argument("--timezone", help="timezone of the schedules (default: the stored one, else Asia/Shanghai)")
     sp.add_argument("--late-incremental", metavar="DURATION",
-                    help="alert when no incremental completed for this long (default 75m)")
-    sp.add_argument("--late-full", metavar="DURATION", help="alert when no full completed for this long (default 26h)")
+                    help="alert when no incremental completed for this long (default: the critical tier's "
+                    "RPO plus a twelfth, at least 15m: 75m for 1h)")
+    sp.add_argument("--late-full", metavar="DURATION", help="alert when no full completed for this long (default: "
+                    "the non-critical tier's RPO plus a twelfth: 26h for 24h)")
     sp.add_argument("--automations", metavar="FILE", help="automations YAML (default deployments/automations.yaml)")
     sp.set_defaults(func=cmd_setup)
 

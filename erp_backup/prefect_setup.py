@@ -193,6 +193,8 @@ def _setup(req: SetupRequest, automations_text: str, log: _Log) -> None:
                   "NOTIFY_SECURITY_BLOCK_ID": str(security_id) if security_targets else None,
                   "LATE_INCREMENTAL_S": req.late_incremental_s, "LATE_FULL_S": req.late_full_s}
         _automations(client, drop_unset_actions(render_automations(automations_text, values)), log)
+        log.add("late window", "incremental (critical tier)", f"{req.late_incremental_s} s")
+        log.add("late window", "full (non-critical tier)", f"{req.late_full_s} s")
         log.add("timezone", TZ_VARIABLE, tz)
 
 
@@ -385,15 +387,18 @@ def notify_urls(args: list[str] | None, option: str = "--notify", env_name: str 
 def setup_from_args(notify: list[str] | None, timezone: str | None, late_incremental: str | None,
                     late_full: str | None, automations_file: str | None,
                     run: Callable[[SetupRequest], SetupReport] = run_setup,
-                    notify_security: list[str] | None = None) -> SetupReport:
-    """Check every argument before talking to the server, then run setup."""
+                    notify_security: list[str] | None = None,
+                    windows: tuple[int, int] | None = None) -> SetupReport:
+    """Check every argument before talking to the server, then run setup. ``windows``: the default
+    late windows (incremental, full) from the config's data tiers (``erp_backup.tiers.setup_windows``)."""
+    inc_default, full_default = windows or (DEFAULT_LATE_INCREMENTAL_S, DEFAULT_LATE_FULL_S)
     req = SetupRequest(
         notify=notify_urls(notify),
         notify_security=notify_urls(notify_security, "--notify-security", NOTIFY_SECURITY_ENV),
         timezone=check_timezone(timezone) if timezone else None,
         late_incremental_s=parse_duration(late_incremental, what="--late-incremental")
-        if late_incremental else DEFAULT_LATE_INCREMENTAL_S,
-        late_full_s=parse_duration(late_full, what="--late-full") if late_full else DEFAULT_LATE_FULL_S,
+        if late_incremental else min(inc_default, 400 * 86400),
+        late_full_s=parse_duration(late_full, what="--late-full") if late_full else min(full_default, 400 * 86400),
         automations_file=Path(automations_file) if automations_file
         else Path(os.environ.get("ERP_BACKUP_AUTOMATIONS", AUTOMATIONS_FILE)),
     )

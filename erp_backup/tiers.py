@@ -129,6 +129,21 @@ def late_window(rpo_s: float) -> int:
     return int(rpo_s + max(900.0, rpo_s / 12))
 
 
+def setup_windows(config: str | None) -> tuple[int, int] | None:
+    """``setup``'s default late windows (incremental, full) from the tiers of the config: the critical
+    tier's RPO for the incrementals (they carry the database), the non-critical tier's for the fulls.
+    None when no config is given and the default one does not exist (a Prefect host without one)."""
+    import os
+    from pathlib import Path
+
+    from erp_backup.config import DEFAULT_CONFIG, load_settings
+
+    if config is None and "ERP_BACKUP_CONFIG" not in os.environ and not Path(DEFAULT_CONFIG).exists():
+        return None
+    crit, non = of(load_settings(config))
+    return late_window(crit.rpo_s), late_window(non.rpo_s)
+
+
 def rpo_doc(tier: Tier, age_s: float | None, set_id: str | None) -> dict[str, Any]:
     """One tier's RPO for ``status``: the age of its newest restorable copy against its target."""
     return {"covers": tier.covers, "seconds": age_s, "target_seconds": tier.rpo_s, "rto_target_seconds": tier.rto_s,

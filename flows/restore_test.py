@@ -49,7 +49,8 @@ def run_restore_test(settings: Settings, backup_id: str | None, from_remote: boo
                                 "rto_s": round(result.rto_extrapolated_seconds, 1),
                                 "rpo_s": None if result.rpo_seconds is None else round(result.rpo_seconds, 1),
                                 "rto_target_s": result.rto_target_seconds, "rpo_target_s": result.rpo_target_seconds,
-                                "max_gap_s": result.max_gap_seconds, "problems": list(result.problems)})
+                                "max_gap_s": result.max_gap_seconds, "problems": list(result.problems),
+                                "tiers": result.tiers})
         except Exception as e:  # an event is a courtesy: the failed run alerts anyway
             log.warning("could not emit the restore-test event: %s", e)
     if result.set is not None:  # metrics and catalog (issue #11): a test that restored something
