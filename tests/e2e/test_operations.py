@@ -315,6 +315,21 @@ def test_late_incremental_alerts_once_per_gap(ops: Ops) -> None:
     assert (len(mails), len(posts)) == (1, 1), "the late alert repeated for the same gap"
 
 
+def test_a_scheduled_run_no_worker_starts_alerts(ops: Ops) -> None:
+    """A run due a minute ago that no worker picks up (it belongs to no deployment, so the worker of
+    the pool ignores it) goes Late on the server: the "not started" automation tells."""
+    flow = ops.api("POST", "/flows/filter", json={"flows": {"name": {"any_": ["erp-backup-verify"]}}})[0]
+    due = (datetime.now(ZoneInfo("UTC")) - timedelta(minutes=1)).isoformat()
+    run = ops.api("POST", "/flow_runs/", json={"flow_id": flow["id"], "name": "nobody-runs-me", "state": {
+        "type": "SCHEDULED", "state_details": {"scheduled_time": due}}})
+    try:
+        mails, posts = ops.wait_alert("nobody-runs-me", 60)
+        assert "erp-backup-verify has not started" in mails[0]
+        assert "prefect worker start --pool erp-backup" in posts[0]["message"]
+    finally:
+        ops.api("DELETE", f"/flow_runs/{run['id']}")
+
+
 def test_size_anomaly_notifies_and_metrics_are_published(ops: Ops) -> None:
     root = ops.tmp / "big-erp"
     db = make_project(root)
