@@ -8,6 +8,7 @@ worker. The tests run in file order and share them.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import random
@@ -24,6 +25,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+import yaml
 from aiosmtpd.controller import Controller
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -41,9 +43,19 @@ LATE_S = 15  # the shortened late window of the incremental automation
 AUTOMATIONS = ("erp-backup: run failed or crashed", "erp-backup: scheduled run not started",
                "erp-backup: incremental late", "erp-backup: full late",
                "erp-backup: size anomaly", "erp-backup: restore test missed RTO/RPO")
-DEPLOYMENTS = ("erp-backup-full/full", "erp-backup-incremental/incremental",
-               "erp-backup-differential/differential", "erp-backup-monthly/monthly", "erp-backup-verify/verify",
-               "erp-backup-restore/restore", "erp-backup-restore-test/restore-test")
+
+
+def deployments_of_prefect_yaml() -> tuple[str, ...]:
+    """"<flow name>/<deployment name>" of every deployment prefect.yaml declares."""
+    out = []
+    for d in yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]:
+        module, func = d["entrypoint"].split(":")
+        flow = getattr(importlib.import_module(module.removesuffix(".py").replace("/", ".")), func)
+        out.append(f"{flow.name}/{d['name']}")
+    return tuple(out)
+
+
+DEPLOYMENTS = deployments_of_prefect_yaml()
 
 
 # ----------------------------------------------------------------------------- receivers
@@ -253,6 +265,9 @@ def test_setup_twice_leaves_exactly_one_of_each_and_updates_in_place(ops: Ops) -
 
 
 def test_every_deployment_is_listed_and_monthly_runs_fall_on_last_days(ops: Ops) -> None:
+    assert {"erp-backup-full/full", "erp-backup-incremental/incremental", "erp-backup-differential/differential",
+            "erp-backup-monthly/monthly", "erp-backup-verify/verify", "erp-backup-restore/restore",
+            "erp-backup-restore-test/restore-test"} <= set(DEPLOYMENTS)
     ls = ops.run(str(VENV_BIN / "prefect"), "deployment", "ls")
     assert ls.returncode == 0, ls.stderr
     listed = ls.stdout.replace("│", " ")
