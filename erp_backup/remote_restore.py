@@ -164,6 +164,9 @@ def download_set(check_signature: SignatureCheck, store: RemoteStore, sid: Backu
                                  hint="pick another set")
         if a.name not in objects:
             raise IntegrityError(f"remote set {sid}: {a.name} is missing remotely", hint="pick another set")
+        if objects[a.name] != a.size:
+            raise IntegrityError(f"remote set {sid}: {a.name} has {objects[a.name]} bytes remotely, its manifest "
+                                 f"records {a.size}", hint="the remote copy is damaged; pick another set")
         got = _write_object(store, f"{sid}/{a.name}", work / a.name, a.size, 0)
         total += a.size
         if got != a.sha256:
@@ -176,6 +179,15 @@ def download_set(check_signature: SignatureCheck, store: RemoteStore, sid: Backu
         shutil.rmtree(final, ignore_errors=True)
         raise IntegrityError(f"remote set {sid} is damaged: {reason}", hint="pick another set")
     return total
+
+
+def _check_space(repo: LocalRepository, objects: list[dict[str, int]]) -> None:
+    """Refuse before downloading what the scratch directory's file system cannot hold."""
+    need = sum(sum(o.values()) for o in objects)
+    free = shutil.disk_usage(repo.root).free
+    if need > free:
+        raise StorageError(f"the chain to restore needs {need} bytes in {repo.root.parent}, {free} are free",
+                           hint="give a directory with more space: --scratch-dir DIR")
 
 
 def precheck(req: restorer.RestoreRequest) -> None:
@@ -229,6 +241,7 @@ def _fetch(check_signature: SignatureCheck, store: RemoteStore, req: restorer.Re
             chosen = sel.chosen
             notes = tuple(f"skipped {s.id}: it {s.reason}" for s in sel.skipped)
         members = [*sorted(chosen.depends_on), chosen.id]
+        _check_space(repo, [listing.objects.get(m.value, {}) for m in members if not repo.set_dir(m).is_dir()])
         try:
             for sid in members:
                 total += download_set(check_signature, store, sid, repo, listing.objects[sid.value])
