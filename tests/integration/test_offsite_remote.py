@@ -252,6 +252,17 @@ def test_catch_up_window_and_parents(tmp_path: Path, moto_s3: S3Env, gpg_keys: G
     assert remote_sets.scan(store2).complete == [i2] and not list(store2.list(f"{f2}/"))
 
 
+def one_full_uploaded(tmp_path: Path, keys: GpgTestKeys, host: Host, env: S3Env) -> tuple[Settings, RemoteStore,
+                                                                                         BackupId]:
+    s = remote_settings(tmp_path, keys)
+    assert s.remote is not None
+    host.backup()
+    store = store_for(env.bucket, s.remote)
+    full = backup(s, BackupKind.FULL, T0)
+    upload.push(s, store, now=T0)
+    return s, store, full
+
+
 def tamper(env: S3Env, key: str, transform: Any) -> None:
     c = env.client()
     body = c.get_object(Bucket=env.bucket.bucket_name, Key=key)["Body"].read()
@@ -306,12 +317,7 @@ def test_tampered_and_hostile_remote_objects(tmp_path: Path, moto_s3: S3Env, gpg
 
 def test_an_object_larger_than_its_manifest_says_is_not_read_whole(tmp_path: Path, moto_s3: S3Env,
                                                                    gpg_keys: GpgTestKeys, host: Host) -> None:
-    s = remote_settings(tmp_path, gpg_keys)
-    assert s.remote is not None
-    host.backup()
-    store = store_for(moto_s3.bucket, s.remote)
-    full = backup(s, BackupKind.FULL, T0)
-    upload.push(s, store, now=T0)
+    s, store, full = one_full_uploaded(tmp_path, gpg_keys, host, moto_s3)
     tamper(moto_s3, f"erp/{full}/SHA256SUMS", lambda b: b + b"0" * (2 << 20))
     with pytest.raises(IntegrityError) as e:
         remote_sets.read_sums(store, full)
@@ -349,12 +355,7 @@ def test_remote_without_encryption_is_refused(tmp_path: Path) -> None:
 
 def test_unsigned_or_foreign_signed_remote_sets_and_missing_keys(tmp_path: Path, moto_s3: S3Env,
                                                                  gpg_keys: GpgTestKeys, host: Host) -> None:
-    s = remote_settings(tmp_path, gpg_keys)
-    assert s.remote is not None
-    host.backup()
-    store = store_for(moto_s3.bucket, s.remote)
-    full = backup(s, BackupKind.FULL, T0)
-    upload.push(s, store, now=T0)
+    s, store, full = one_full_uploaded(tmp_path, gpg_keys, host, moto_s3)
     host.restore(ring=host.empty_ring)  # no private key here
     target = tmp_path / "t"
     with pytest.raises(BackupError) as e:
