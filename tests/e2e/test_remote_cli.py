@@ -19,12 +19,15 @@ from tests.conftest import diff_states, tree_state
 from tests.integration import offsite_fixtures
 from tests.integration.offsite_fixtures import (
     ACCESS_KEY,
+    FTP_PASSWORD,
+    FTP_USER,
     PASSPHRASE,
     SECRET_KEY,
     SIGN_PASSPHRASE,
     GpgTestKeys,
     MotoServer,
     kill_agent,
+    start_ftp,
 )
 from tests.integration.test_encrypted_sets import keyring
 
@@ -120,6 +123,25 @@ def test_disaster_round_trip_from_s3_by_the_cli(prefect_server: PrefectServer, m
         again = cli(restore_env, cfg, "restore", "--from-remote", "--target-dir", str(target))
         assert again.returncode == 2
         assert again.stderr.strip().splitlines()[-1].startswith("erp-backup: error: --from-remote needs --backup ID")
+
+        # an FTPS store: block from the environment, found by its bare name
+        ftp = start_ftp(tmp_path / "ftp")
+        try:
+            (tmp_path / "ca.pem").write_text(ftp.ca_pem)
+            args = ["blocks", "ftp", f"ftp-{bucket.bucket_name}", "--host", "127.0.0.1", "--port", str(ftp.port),
+                    "--user", FTP_USER, "--directory", "/backups", "--ca-file", str(tmp_path / "ca.pem")]
+            plain = cli({**backup_env, "ERP_BACKUP_FTP_PASSWORD": FTP_PASSWORD}, cfg, *args, "--no-tls")
+            assert plain.returncode == 2 and "plain FTP" in plain.stderr.strip().splitlines()[-1]
+            made = cli({**backup_env, "ERP_BACKUP_FTP_PASSWORD": FTP_PASSWORD}, cfg, *args)
+            assert made.returncode == 0, made.stderr[-3000:]
+            assert FTP_PASSWORD not in made.stdout + made.stderr
+            cfg.write_text(cfg.read_text().replace(f'block = "erp-offsite-{bucket.bucket_name}"',
+                                                   f'block = "ftp-{bucket.bucket_name}"'))
+            empty = cli(backup_env, cfg, "list", "--remote")
+            assert empty.returncode == 0, empty.stderr[-3000:]
+            assert "no backup sets in ftps://" in empty.stdout
+        finally:
+            ftp.stop()
     finally:
         for ring in (backup_ring, restore_ring):
             kill_agent(ring)
