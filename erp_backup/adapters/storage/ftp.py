@@ -32,6 +32,7 @@ from erp_backup.core.errors import ConfigError, StorageError
 
 CHUNK = 1 << 20
 TMP_MARK = ".part-"
+MAX_DEPTH = 8  # directory levels below the prefix that ``list`` walks (a set needs 1)
 
 
 @dataclass(frozen=True)
@@ -255,6 +256,8 @@ class FtpStore:
             key = f"{rel}{name}"
             kind = facts.get("type", "")
             if kind == "dir":
+                if key.count("/") >= MAX_DEPTH:
+                    continue  # deeper than any set's objects: a crafted tree is not walked forever
                 if prefix.startswith(key + "/") or key.startswith(prefix) or (key + "/").startswith(prefix):
                     self._walk(ftp, key + "/", prefix, out)
             elif kind == "file" and key.startswith(prefix):
