@@ -212,6 +212,7 @@ def preflight(settings: Settings, kind: BackupKind, tags: tuple[str, ...] = ()) 
                           hint="run the backup as root or give the backup user read access")
     db_url = settings.database_url()
     adapter_for(db_url, timeout=settings.database.timeout_s).check_available()
+    enc.preflight(settings)  # keys, recipients, signing key and passphrase: before anything is written
     repo = LocalRepository(settings.storage.local_dir)
     parent = None
     if not repo.busy():  # a running backup (the 02:00 full) may create the parent this run waits for

@@ -158,6 +158,8 @@ def cmd_show(args: argparse.Namespace) -> int:
         d = m.database
         print(f"database     {d.engine} {d.database} (server {d.server_version}, {d.dump_format}, "
               f"{len(d.tables)} tables, {sum(d.tables.values())} rows)")
+    if m.recipients:
+        print(f"encrypted to {', '.join(m.recipients)}")
     for a in m.artifacts:
         print(f"artifact     {a.name}  {_human(a.size)}  sha256 {a.sha256[:16]}…  "
               f"{a.compression}{'+' + a.encryption if a.encryption else ''}")
@@ -288,6 +290,13 @@ def cmd_restore(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_block_gpg(args: argparse.Namespace) -> int:
+    from erp_backup import gpg_block
+
+    print(gpg_block.save(gpg_block.spec_from_args(args), overwrite=args.overwrite))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from erp_backup.demo import run_demo
 
@@ -349,9 +358,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("ids", nargs="*")
     sp.set_defaults(func=cmd_upload)
 
+    sp = sub.add_parser("block", help="create the Prefect blocks of a scripted install (secrets from the environment)")
+    block_sub = sp.add_subparsers(dest="block_kind", required=True)
+    from erp_backup import gpg_block
     from erp_backup.remote_cli import add_block_parsers
 
-    add_block_parsers(sub)
+    gpg_block.add_parser(block_sub)
+    block_sub.choices["gpg"].set_defaults(func=cmd_block_gpg)
+    add_block_parsers(block_sub)  # s3, ftp
 
     sp = sub.add_parser("demo", help="sample ERP: full, incremental, differential, restore each, check")
     sp.add_argument("--dir", help="work directory (default: a new temporary directory)")

@@ -179,6 +179,10 @@ def _check_encryption(e: EncryptionConfig, source: str, *, remote: bool) -> None
     if e.public_keys is not None and not e.public_keys.is_absolute():
         raise ConfigError(f"config {source}: encryption.public_keys: must be an absolute path",
                           hint="e.g. /etc/erp-backup/keys.asc")
+    if e.sign and not (e.signers or e.signing_key or e.block):
+        raise ConfigError(f"config {source}: [encryption] sign = true but no verification key is named",
+                          hint="set encryption.signers (or signing_key) to the signing key's fingerprint, "
+                          "or use a GPG keys block")
     if e.recipients and e.public_keys is None and not e.block:
         raise ConfigError(f"config {source}: [encryption] names recipients but no public_keys file and no block",
                           hint="set encryption.public_keys to the armored keys file, or encryption.block")
@@ -283,7 +287,7 @@ retry_delay_s = [10, 60]  # seconds before each retry
 # signers = ["<fingerprint>"]                  # whose signatures verify/restore accept (default: signing_key)
 
 # [remote]                # off-site copies (README: Off-site copies); needs [encryption]
-# block = "erp-offsite"   # S3Bucket block or erp-backup FTP storage block (`erp-backup blocks s3|ftp`)
+# block = "erp-offsite"   # S3Bucket block or erp-backup FTP storage block (`erp-backup block s3|ftp`)
 # prefix = "django_erp"   # sets go to <prefix>/<set id>/
 # catch_up_days = 30      # sets finished this recently are sent if missing remotely (monthly: 366)
 """

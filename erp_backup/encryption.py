@@ -315,6 +315,28 @@ def local_encryptor(settings: Settings) -> Iterator[crypto.GpgEncryptor | None]:
         yield s.encryptor()
 
 
+def preflight(settings: Settings) -> None:
+    """Before a backup writes anything: the keys load, every recipient has a usable encryption key
+    and, with ``sign = true``, the signing key signs (its passphrase is right) and the signature
+    verifies against the verification keys. One line, nothing written."""
+    e = settings.encryption
+    if e is None:
+        return
+    with session(settings, signing=e.sign) as s:
+        if e.recipients:
+            s.encryptor()
+        if e.sign:
+            probe = s.home.path / "erp-backup-probe"
+            probe.write_bytes(b"erp-backup signing check\n")
+            sig = s.sign(probe)
+            try:
+                s.home.verify_detached(probe, sig, s.trusted())
+            except CryptoError as err:
+                raise CryptoError(f"the signing key's signatures do not verify: {err.message}",
+                                  hint="put the signing key's public key into [encryption] public_keys (or the "
+                                  "block) and its fingerprint into [encryption] signers") from err
+
+
 def sign_set(settings: Settings, set_dir: Path) -> Path | None:
     """Sign ``set_dir``'s ``SHA256SUMS`` when ``sign = true`` (the seal stage)."""
     if not signs(settings):

@@ -1,5 +1,5 @@
 """The CLI's remote commands: ``list --remote``, ``verify --remote``, ``upload``, ``restore --from-remote``,
-``blocks s3|ftp``. ``erp_backup.cli`` registers them and calls in here; the plain (Prefect-free)
+``block s3|ftp``. ``erp_backup.cli`` registers them and calls in here; the plain (Prefect-free)
 variants handed to ``runner.run`` live here too.
 """
 
@@ -155,12 +155,12 @@ def create_ftp_block(args: argparse.Namespace) -> str:
     return f"saved block erp-backup-ftp-storage/{args.name} ({block.store('').describe()})"
 
 
-def add_block_parsers(sub: Any) -> None:
-    sp = sub.add_parser("blocks", help="create the remote storage blocks (secrets from the environment)")
-    kinds = sp.add_subparsers(dest="block_kind", required=True)
+def add_block_parsers(kinds: Any) -> None:
+    """``block s3`` and ``block ftp`` under the ``block`` command (next to ``block gpg``)."""
     s3 = kinds.add_parser("s3", help="AwsCredentials + S3Bucket blocks (AWS S3, Aliyun OSS, MinIO); keys from "
                                      "$AWS_ACCESS_KEY_ID / $AWS_SECRET_ACCESS_KEY [/ $AWS_SESSION_TOKEN]")
-    s3.add_argument("name", help="the S3Bucket block's name ([remote] block); the credentials are NAME-credentials")
+    s3.add_argument("--name", required=True,
+                    help="the S3Bucket block's name ([remote] block); the credentials are NAME-credentials")
     s3.add_argument("--bucket", required=True)
     s3.add_argument("--endpoint-url", help="for OSS/MinIO, e.g. https://oss-cn-hangzhou.aliyuncs.com")
     s3.add_argument("--region", help="e.g. us-east-1, cn-hangzhou")
@@ -170,7 +170,7 @@ def add_block_parsers(sub: Any) -> None:
     s3.add_argument("--overwrite", action="store_true", help="replace blocks of the same name")
     s3.set_defaults(func=cmd_blocks)
     ftp = kinds.add_parser("ftp", help="erp-backup FTP storage block; password from $ERP_BACKUP_FTP_PASSWORD")
-    ftp.add_argument("name", help="the block's name ([remote] block)")
+    ftp.add_argument("--name", required=True, help="the block's name ([remote] block)")
     ftp.add_argument("--host", required=True)
     ftp.add_argument("--port", type=int, default=21)
     ftp.add_argument("--user", default="anonymous")

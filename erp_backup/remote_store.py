@@ -47,7 +47,7 @@ def load_block(name: str) -> Any:
         except ValueError:
             continue  # no such block of this type
     raise ConfigError(f"remote.block: no S3 bucket or FTP storage block named {bare!r}",
-                      hint="create it with `erp-backup blocks s3|ftp NAME …` (see README), or fix the name; "
+                      hint="create it with `erp-backup block s3|ftp --name NAME …` (see README), or fix the name; "
                            "is PREFECT_API_URL the server that holds the blocks?")
 
 

@@ -428,12 +428,61 @@ def _key_info(cur: dict[str, object]) -> KeyInfo:
                    uids=tuple(cast(list[str], cur["uids"])))
 
 
+HOME_PREFIX = "erpb-gpg-"
+_STALE = re.compile(re.escape(HOME_PREFIX) + r"(?P<pid>[0-9]+)-[A-Za-z0-9_]+")
+
+
+def _private_tmp() -> Path:
+    """Where run homes go: ``/dev/shm`` (memory: the imported secret keys never reach a disk, even
+    if the run is killed) when usable, else the temporary directory."""
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK | os.X_OK):
+        return shm
+    return Path(tempfile.gettempdir())
+
+
+def _pid_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def clean_stale_homes(root: Path) -> list[str]:
+    """Remove the run homes in ``root`` whose process is gone (killed: its ``finally`` never ran),
+    stopping their agents first. Returns their names."""
+    removed: list[str] = []
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return removed
+    for name in names:
+        m = _STALE.fullmatch(name)
+        path = root / name
+        if m is None or not _pid_gone(int(m.group("pid"))) or path.is_symlink() or not path.is_dir():
+            continue
+        try:
+            if path.stat().st_uid != os.geteuid():
+                continue
+        except OSError:
+            continue
+        GpgHome(path, owned=True).stop_agent()
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(name)
+    return removed
+
+
 @contextmanager
 def gpg_home(keys: KeyMaterial = KeyMaterial(), *, tmp_dir: Path | None = None) -> Iterator[GpgHome]:
     """A private temporary GNUPGHOME with ``keys`` imported; its agent stopped and the directory
     removed at the end, whatever happens."""
     _find_gpg()  # fail before anything is created
-    path = Path(tempfile.mkdtemp(prefix="erpb-gpg-", dir=tmp_dir))  # 0700
+    root = tmp_dir or _private_tmp()
+    clean_stale_homes(root)
+    path = Path(tempfile.mkdtemp(prefix=f"{HOME_PREFIX}{os.getpid()}-", dir=root))  # 0700
     home: GpgHome | None = None
     try:
         (path / "gpg-agent.conf").write_text(_AGENT_CONF)

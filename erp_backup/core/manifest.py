@@ -226,11 +226,19 @@ def loads(text: str | bytes, *, where: str = "manifest.json") -> Manifest:
             deleted=tuple(d.get("deleted", [])),
             depends_on=tuple(BackupId(x) for x in d.get("depends_on", [])),
             skipped=tuple((s["path"], s["reason"]) for s in d.get("skipped", [])),
-            recipients=tuple(str(r) for r in (d.get("encryption") or {}).get("recipients", ())),
+            recipients=_recipients(d.get("encryption")),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise IntegrityError(f"{where} is incomplete or malformed ({e!r})",
                              hint="the set is damaged: verify it and restore from another set") from e
+
+
+def _recipients(enc: object) -> tuple[str, ...]:
+    if enc is None:
+        return ()
+    if not isinstance(enc, dict) or not isinstance(enc.get("recipients", []), list):
+        raise ValueError("encryption: not an object with a list of recipients")
+    return tuple(str(r) for r in enc.get("recipients", []))
 
 
 def load_lines(lines: Iterable[str], *, where: str = "manifest.json") -> Manifest:

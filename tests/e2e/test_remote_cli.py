@@ -75,11 +75,11 @@ def test_disaster_round_trip_from_s3_by_the_cli(prefect_server: PrefectServer, m
                   "ERP_BACKUP_GPG_SIGNING_PASSPHRASE": SIGN_PASSPHRASE}
     try:
         made = cli({**backup_env, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}, cfg,
-                   "blocks", "s3", f"erp-offsite-{bucket.bucket_name}", "--bucket", bucket.bucket_name,
+                   "block", "s3", "--name", f"erp-offsite-{bucket.bucket_name}", "--bucket", bucket.bucket_name,
                    "--endpoint-url", moto_server.endpoint, "--region", "us-east-1")
         assert made.returncode == 0, made.stderr[-3000:]
         assert SECRET_KEY not in made.stdout + made.stderr
-        no_keys = cli(backup_env, cfg, "blocks", "s3", "x", "--bucket", "b")
+        no_keys = cli(backup_env, cfg, "block", "s3", "--name", "x", "--bucket", "b")
         assert no_keys.returncode != 0 and "AWS_ACCESS_KEY_ID is not set" in no_keys.stderr.strip().splitlines()[-1]
 
         full = cli(backup_env, cfg, "backup", "full")
@@ -128,8 +128,9 @@ def test_disaster_round_trip_from_s3_by_the_cli(prefect_server: PrefectServer, m
         ftp = start_ftp(tmp_path / "ftp")
         try:
             (tmp_path / "ca.pem").write_text(ftp.ca_pem)
-            args = ["blocks", "ftp", f"ftp-{bucket.bucket_name}", "--host", "127.0.0.1", "--port", str(ftp.port),
-                    "--user", FTP_USER, "--directory", "/backups", "--ca-file", str(tmp_path / "ca.pem")]
+            args = ["block", "ftp", "--name", f"ftp-{bucket.bucket_name}", "--host", "127.0.0.1",
+                    "--port", str(ftp.port), "--user", FTP_USER, "--directory", "/backups",
+                    "--ca-file", str(tmp_path / "ca.pem")]
             plain = cli({**backup_env, "ERP_BACKUP_FTP_PASSWORD": FTP_PASSWORD}, cfg, *args, "--no-tls")
             assert plain.returncode == 2 and "plain FTP" in plain.stderr.strip().splitlines()[-1]
             made = cli({**backup_env, "ERP_BACKUP_FTP_PASSWORD": FTP_PASSWORD}, cfg, *args)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import sqlite3
 import subprocess
 from collections.abc import Callable
@@ -51,6 +50,7 @@ def keyring(tmp_path: Path, name: str, *secret: str) -> Path:
     home.mkdir(mode=0o700)
     for armored in secret:
         _gpg(home, "--import", stdin=armored)
+    kill_agent(home)  # the import started one: the runs must stop the agents *they* start
     return home
 
 
@@ -130,7 +130,8 @@ def assert_no_marker(path: Path) -> None:
 def no_gpg_homes_left() -> list[str]:
     import tempfile
 
-    return [n for n in os.listdir(tempfile.gettempdir()) if n.startswith("erpb-gpg-")]
+    mine = f"erpb-gpg-{os.getpid()}-"  # this process's homes (other runs on the machine have their own)
+    return [n for d in ("/dev/shm", tempfile.gettempdir()) for n in os.listdir(d) if n.startswith(mine)]
 
 
 def rows(db: Path) -> list[tuple[object, ...]]:
@@ -144,7 +145,6 @@ def rows(db: Path) -> list[tuple[object, ...]]:
 def test_encrypted_signed_chain_round_trip(host: Host, gpg_keys: GpgTestKeys, tmp_path: Path) -> None:
     root, db = project_with_marker(tmp_path)
     s = enc_settings(tmp_path, gpg_keys, local=True, root=root, db=db)
-    before_homes = set(no_gpg_homes_left())
     host.backup()
     full = run_backup(s, BackupKind.FULL, now=T0)
     state_full = tree_state(root)
@@ -176,8 +176,10 @@ def test_encrypted_signed_chain_round_trip(host: Host, gpg_keys: GpgTestKeys, tm
     _gpg(check, "--import", stdin=gpg_keys.sign.public)
     _gpg(check, "--verify", str(d / SIG), str(d / SUMS))
     kill_agent(check)
-    # every run removed its private GNUPGHOME (and so stopped its agent)
-    assert set(no_gpg_homes_left()) == before_homes
+    # every run removed its private GNUPGHOME (and so stopped its agent), and stopped the agent it
+    # started in the operator's keyring
+    assert no_gpg_homes_left() == []
+    assert no_agents(host.backup_ring)
 
     # a quick verify needs no key; a full verify without the key says what to do, in one line
     repo = LocalRepository(s.storage.local_dir)
@@ -201,7 +203,8 @@ def test_encrypted_signed_chain_round_trip(host: Host, gpg_keys: GpgTestKeys, tm
         assert diff_states(state, tree_state(target)) == []
         assert rows(out_db) == rows(db)
         assert rep.files > 0
-    assert set(no_gpg_homes_left()) == before_homes
+    assert no_gpg_homes_left() == []
+    assert no_agents(host.restore_ring)
 
 
 def _one_set(host: Host, keys: GpgTestKeys, tmp_path: Path, *, local: bool) -> tuple[Settings, LocalRepository,
@@ -361,13 +364,186 @@ def test_remote_copy_refuses_a_damaged_local_set_and_needs_encryption(host: Host
         send(plain, repo, sid)
 
 
-def test_sign_without_a_signing_key_fails_before_commit(host: Host, gpg_keys: GpgTestKeys, tmp_path: Path) -> None:
+def test_key_problems_fail_the_backup_before_anything_is_written(host: Host, gpg_keys: GpgTestKeys,
+                                                                 tmp_path: Path) -> None:
     root, db = project_with_marker(tmp_path)
     s = enc_settings(tmp_path, gpg_keys, local=True, root=root, db=db)
-    host.restore(ring=host.empty_ring)
-    with pytest.raises(CryptoError) as e:
-        run_backup(s, BackupKind.FULL, now=T0)
-    assert_actionable(e.value, "signing key", secrets=SECRETS)
-    assert LocalRepository(s.storage.local_dir).list_ids() == []
-    assert not any(p.name.endswith(".partial") for p in s.storage.local_dir.iterdir())
-    shutil.rmtree(s.storage.local_dir)
+    e_cfg = s.encryption
+    assert e_cfg is not None
+    cases: list[tuple[Settings, str | None, str]] = [
+        (s, None, "signing key"),  # no signing key anywhere
+        (s, "wrong-passphrase", "wrong passphrase"),
+        (s.model_copy(update={"encryption": e_cfg.model_copy(update={"recipients": [gpg_keys.other.fingerprint]})}),
+         SIGN_PASSPHRASE, "no public key for recipient"),
+        (s.model_copy(update={"encryption": e_cfg.model_copy(update={"signers": [gpg_keys.enc.fingerprint]})}),
+         SIGN_PASSPHRASE, "do not verify"),
+        (s.model_copy(update={"encryption": e_cfg.model_copy(update={"public_keys": tmp_path / "nope.asc"})}),
+         SIGN_PASSPHRASE, "does not exist"),
+    ]
+    for settings, passphrase, expected in cases:
+        if passphrase is None:
+            host.restore(ring=host.empty_ring)
+        else:
+            host.backup()
+            kill_agent(host.backup_ring)
+            host.mp.setenv(encryption.ENV_SIGNING_PASSPHRASE, passphrase)
+        with pytest.raises(BackupError) as e:
+            run_backup(settings, BackupKind.FULL, now=T0)
+        assert_actionable(e.value, expected, secrets=SECRETS)
+        assert not s.storage.local_dir.exists(), expected
+
+
+KILL_SCRIPT = """
+import os, sys, time
+from erp_backup.adapters import crypto
+keys = crypto.KeyMaterial(secret_keys=(sys.stdin.read(),))
+with crypto.gpg_home(keys) as home:
+    (home.path / "probe").write_text("x")
+    home.sign_detached(home.path / "probe", passphrase=os.environ["P"])  # starts its agent
+    print(home.path, flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_killed_run_leaves_no_secret_on_disk_and_the_next_run_cleans_up(gpg_keys: GpgTestKeys,
+                                                                          tmp_path: Path) -> None:
+    import signal
+    import sys
+    import time
+
+    from erp_backup.adapters import crypto
+    from tests.conftest import REPO
+
+    child = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             text=True, cwd=REPO, env={**os.environ, "P": SIGN_PASSPHRASE})
+    assert child.stdin is not None and child.stdout is not None
+    child.stdin.write(gpg_keys.sign.secret)
+    child.stdin.close()
+    home = Path(child.stdout.readline().strip())
+    try:
+        assert home.is_dir() and (home / "private-keys-v1.d").is_dir()
+        # the imported secret key lives in memory (tmpfs), never on a disk
+        fs = subprocess.run(["stat", "-f", "-c", "%T", str(home)], capture_output=True, text=True, check=True)
+        assert fs.stdout.strip() == "tmpfs", fs.stdout
+        assert [p for p in (home / "private-keys-v1.d").iterdir()], "no secret key imported: proves nothing"
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+    assert home.exists()  # the killed run could not clean up
+    with crypto.gpg_home():  # the next run does
+        pass
+    assert not home.exists()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and _agents(home):
+        time.sleep(0.1)
+    assert _agents(home) == []
+
+
+def no_agents(home: Path, wait_s: float = 5.0) -> bool:
+    """No gpg-agent of ``home`` is left (an agent told to stop takes a moment to exit)."""
+    import time
+
+    deadline = time.monotonic() + wait_s
+    while _agents(home) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return _agents(home) == []
+
+
+def _agents(home: Path) -> list[int]:
+    out = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"gpg-agent" in cmd and str(home).encode() in cmd:
+                out.append(int(pid))
+    return out
+
+
+BIG_SCRIPT = """
+import sys
+from datetime import datetime, UTC
+from erp_backup.config import Settings
+from erp_backup.core.models import BackupKind
+from erp_backup.pipeline import run_backup
+s = Settings.model_validate_json(sys.stdin.read())
+run_backup(s, BackupKind.FULL)
+"""
+
+
+def test_kill_during_an_encrypted_backup_leaves_no_plaintext(host: Host, gpg_keys: GpgTestKeys,
+                                                             tmp_path: Path) -> None:
+    import signal
+    import sys
+    import time
+
+    from tests.conftest import REPO
+
+    root, db = project_with_marker(tmp_path)
+    line = f"{MARKER} ".encode() + os.urandom(32).hex().encode() + b"\n"
+    for i in range(4):
+        write_file(root / f"big/{i}.log", line * (200_000 + i))
+    s = enc_settings(tmp_path, gpg_keys, local=True, root=root, db=db)
+    host.backup()
+    data = s.model_dump_json()
+    data = data.replace('"url":"**********"', f'"url":"sqlite:///{db}"')
+    backups = s.storage.local_dir
+    caught_writing = 0
+    for extra in (0.0, 0.1, 0.3):
+        child = subprocess.Popen([sys.executable, "-c", BIG_SCRIPT], stdin=subprocess.PIPE, text=True, cwd=REPO,
+                                 env=dict(os.environ))
+        assert child.stdin is not None
+        child.stdin.write(data)
+        child.stdin.close()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and child.poll() is None:  # until gpg output reaches an artifact
+            if any(p.stat().st_size for p in backups.glob("*.partial/*.gpg")):
+                break
+            time.sleep(0.02)
+        time.sleep(extra)
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+        for p, content in all_bytes(backups):
+            assert MARKER.encode() not in content or p.name == MANIFEST, p
+            if p.suffix == ".gpg" and p.parent.name.endswith(".partial") and content:
+                caught_writing += 1
+    assert caught_writing, "no kill landed while an artifact was written: the test proves nothing"
+    assert LocalRepository(backups).list_ids() == [] or all(
+        (backups / i.value / SIG).exists() for i in LocalRepository(backups).list_ids())
+
+
+@pytest.mark.parametrize("local", [True, False])
+def test_postgres_marker_row_never_leaves_in_clear_and_restores(host: Host, gpg_keys: GpgTestKeys, tmp_path: Path,
+                                                                pg_db: Callable[..., object],
+                                                                pg_sql: Callable[..., list[tuple[object, ...]]],
+                                                                local: bool) -> None:
+    from erp_backup.core.dburl import DatabaseUrl
+
+    src = pg_db("encsrc")
+    assert isinstance(src, DatabaseUrl)
+    pg_sql(src, "CREATE TABLE customer (id serial PRIMARY KEY, note text)")
+    pg_sql(src, "INSERT INTO customer(note) SELECT 'row ' || g FROM generate_series(1, 500) g")
+    pg_sql(src, "INSERT INTO customer(note) VALUES (%s)", (MARKER,))
+    root = make_small_project(tmp_path / "erp")
+    write_file(root / "app/secret.txt", MARKER)
+    s = enc_settings(tmp_path, gpg_keys, local=local, root=root, db=src.redacted())
+    host.backup()
+    res = run_backup(s, BackupKind.FULL, now=T0)
+    repo = LocalRepository(s.storage.local_dir)
+    remote = tmp_path / "bucket"
+    download(remote, send(s, repo, res.manifest.id), res.manifest.id)
+    assert_no_marker(remote)
+    if local:
+        assert_no_marker(s.storage.local_dir)
+
+    host.restore()
+    rs = s.model_copy(update={"storage": s.storage.model_copy(update={"local_dir": remote})})
+    target = pg_db("encdst", create=False)
+    assert isinstance(target, DatabaseUrl)
+    restore(LocalRepository(remote), target_dir=tmp_path / "restored", backup_id=res.manifest.id.value,
+            target_db=target, settings=rs)
+    assert pg_sql(target, "SELECT note FROM customer WHERE note = %s", (MARKER,)) == [(MARKER,)]
+    assert pg_sql(target, "SELECT count(*) FROM customer") == [(501,)]
+    assert diff_states(tree_state(root), tree_state(tmp_path / "restored")) == []
