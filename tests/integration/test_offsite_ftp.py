@@ -42,6 +42,8 @@ def test_put_get_list_delete_over_tls(ftp_server: FtpServer) -> None:
     on_disk = ftp_server.root / "backups" / "django_erp" / "20261128T020000Z-full" / "files.tar.zst.gpg"
     assert on_disk.read_bytes() == data
     assert store.size("20261128T020000Z-full/manifest.json") == 2
+    assert store.put_stream("20261128T030000Z-incr/SHA256SUMS", io.BytesIO(b"second")) == 6  # replaced
+    assert store.put_stream("20261128T030000Z-incr/SHA256SUMS", io.BytesIO(b"")) == 0
     assert store.size("20261128T020000Z-full/nothing") is None
     assert list(store.list()) == [RemoteObject("20261128T020000Z-full/files.tar.zst.gpg", len(data)),
                                   RemoteObject("20261128T020000Z-full/manifest.json", 2),

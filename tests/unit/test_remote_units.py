@@ -16,7 +16,8 @@ from erp_backup.upload import to_send
 from tests.unit.test_chain import DIFF, FAST, FULL, INCR, T0, mk
 
 REMOTE = RemoteConfig(block="b", catch_up_days=2, catch_up_monthly_days=40)
-ENC = {"recipients": ["0123456789ABCDEF0123456789ABCDEF01234567"], "public_keys": "/etc/k.asc"}
+ENC = {"recipients": ["0123456789ABCDEF0123456789ABCDEF01234567"], "public_keys": "/etc/k.asc",
+       "signers": ["0123456789ABCDEF0123456789ABCDEF01234567"]}
 
 
 def history() -> list[Manifest]:

@@ -197,7 +197,11 @@ class FtpStore:
                 if size != sent:
                     raise StorageError(f"{self._where(key)}: the server holds {size} bytes of the {sent} sent",
                                        hint="the upload was cut short or the server's disk is full: run it again")
-                ftp.rename(tmp, full)
+                try:
+                    ftp.rename(tmp, full)
+                except ftplib.error_perm:  # servers that do not rename over an existing file
+                    ftp.delete(full)
+                    ftp.rename(tmp, full)
             except BaseException as e:
                 with contextlib.suppress(Exception):
                     ftp.delete(tmp)
