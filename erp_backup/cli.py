@@ -255,7 +255,7 @@ def _restore_remote(s: Any, args: argparse.Namespace) -> int:
         target_dir=args.target_dir, backup_id=args.backup, at=_parse_time(args.at) if args.at else None,
         target_database=args.target_database, force=args.force, yes=args.yes, jobs=args.jobs,
         keep_setid=args.keep_setid)
-    precheck(request)  # before Prefect starts: a typo costs a second
+    precheck(request, args.scratch_dir)  # before Prefect starts: a typo costs a second
     row = runner.run(restore_from_remote_checked_flow, plain_restore_from_remote, settings=s, request=request,
                      scratch_dir=args.scratch_dir)
     print_table([row])

@@ -84,7 +84,7 @@ def scratch_dir(parent: str | Path | None = None) -> Iterator[Path]:
     """A private (0700) scratch directory, removed on exit whatever happens."""
     base = Path(parent) if parent else Path(tempfile.gettempdir())
     if not base.is_dir():
-        raise ConfigError(f"scratch directory {base} does not exist",
+        raise ConfigError(f"scratch directory {base} does not exist or is not a directory",
                           hint="give an existing directory with enough space for the chain: --scratch-dir DIR")
     clean_leftovers(base)
     try:
@@ -190,7 +190,7 @@ def _check_space(repo: LocalRepository, objects: list[dict[str, int]]) -> None:
                            hint="give a directory with more space: --scratch-dir DIR")
 
 
-def precheck(req: restorer.RestoreRequest) -> None:
+def precheck(req: restorer.RestoreRequest, scratch_parent: str | Path | None = None) -> None:
     """The checks of a restore that need no set, before anything is downloaded."""
     if req.target_dir is None and not req.target_database:
         raise ConfigError("nothing to restore into", hint="give --target-dir and/or --target-database")
@@ -204,11 +204,16 @@ def precheck(req: restorer.RestoreRequest) -> None:
         if t.exists() and t.is_dir() and not t.is_symlink() and any(t.iterdir()) and not req.force:
             raise RestoreError(f"target directory {t} is not empty",
                                hint="restore into a new directory, or pass --force to write over it")
+        scratch = Path(os.path.realpath(scratch_parent or tempfile.gettempdir()))
+        real = Path(os.path.realpath(t))
+        if scratch == real or real in scratch.parents:
+            raise ConfigError(f"the scratch directory {scratch} lies inside the target {t}",
+                              hint="give --scratch-dir outside the target directory")
 
 
 def fetch(settings: Settings, store: RemoteStore, req: restorer.RestoreRequest, scratch: Path) -> Fetched:
     """Choose the set as the request says and download its chain into ``scratch``."""
-    precheck(req)
+    precheck(req, scratch.parent)
     listing = remote_sets.scan(store)
     good, damaged = remote_sets.headers(store, listing)
     if not good and not damaged:
@@ -269,7 +274,7 @@ def restore_fetched(settings: Settings, fetched: Fetched, req: restorer.RestoreR
 def restore_from_remote(settings: Settings, store: RemoteStore, req: restorer.RestoreRequest,
                         scratch_parent: str | Path | None = None) -> restorer.RestoreReport:
     """Fetch and restore (no Prefect): the plain variant of the CLI's flow, and the tests'."""
-    precheck(req)
+    precheck(req, scratch_parent)
     with scratch_dir(scratch_parent) as scratch:
         fetched = fetch(settings, store, req, scratch)
         return restore_fetched(settings, fetched, req)

@@ -35,6 +35,8 @@ def _load(slug: str, name: str) -> Any:
 def load_block(name: str) -> Any:
     """The block named by ``[remote] block``."""
     slug, _, bare = name.rpartition("/")
+    if not bare.strip():
+        raise ConfigError(f"remote.block: {name!r} names no block", hint='write the block\'s name, e.g. "erp-offsite"')
     tries = [slug] if slug else [S3_SLUG, FTP_SLUG]
     if slug and slug not in (S3_SLUG, FTP_SLUG):
         raise ConfigError(f"remote.block: {name!r} is not an S3 bucket or FTP storage block",

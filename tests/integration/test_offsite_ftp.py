@@ -76,6 +76,12 @@ def test_a_cut_upload_leaves_no_object_under_its_name(ftp_server: FtpServer) -> 
     assert list(store.list()) == []
     left = [p.name for p in (ftp_server.root / "backups" / "p" / "s").iterdir()]
     assert left == []  # the temporary object was removed too
+    # one of a killed upload (no chance to remove it) goes with the next upload of that object
+    killed = ftp_server.root / "backups" / "p" / "s" / ".manifest.json.part-0123456789ab"
+    killed.write_bytes(b"half")
+    assert list(store.list()) == []  # never listed
+    assert store.put_stream("s/manifest.json", io.BytesIO(b"{}")) == 2
+    assert sorted(p.name for p in killed.parent.iterdir()) == ["manifest.json"]
 
 
 def test_plain_ftp_refused_unless_the_block_allows_it(tmp_path: Path) -> None:

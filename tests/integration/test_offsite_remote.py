@@ -416,6 +416,12 @@ def test_scratch_directories_of_killed_runs_are_removed(tmp_path: Path) -> None:
     with pytest.raises(ConfigError):
         with scratch_dir(tmp_path / "missing"):
             pass
+    from erp_backup.remote_restore import precheck
+
+    with pytest.raises(ConfigError) as e:  # the download would land in the target it restores into
+        precheck(RestoreRequest(target_dir=str(tmp_path), backup_id="20261128T020000Z-full", force=True),
+                 tmp_path / "sub")
+    assert "lies inside the target" in str(e.value)
 
 
 @pytest.mark.parametrize("engine", ["postgresql", "mysql"])

@@ -167,7 +167,22 @@ class FtpStore:
                 pass  # exists (or no right: the STOR that follows says so)
 
     @staticmethod
+    def _drop_leftovers(ftp: ftplib.FTP, parent: str, name: str) -> None:
+        """Temporary objects of earlier uploads of ``name`` that were killed before their rename."""
+        try:
+            entries = [n for n, _ in ftp.mlsd(parent, facts=["type"])]
+        except ftplib.error_perm:
+            return
+        finally:
+            ftp.voidcmd("TYPE I")  # a listing switches to ASCII: the upload that follows must be binary
+        for n in entries:
+            if n.startswith(f".{name}{TMP_MARK}") and "/" not in n:
+                with contextlib.suppress(ftplib.error_perm):
+                    ftp.delete(f"{parent}/{n}")
+
+    @staticmethod
     def _size(ftp: ftplib.FTP, path: str) -> int | None:
+        ftp.voidcmd("TYPE I")  # SIZE is refused in ASCII mode (with the 550 of a missing file)
         try:
             size = ftp.size(path)
         except ftplib.error_perm as e:
@@ -186,6 +201,7 @@ class FtpStore:
         with self._connect("upload to", key) as ftp:
             try:
                 self._makedirs(ftp, parent)
+                self._drop_leftovers(ftp, parent, name)
                 with ftp.transfercmd(f"STOR {tmp}") as conn:
                     while chunk := readable.read(CHUNK):
                         conn.sendall(chunk)
