@@ -214,7 +214,12 @@ def push(settings: Settings, store: RemoteStore, *, wanted: Iterable[BackupId] |
         if unknown:
             raise StorageError(f"backup set {unknown[0]} is not a committed set in {repo.root}",
                                hint="see `erp-backup list`")
-    listing = remote_sets.scan(store)
+    try:
+        listing = remote_sets.scan(store)
+    except BackupError as e:
+        e.message = f"upload failed (the local sets are kept; the next run sends them): {e.message}"
+        e.args = (str(e),)
+        raise
     complete = set(listing.complete)
     ids, warnings = to_send(remote, local, complete, now=now or datetime.now(UTC), wanted=wanted,
                                 newest=newest)
@@ -228,7 +233,8 @@ def push(settings: Settings, store: RemoteStore, *, wanted: Iterable[BackupId] |
                               remote)
         except BackupError as e:
             done = f" (sent before it: {', '.join(uploaded)})" if uploaded else ""
-            e.message = f"upload of set {sid} to {store.describe()} failed: {e.message}{done}"
+            e.message = (f"upload of set {sid} to {store.describe()} failed (the local set is kept; the next run "
+                         f"completes the upload){done}: {e.message}")
             e.args = (str(e),)
             raise
         uploaded.append(sid.value)

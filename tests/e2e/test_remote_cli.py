@@ -146,3 +146,38 @@ def test_disaster_round_trip_from_s3_by_the_cli(prefect_server: PrefectServer, m
     finally:
         for ring in (backup_ring, restore_ring):
             kill_agent(ring)
+
+
+def test_a_failed_upload_fails_the_run_and_keeps_the_local_set(prefect_server: PrefectServer, gpg_keys: GpgTestKeys,
+                                                               tmp_path: Path) -> None:
+    root = tmp_path / "erp"
+    db = make_project(root)
+    keys_file = tmp_path / "keys.asc"
+    keys_file.write_text(gpg_keys.enc.public + gpg_keys.sign.public)
+    dead = f"http://127.0.0.1:{offsite_fixtures.free_port()}"  # nothing listens there
+    name = f"dead-{offsite_fixtures.free_port()}"
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[project]\nroot = "{root}"\n[database]\nurl = "sqlite:///{db}"\n'
+                   f'[storage]\nlocal_dir = "{tmp_path / "bk"}"\n[backup]\ntask_retries = 0\n'
+                   f'[encryption]\nrecipients = ["{gpg_keys.enc.fingerprint}"]\npublic_keys = "{keys_file}"\n'
+                   f'signers = ["{gpg_keys.sign.fingerprint}"]\n'
+                   f'[remote]\nblock = "{name}"\nretries = 0\n')
+    ring = keyring(tmp_path, "ring-backup", gpg_keys.sign.secret)
+    env = {**prefect_server.env, "GNUPGHOME": str(ring), "ERP_BACKUP_GPG_SIGNING_PASSPHRASE": SIGN_PASSPHRASE}
+    try:
+        made = cli({**env, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}, cfg,
+                   "block", "s3", "--name", name, "--bucket", "b", "--endpoint-url", dead, "--region", "us-east-1")
+        assert made.returncode == 0, made.stderr[-3000:]
+        run = cli(env, cfg, "backup", "full")
+        assert run.returncode != 0
+        last = run.stderr.strip().splitlines()[-1]
+        assert last.startswith("erp-backup: error: upload failed (the local sets are kept") and \
+            "does not answer" in last, last
+        assert SECRET_KEY not in run.stdout + run.stderr
+        runs = prefect_server.flow_runs("erp-backup-full")
+        assert runs[0]["state_type"] == "FAILED"  # so the failure automation alerts
+        listed = cli(env, cfg, "list", "--json")
+        sets = json.loads(listed.stdout)["sets"]
+        assert [s["status"] for s in sets] == ["committed"]  # the local set is kept
+    finally:
+        kill_agent(ring)
