@@ -16,6 +16,7 @@ from erp_backup.core.models import BackupId
 
 if TYPE_CHECKING:  # the parser is built for every command: heavy modules are imported when used
     from erp_backup import restore as restorer
+    from erp_backup.adapters.storage.base import RemoteStore
     from erp_backup.config import Settings
 
 # ----------------------------------------------------------------------------- plain variants (runner.run)
@@ -55,20 +56,25 @@ def plain_restore_from_remote(settings: Settings, request: restorer.RestoreReque
 # ----------------------------------------------------------------------------- commands
 
 
-def list_remote(settings: Settings, as_json: bool) -> int:
+def list_remote(settings: Settings, as_json: bool, store: RemoteStore | None = None) -> int:
     from erp_backup import remote_sets
+    from erp_backup.core import chain
     from erp_backup.remote_store import open_store
     from erp_backup.tables import human, print_table
 
-    store = open_store(settings)
+    store = store or open_store(settings)
     listing = remote_sets.scan(store)
     good, damaged = remote_sets.headers(store, listing)
     rows: list[dict[str, Any]] = []
+    ids = [m.id for m in good]
     for m in good:
+        problem = chain.chain_problem(m, ids, damaged)
         rows.append({"id": m.id.value, "kind": m.kind.value, "tags": ",".join(m.tags),
                      "parent": m.parent.value if m.parent else None,
                      "finished_at": m.finished_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                     "size_bytes": sum(listing.objects[m.id.value].values()), "status": "complete", "reason": None})
+                     "size_bytes": sum(listing.objects[m.id.value].values()),
+                     "status": "complete" if problem is None else "broken",
+                     "reason": None if problem is None else f"it {problem}"})
     for d in damaged:
         rows.append({"id": d.id.value, "kind": d.id.kind.value, "tags": "", "parent": None, "finished_at": None,
                      "size_bytes": sum(listing.objects[d.id.value].values()), "status": "damaged",

@@ -455,3 +455,30 @@ def test_disaster_round_trip_server_databases(engine: str, tmp_path: Path, moto_
     assert [tuple(r) for r in sql(target_db, "SELECT id, name FROM customers ORDER BY id")] == [
         (1, "a"), (2, "b"), (3, MARKER)]
     assert diff_states(state, tree_state(tmp_path / "out")) == []
+
+
+def test_list_remote_statuses(tmp_path: Path, moto_s3: S3Env, gpg_keys: GpgTestKeys, host: Host,
+                              capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from erp_backup.remote_cli import list_remote
+
+    s, store, full = one_full_uploaded(tmp_path, gpg_keys, host, moto_s3)
+    write_file(s.project.root / "app/more.txt", "more\n")
+    incr = backup(s, BackupKind.INCREMENTAL, T0 + timedelta(hours=1))
+    full2 = backup(s, BackupKind.FULL, T0 + timedelta(hours=2))
+    upload.push(s, store, now=T0 + timedelta(hours=2))
+    c, bucket = moto_s3.client(), moto_s3.bucket.bucket_name
+    c.delete_object(Bucket=bucket, Key=f"erp/{full}/manifest.json")  # as a half-done delete leaves it
+    c.put_object(Bucket=bucket, Key=f"erp/{full2}/manifest.json", Body=b"{not json")
+    c.put_object(Bucket=bucket, Key="erp/stray.txt", Body=b"x")
+    assert list_remote(s, True, store) == 0
+    out = json.loads(capsys.readouterr().out)
+    status = {r["id"]: (r["status"], r["reason"] or "") for r in out["sets"]}
+    assert status[full.value][0] == "incomplete"
+    assert status[incr.value][0] == "broken" and full.value in status[incr.value][1]
+    assert status[full2.value][0] == "damaged"
+    assert out["foreign"] == ["stray.txt"]
+    assert list_remote(s, False, store) == 0
+    text = capsys.readouterr().out
+    assert "(broken: " in text and "1 object(s) that belong to no set" in text
