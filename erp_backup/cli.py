@@ -2,8 +2,9 @@
 
 Read-only commands (``list``, ``show``) answer from the manifests without
 importing Prefect. The others check their input first (one-line errors, nothing
-written, no Prefect start-up for a typo), then run their Prefect flow: under the
-ephemeral API by default, against a server when ``PREFECT_API_URL`` is set.
+written, no Prefect start-up for a typo), then run through ``erp_backup.runner``: as a
+flow run on the Prefect server when one is configured (``PREFECT_API_URL``), else in
+this process without Prefect (``erp_backup.jobs``).
 """
 
 from __future__ import annotations
@@ -175,10 +176,10 @@ def cmd_backup(args: argparse.Namespace) -> int:
     s = _settings(args)
     job = BackupJob(args.kind)
     checked = preflight(s, job.kind, job.tags)  # before Prefect starts: bad input costs a second, not ten
-    from erp_backup import runner
-    from erp_backup.flows.backup import CLI_FLOWS
+    from erp_backup import jobs, runner
 
-    row = runner.run(CLI_FLOWS[job], None, settings=s, checked=checked)
+    flow = runner.lazy("erp_backup.flows.backup", "CLI_FLOWS", job)
+    row = runner.run(flow, jobs.backup_job(job), settings=s, checked=checked)
     print(row["id"])
     return 0
 
@@ -195,12 +196,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
     for i in args.ids:
         if not repo.exists(BackupId(i)):
             raise BackupError(f"backup set {i} not found in {repo.root}", hint="see `erp-backup list`")
-    from erp_backup import runner
-    from erp_backup.flows.restore import verify_checked_flow
+    from erp_backup import jobs, runner
 
+    flow = runner.lazy("erp_backup.flows.restore", "verify_checked_flow")
     try:
-        rows = runner.run(verify_checked_flow, None, settings=s, backup_ids=args.ids or None,
-                                   level="quick" if args.quick else "full")
+        rows = runner.run(flow, jobs.verify_job, settings=s, backup_ids=args.ids or None,
+                          level="quick" if args.quick else "full")
     except VerifyFailed as e:
         print_table(e.rows)  # every set, passed or not, before the error line
         raise
@@ -274,18 +275,30 @@ def cmd_restore(args: argparse.Namespace) -> int:
     from erp_backup import restore as restorer
     from erp_backup.adapters.storage.local import LocalRepository
 
+    if args.put_back:
+        from erp_backup.recovery_cli import put_back
+
+        return put_back(args, _settings(args))
+    if args.in_place:
+        from erp_backup.recovery_cli import restore_in_place
+
+        return restore_in_place(args, _settings(args), _parse_time(args.at) if args.at else None)
+    if args.files_only or args.database_only:
+        raise ConfigError("--files-only/--database-only go with --in-place",
+                          hint="for a restore elsewhere give only --target-dir or only --target-database")
     s = _settings(args)
     if args.from_remote:
         return _restore_remote(s, args)
     request = restorer.RestoreRequest(
         target_dir=args.target_dir, backup_id=args.backup, at=_parse_time(args.at) if args.at else None,
         target_database=args.target_database, force=args.force, yes=args.yes, jobs=args.jobs,
-        keep_setid=args.keep_setid)
-    plan = restorer.preflight(LocalRepository(s.storage.local_dir), request, live=s.live_database(), settings=s)
-    from erp_backup import runner
-    from erp_backup.flows.restore import restore_checked_flow
+        keep_setid=args.keep_setid, verify=args.verify or s.restore.verify, allow_old=args.allow_old)
+    plan = restorer.preflight(LocalRepository(s.storage.local_dir), request, live=s.live_database(), settings=s,
+                              max_age_s=s.restore.max_age)
+    from erp_backup import jobs, runner
 
-    row = runner.run(restore_checked_flow, None, settings=s, plan=plan)
+    flow = runner.lazy("erp_backup.flows.restore", "restore_checked_flow")
+    row = runner.run(flow, jobs.restore_job, settings=s, plan=plan)
     print_table([row])
     return 0
 
@@ -352,7 +365,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="from the [remote] store (needs --backup or --at; no local backup directory needed)")
     sp.add_argument("--scratch-dir", help="with --from-remote: where the chain is downloaded first "
                     "(default: $TMPDIR); removed afterwards")
+    from erp_backup.recovery_cli import add_recovery_parsers, add_restore_flags
+
+    add_restore_flags(sp)
     sp.set_defaults(func=cmd_restore)
+    add_recovery_parsers(sub)
 
     sp = sub.add_parser("upload", help="send committed sets missing remotely (default: the catch-up window)")
     sp.add_argument("ids", nargs="*")

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, Valid
 
 from erp_backup.core.dburl import DatabaseUrl, parse_database_url
 from erp_backup.core.errors import ConfigError
+from erp_backup.recovery_config import RestoreConfig, RestoreTestConfig
 
 DEFAULT_CONFIG = Path("/etc/erp-backup/config.toml")
 DEFAULT_EXCLUDES = ["*.pyc", "__pycache__", "venv", ".venv", "node_modules", "staticfiles", "media"]
@@ -83,6 +84,8 @@ class Settings(_Section):
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     backup: BackupConfig = Field(default_factory=BackupConfig)
+    restore: RestoreConfig = Field(default_factory=RestoreConfig)
+    restore_test: RestoreTestConfig = Field(default_factory=RestoreTestConfig)
     encryption: EncryptionConfig | None = None
     remote: RemoteConfig | None = None
     _source: str = PrivateAttr(default="defaults")
@@ -290,12 +293,14 @@ retry_delay_s = [10, 60]  # seconds before each retry
 # block = "erp-offsite"   # S3Bucket block or erp-backup FTP storage block (`erp-backup block s3|ftp`)
 # prefix = "django_erp"   # sets go to <prefix>/<set id>/
 # catch_up_days = 30      # sets finished this recently are sent if missing remotely (monthly: 366)
-"""
+{recovery}"""
 
 
 def render_config(root: Path, local_dir: Path, url: str | None) -> str:
     import json
 
     url_line = f"url = {json.dumps(url)}" if url else '# url = "sqlite:////srv/django_erp/db.sqlite3"'
+    from erp_backup.recovery_config import CONFIG_TEMPLATE as RECOVERY_TEMPLATE
+
     return CONFIG_TEMPLATE.format(root=root, exclude=json.dumps(DEFAULT_EXCLUDES), url_line=url_line,
-                                  local_dir=local_dir)
+                                  local_dir=local_dir, recovery=RECOVERY_TEMPLATE)

@@ -56,10 +56,6 @@ class _Secrets:
     restore_passphrase: str | None = field(default=None, repr=False)
 
 
-def config_of(settings: Settings) -> EncryptionConfig | None:
-    return settings.encryption
-
-
 def encrypts_local(settings: Settings) -> bool:
     return settings.encryption is not None and settings.encryption.local
 
@@ -90,6 +86,10 @@ def _load_block(name: str) -> Any:
         raise ConfigError(f"encryption.block: no GPG keys block named {name!r}",
                           hint="create it with `erp-backup block gpg --name NAME …` (README: Encryption) or fix "
                           "the name") from e
+    except Exception as e:  # the Prefect API is down or unreachable: one line, not a traceback
+        raise ConfigError(f"encryption.block: cannot load the GPG keys block {name!r} "
+                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no message'})",
+                          hint="check that the Prefect server at PREFECT_API_URL is up, then run again") from e
 
 
 def _read_public_keys(path: Path) -> str:
@@ -415,3 +415,13 @@ def restore_decryptor(settings: Settings | None, repo: LocalRepository, m: Manif
             for h, _ in members:
                 s.check_signature(repo.set_dir(h.id), h.id.value)
         yield s.decryptor
+
+
+def check_remote_signature(settings: Settings, sums: bytes, sig: bytes | None, sid: str) -> str | None:
+    """For ``list``/``verify --remote``: with ``sign = true``, the signer of a remote set's
+    ``SHA256SUMS`` (given as bytes, ``sig`` None when the object is missing) if the signature is good
+    and by a verification key, else CryptoError naming the set; None when signing is not configured."""
+    if not signs(settings):
+        return None
+    with session(settings, signing=True) as s:
+        return s.check_signature_bytes(sums, sig, sid)

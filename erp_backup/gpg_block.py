@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,9 @@ def _read(path: str, what: str) -> str:
 
 def spec_from_args(args: argparse.Namespace, env: dict[str, str] | None = None) -> GpgBlockSpec:
     env = dict(os.environ) if env is None else env
+    if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", args.name):
+        raise ConfigError(f"--name {args.name!r}: a block name has lowercase letters, digits and dashes only",
+                          hint="e.g. --name erp-gpg")
     publics = "".join(_read(p, "public key") for p in args.public_keys)
     signing = _read(args.signing_key_file, "signing key") if args.signing_key_file else env.get(ENV_SIGNING_KEY)
     private = _read(args.private_key_file, "private key") if args.private_key_file else env.get(ENV_PRIVATE_KEY)
@@ -87,23 +91,13 @@ def check(spec: GpgBlockSpec) -> dict[str, Any]:
     with crypto.gpg_home(crypto.KeyMaterial(public_keys=publics)) as home:
         out["public"] = [k.fingerprint for k in home.keys()]
         if spec.signing_key:
-            fprs = set(home.import_keys(spec.signing_key, what="signing key"))
-            signing = [k for k in home.keys(secret=True) if k.fingerprint in fprs and k.usable_for("s")]
-            if not signing:
-                raise CryptoError("the signing key holds no usable private signing key",
-                                  hint="export it with gpg --armor --export-secret-keys FINGERPRINT")
-            out["signing"] = signing[0].fingerprint
+            out["signing"] = _secret_key(home, spec.signing_key, "signing key", "s")
             probe = home.path / "probe"
             probe.write_bytes(b"erp-backup block check\n")
             home.sign_detached(probe, signer=out["signing"], passphrase=spec.signing_passphrase)
             home.verify_detached(probe, probe.with_name("probe.sig"), [out["signing"]])
         if spec.private_key:
-            fprs = set(home.import_keys(spec.private_key, what="private key"))
-            private = [k for k in home.keys(secret=True) if k.fingerprint in fprs and k.usable_for("e")]
-            if not private:
-                raise CryptoError("the private key cannot decrypt (no encryption subkey, or only public parts)",
-                                  hint="export the restore key with gpg --armor --export-secret-keys FINGERPRINT")
-            out["private"] = private[0].fingerprint
+            out["private"] = _secret_key(home, spec.private_key, "private key", "e")
             _decrypt_probe(home, out["private"], spec.private_key_passphrase)
         known = [k for k in home.keys()]
         for fpr in spec.trusted_signers:
@@ -111,6 +105,16 @@ def check(spec: GpgBlockSpec) -> dict[str, Any]:
                 raise CryptoError(f"trusted signer {fpr} is not among the keys given",
                                   hint="add its public key with --public-keys")
     return out
+
+
+def _secret_key(home: crypto.GpgHome, armored: str, what: str, cap: str) -> str:
+    """Import ``armored``; the fingerprint of its private key that can ``cap`` (s: sign, e: encrypt)."""
+    fprs = set(home.import_keys(armored, what=what))
+    usable = [k for k in home.keys(secret=True) if k.fingerprint in fprs and k.usable_for(cap)]
+    if not usable:
+        raise CryptoError(f"the {what} holds no private key that can {'sign' if cap == 's' else 'decrypt'}",
+                          hint="export it with gpg --armor --export-secret-keys FINGERPRINT")
+    return usable[0].fingerprint
 
 
 def _decrypt_probe(home: crypto.GpgHome, fpr: str, passphrase: str | None) -> None:
@@ -149,7 +153,12 @@ def save(spec: GpgBlockSpec, *, overwrite: bool) -> str:
         if "already" in str(e).lower():
             raise ConfigError(f"a GPG keys block named {spec.name!r} already exists",
                               hint="pass --overwrite to replace it") from e
-        raise
+        raise ConfigError(f"cannot save the GPG keys block {spec.name!r}: {str(e).splitlines()[0]}",
+                          hint="check the block name (lowercase letters, digits and dashes)") from e
+    except Exception as e:  # the Prefect API is down or unreachable
+        raise ConfigError(f"cannot save the GPG keys block {spec.name!r} ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else 'no message'})",
+                          hint="check that the Prefect server at PREFECT_API_URL is up, then run again") from e
     parts = [f"{len(checked['public'])} public key(s)"]
     if checked["signing"]:
         parts.append(f"signing key {checked['signing']}")

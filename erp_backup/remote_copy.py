@@ -33,7 +33,7 @@ import hashlib
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from typing import IO
+from typing import IO, cast
 
 from erp_backup import encryption
 from erp_backup.adapters.archive.artifact import CHUNK
@@ -92,8 +92,8 @@ class SetCopy:
                     continue
                 src = _HashingReader(f)
                 name = encryption.encrypted_name(a.name)
-                with self.session.encrypting_reader(src, name) as out:  # type: ignore[arg-type]
-                    yield name, out  # type: ignore[misc]
+                with self.session.encrypting_reader(cast(IO[bytes], src), name) as out:
+                    yield name, cast(IO[bytes], out)
                     if out.read(1):
                         raise StorageError(f"the upload did not read {name} to its end",
                                            hint="a bug: report it")

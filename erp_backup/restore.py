@@ -69,6 +69,8 @@ class RestoreRequest:
     yes: bool = False
     jobs: int = 1
     keep_setid: bool = False  # restore setuid/setgid bits as recorded (GNU tar keeps them as root too)
+    verify: str = "quick"  # how "the newest valid set" is checked (no backup_id/at): "quick" or "full"
+    allow_old: bool = False  # accept a newest valid set older than [restore] max_age
 
 
 @dataclass(frozen=True)
@@ -662,10 +664,12 @@ _NEEDS_ALL = None
 _NEEDS_FILES = frozenset({"files"})
 
 
-def _pick_newest(repo: LocalRepository, at: datetime | None) -> tuple[Manifest, tuple[str, ...]]:
+def _pick_newest(repo: LocalRepository, at: datetime | None, level: str = "quick",
+                 settings: Settings | None = None) -> tuple[Manifest, tuple[str, ...]]:
     """The newest set finished at or before ``at`` (None: the newest) that a restore can read whole:
     intact manifests (``scan``), every set it needs present, and — the quick level — the artifacts
-    the restore reads matching their checksums (its own; the files archive of each set it needs).
+    the restore reads matching their checksums (its own; the files archive of each set it needs);
+    ``level="full"`` also verifies the set and its chain deeply (``verify.verify_sets``).
     Every newer set passed over is named, with why: in the error when none is left, else as notes."""
     found = repo.scan()
     if not found.committed and not found.damaged:
@@ -684,6 +688,10 @@ def _pick_newest(repo: LocalRepository, at: datetime | None) -> tuple[Manifest, 
             if checked[key] is not None:
                 bad = (member.id, checked[key])
                 break
+        if bad is None and level == "full":
+            deep = verifier.verify_sets(repo, [sel.chosen.id.value], level="full", settings=settings)[0]
+            if not deep.ok:
+                bad = (sel.chosen.id, deep.problems[0].removeprefix(f"{sel.chosen.id}: "))
         if bad is None:
             break
         invalid[bad[0]] = bad[1] or ""
@@ -708,15 +716,30 @@ def _same_database(a: DatabaseUrl, b: DatabaseUrl) -> bool:
     return a.same_database(b)
 
 
-def _pick_set(repo: LocalRepository, backup_id: str | None, at: datetime | None) -> tuple[Manifest, tuple[str, ...]]:
+def _pick_set(repo: LocalRepository, backup_id: str | None, at: datetime | None, level: str = "quick",
+              settings: Settings | None = None) -> tuple[Manifest, tuple[str, ...]]:
     """(the set to restore, notes for the operator: the newer sets skipped and why)."""
     if backup_id:
         return _pick_named(repo, backup_id), ()
-    return _pick_newest(repo, at)
+    return _pick_newest(repo, at, level, settings)
+
+
+def _check_age(m: Manifest, max_age_s: float | None, now: datetime | None) -> None:
+    """The newest valid set (no --backup/--at) must not be older than ``[restore] max_age``."""
+    if max_age_s is None:
+        return
+    from erp_backup.core.objectives import human
+
+    age = ((now or datetime.now(UTC)) - m.finished_at).total_seconds()
+    if age > max_age_s:
+        raise RestoreError(f"the newest valid set {m.id} finished {human(age)} ago, more than [restore] max_age "
+                           f"({human(max_age_s)})", hint="pass --allow-old to restore it anyway, or name a set "
+                           "with --backup ID (`erp-backup list`)")
 
 
 def preflight(repo: LocalRepository, req: RestoreRequest, *, live: DatabaseUrl | None,
-              target_db: DatabaseUrl | None = None, settings: Settings | None = None) -> RestorePlan:
+              target_db: DatabaseUrl | None = None, settings: Settings | None = None,
+              max_age_s: float | None = None, now: datetime | None = None) -> RestorePlan:
     """Every check of a restore, before anything is written (and, from the CLI, before Prefect
     starts): something to restore into, the set, the target directory, the target database
     (engine, no password in it, the live-database guard), the jobs; with ``[encryption]`` the
@@ -728,7 +751,11 @@ def preflight(repo: LocalRepository, req: RestoreRequest, *, live: DatabaseUrl |
     at = req.at
     if at is not None:  # a time without a zone (from the UI or the API) is UTC, as on the command line
         at = at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
-    m, notes = _pick_set(repo, req.backup_id, at)
+    if req.verify not in ("quick", "full"):
+        raise ConfigError(f"--verify {req.verify!r}: must be quick or full", hint="e.g. --verify full")
+    m, notes = _pick_set(repo, req.backup_id, at, req.verify, settings)
+    if not req.backup_id and at is None and not req.allow_old:
+        _check_age(m, max_age_s, now)
     target_dir = os.path.abspath(req.target_dir) if req.target_dir is not None else None
     if target_dir is not None:
         t = Path(target_dir)

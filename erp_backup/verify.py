@@ -22,7 +22,7 @@ from erp_backup.adapters.storage.local import MANIFEST, SUMS, LocalRepository
 from erp_backup.core import chain
 from erp_backup.core import manifest as mf
 from erp_backup.core.dburl import DatabaseUrl
-from erp_backup.core.errors import BackupError, IntegrityError
+from erp_backup.core.errors import BackupError, CryptoError, IntegrityError
 from erp_backup.core.models import Artifact, BackupId, EntryType, Manifest
 
 if TYPE_CHECKING:
@@ -111,9 +111,10 @@ def _check_artifact(set_dir: Path, sid: str, a: Artifact, sums: dict[str, str], 
             rep.problems.append(problem)
 
 
-def _check_artifacts(set_dir: Path, m: Manifest, rep: _Findings, *, hash_now: bool) -> None:
-    """Presence, size, SHA256SUMS agreement; with ``hash_now`` also the SHA-256 (quick level).
-    The full level hashes while it decompresses, in the same pass."""
+def _check_artifacts(set_dir: Path, m: Manifest, rep: _Findings, *, hash_now: bool,
+                     hash_roles: frozenset[str] = frozenset()) -> None:
+    """Presence, size, SHA256SUMS agreement; with ``hash_now`` (or for ``hash_roles``) also the
+    SHA-256 (quick level). The full level hashes while it decompresses, in the same pass."""
     sid = m.id.value
     sums = _read_sums(set_dir, sid, rep)
     if sums:
@@ -125,7 +126,7 @@ def _check_artifacts(set_dir: Path, m: Manifest, rep: _Findings, *, hash_now: bo
             rep.problems.append(f"{sid}/{SUMS} lists {name!r}, which is not an artifact of the set")
     for a in m.artifacts:
         before = len(rep.problems)
-        _check_artifact(set_dir, sid, a, sums, rep, hash_now=hash_now)
+        _check_artifact(set_dir, sid, a, sums, rep, hash_now=hash_now or a.role in hash_roles)
         if a.role == "database":
             rep.own_only.update(rep.problems[before:])
 
@@ -217,18 +218,23 @@ def crypto_session(settings: Settings | None, *, restore: bool) -> Iterator[Sess
 
 def verify_dir(set_dir: Path, m: Manifest, *, level: str = "full", key_files: list[str] | None = None,
                repo: LocalRepository | None = None, settings: Settings | None = None,
-               crypto: Session | None = None, without_key: str = "quick") -> VerifyReport:
+               crypto: Session | None = None, without_key: str = "quick",
+               files_read_back: bool = False) -> VerifyReport:
     """Verify one set directory. With ``settings`` (or an open ``crypto`` session) and ``[encryption]
     sign = true`` the signature of ``SHA256SUMS`` is checked first. An encrypted set needs the
     private key for the full level; without it, ``without_key = "quick"`` verifies at the quick
-    level (``NO_KEY_LEVEL``; the backup host holds no private key), ``"raise"`` fails."""
+    level (``NO_KEY_LEVEL``; the backup host holds no private key), ``"raise"`` fails.
+
+    ``files_read_back``: the files archive was decompressed and parsed while it was written
+    (``adapters/archive/selfcheck.py``, the backup's own verification): the full level then only
+    checks its SHA-256 on disk instead of decompressing it and re-hashing every file again."""
     if level == "none":
         return _Findings(m.id.value, level).freeze()
     if crypto is None and settings is not None:
         full_encrypted = level == "full" and any(a.encryption for a in m.artifacts)
         with crypto_session(settings, restore=full_encrypted) as s:
             return verify_dir(set_dir, m, level=level, key_files=key_files, repo=repo, crypto=s,
-                              without_key=without_key)
+                              without_key=without_key, files_read_back=files_read_back)
     decryptor: Decryptor = None
     if level == "full" and crypto is not None and any(a.encryption for a in m.artifacts):
         if without_key == "quick" and not crypto.can_decrypt(m):
@@ -239,8 +245,6 @@ def verify_dir(set_dir: Path, m: Manifest, *, level: str = "full", key_files: li
         if without_key == "quick":
             level = NO_KEY_LEVEL
         else:
-            from erp_backup.core.errors import CryptoError
-
             raise CryptoError(f"cannot verify {m.id}: it is encrypted and no GPG key is configured",
                               hint="configure [encryption] (README: Encryption), or `erp-backup verify --quick`")
     rep = _Findings(m.id.value, level)
@@ -250,10 +254,15 @@ def verify_dir(set_dir: Path, m: Manifest, *, level: str = "full", key_files: li
         except BackupError as e:
             rep.problems.append(str(e))
             return rep.freeze()
-    _check_artifacts(set_dir, m, rep, hash_now=level != "full")
+    read_back = files_read_back and level == "full"
+    _check_artifacts(set_dir, m, rep, hash_now=level != "full",
+                     hash_roles=frozenset({"files"}) if read_back else frozenset())
     if level != "full" or rep.problems:
         return rep.freeze()
-    _check_files_archive(set_dir, m, rep, decryptor)
+    if read_back:
+        rep.files_checked += sum(1 for e in m.files if e.type is EntryType.FILE and e.holder == m.id.value)
+    else:
+        _check_files_archive(set_dir, m, rep, decryptor)
     _check_database(set_dir, m, rep, decryptor)
     index = {e.path for e in m.files}
     own = len(rep.problems)

@@ -36,7 +36,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, cast
+from typing import IO, Self, cast
 
 from erp_backup.adapters import proc
 from erp_backup.core.errors import BackupError, CryptoError, ToolMissingError
@@ -617,94 +617,6 @@ class EncryptingWriter:
         self._launch.finish()
 
 
-class EncryptingReader:
-    """Pull-mode encryption (an off-site copy of a plaintext artifact): a feeder thread copies
-    ``src`` into gpg's stdin, ``read()`` returns gpg's output, hashed and counted on the way
-    (``hexdigest()``, ``size``: complete once ``read()`` returned b''). Reading to the end raises
-    CryptoError if gpg did not finish the encryption; ``close()`` kills gpg if it still runs."""
-
-    def __init__(self, home: GpgHome, recipients: Sequence[str], src: IO[bytes], name: str = "artifact") -> None:
-        import hashlib
-
-        args = ["--no-auto-key-locate", "--trust-model", "always", "--compress-algo", "none", "--encrypt"]
-        for r in recipients:
-            args += ["--recipient", r]
-        args += ["--output", "-"]
-        self.name = name
-        self._launch = _Launch(home.gpg, home.path, args, passphrase=None, stdin=True, stdout=True,
-                               what="encrypt")
-        self._child = self._launch.child
-        _grow_pipes(self._child.stdin, self._child.stdout)
-        self._src = src
-        self._hash = hashlib.sha256()
-        self.size = 0
-        self._feed_error: BaseException | None = None
-        self._done = False
-        self._feeder = threading.Thread(target=self._feed, daemon=True)
-        self._feeder.start()
-
-    def _feed(self) -> None:
-        stdin = self._child.stdin
-        try:
-            while chunk := self._src.read(CHUNK):
-                stdin.write(chunk)
-        except (BrokenPipeError, ValueError):
-            pass  # gpg stopped reading: its exit status says why
-        except BaseException as e:  # the source failed (a disk error): stop gpg
-            self._feed_error = e
-            try:
-                if self._child.poll() is None:
-                    os.kill(self._child.pid, 9)
-            except OSError:
-                pass
-        finally:
-            try:
-                stdin.close()
-            except (BrokenPipeError, OSError):
-                pass
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, n: int = -1) -> bytes:
-        if self._done:
-            return b""
-        data = self._child.stdout.read(CHUNK if n is None or n < 0 else n)
-        if data:
-            self._hash.update(data)
-            self.size += len(data)
-            return data
-        self._done = True
-        self._feeder.join()
-        rc, status, err = self._launch.finish()
-        if self._feed_error is not None:
-            raise self._feed_error
-        if rc != 0 or not _has(status, "END_ENCRYPTION"):
-            raise _encrypt_error(status, err, rc)
-        return b""
-
-    def hexdigest(self) -> str:
-        return self._hash.hexdigest()
-
-    def close(self) -> None:
-        if not self._done:
-            self._done = True
-            try:
-                if self._child.poll() is None:
-                    os.kill(self._child.pid, 9)
-            except OSError:
-                pass
-            self._feeder.join(timeout=30)
-            self._child.kill()
-            self._launch.finish()
-
-    def __enter__(self) -> EncryptingReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
 def _encrypt_error(status: Sequence[str], err: str, rc: int) -> CryptoError:
     for f in _has(status, "INV_RECP"):
         who = f[1] if len(f) > 1 else "?"
@@ -733,12 +645,12 @@ class GpgDecryptor:
         return cast(IO[bytes], DecryptingReader(self.home, src, self._passphrase))
 
 
-class DecryptingReader:
-    def __init__(self, home: GpgHome, src: IO[bytes], passphrase: str | None, name: str | None = None) -> None:
-        self.name = name or os.path.basename(str(getattr(src, "name", "") or "")) or "the artifact"
-        self._has_passphrase = passphrase is not None
-        self._launch = _Launch(home.gpg, home.path, ["--no-auto-key-retrieve", "--decrypt", "--output", "-"],
-                               passphrase=passphrase, stdin=True, stdout=True, what="decrypt")
+class _PullFilter:
+    """gpg between a source and ``read()``: a feeder thread copies ``src`` into gpg's stdin
+    (stopping gpg if the source fails); ``close()`` kills gpg if it still runs."""
+
+    def __init__(self, home: GpgHome, args: list[str], src: IO[bytes], passphrase: str | None, what: str) -> None:
+        self._launch = _Launch(home.gpg, home.path, args, passphrase=passphrase, stdin=True, stdout=True, what=what)
         self._child = self._launch.child
         _grow_pipes(self._child.stdin, self._child.stdout)
         self._src = src
@@ -758,7 +670,7 @@ class DecryptingReader:
                 stdin.write(chunk)
         except (BrokenPipeError, ValueError):
             pass  # gpg stopped reading: its exit status says why
-        except BaseException as e:  # the source failed (network): stop gpg
+        except BaseException as e:  # the source failed (network, disk): stop gpg
             self._feed_error = e
             try:
                 if self._child.poll() is None:
@@ -770,6 +682,40 @@ class DecryptingReader:
                 stdin.close()
             except (BrokenPipeError, OSError):
                 pass
+
+    def _end(self) -> tuple[int, list[str], str]:
+        """gpg's outcome once its output is drained; the source's own error first."""
+        self._done = True
+        self._feeder.join()
+        rc, status, err = self._launch.finish()
+        if self._feed_error is not None:
+            raise self._feed_error
+        return rc, status, err
+
+    def close(self) -> None:
+        if not self._done:
+            self._done = True
+            try:
+                if self._child.poll() is None:
+                    os.kill(self._child.pid, 9)
+            except OSError:
+                pass
+            self._feeder.join(timeout=30)
+            self._child.kill()
+            self._launch.finish()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class DecryptingReader(_PullFilter):
+    def __init__(self, home: GpgHome, src: IO[bytes], passphrase: str | None, name: str | None = None) -> None:
+        self.name = name or os.path.basename(str(getattr(src, "name", "") or "")) or "the artifact"
+        self._has_passphrase = passphrase is not None
+        super().__init__(home, ["--no-auto-key-retrieve", "--decrypt", "--output", "-"], src, passphrase, "decrypt")
 
     def readable(self) -> bool:
         return True
@@ -788,31 +734,45 @@ class DecryptingReader:
         return b""
 
     def _finish(self) -> None:
-        self._done = True
-        self._feeder.join()
-        rc, status, err = self._launch.finish()
-        if self._feed_error is not None:
-            raise self._feed_error
+        rc, status, err = self._end()
         if rc != 0 or not _has(status, "DECRYPTION_OKAY") or _has(status, "BADMDC"):
             raise _decrypt_error(status, err, self.name, self._has_passphrase)
 
-    def close(self) -> None:
-        if not self._done:
-            self._done = True
-            try:
-                if self._child.poll() is None:
-                    os.kill(self._child.pid, 9)
-            except OSError:
-                pass
-            self._feeder.join(timeout=30)
-            self._child.kill()
-            self._launch.finish()
 
-    def __enter__(self) -> DecryptingReader:
-        return self
+class EncryptingReader(_PullFilter):
+    """Pull-mode encryption (an off-site copy of a plaintext artifact): ``read()`` returns gpg's
+    output, hashed and counted on the way (``hexdigest()``, ``size``: complete once ``read()``
+    returned b''). Reading to the end raises CryptoError if gpg did not finish the encryption."""
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __init__(self, home: GpgHome, recipients: Sequence[str], src: IO[bytes], name: str = "artifact") -> None:
+        import hashlib
+
+        self.name = name
+        self._hash = hashlib.sha256()
+        self.size = 0
+        args = ["--no-auto-key-locate", "--trust-model", "always", "--compress-algo", "none", "--encrypt"]
+        for r in recipients:
+            args += ["--recipient", r]
+        super().__init__(home, [*args, "--output", "-"], src, None, "encrypt")
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        if self._done:
+            return b""
+        data = self._child.stdout.read(CHUNK if n is None or n < 0 else n)
+        if data:
+            self._hash.update(data)
+            self.size += len(data)
+            return data
+        rc, status, err = self._end()
+        if rc != 0 or not _has(status, "END_ENCRYPTION"):
+            raise _encrypt_error(status, err, rc)
+        return b""
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
 
 
 def _decrypt_error(status: Sequence[str], err: str, name: str, had_passphrase: bool) -> CryptoError:

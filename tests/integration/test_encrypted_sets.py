@@ -31,6 +31,7 @@ from erp_backup.verify import NO_KEY_LEVEL, verify_sets
 from tests.conftest import diff_states, make_settings, make_small_project, tree_state, write_file
 from tests.integration.conftest import assert_actionable
 from tests.integration.offsite_fixtures import PASSPHRASE, SIGN_PASSPHRASE, GpgTestKeys, kill_agent
+from tests.integration.test_offsite_crypto import agents_for
 
 pytestmark = pytest.mark.integration
 T0 = datetime(2026, 11, 28, 2, 0, tzinfo=UTC)
@@ -336,6 +337,15 @@ def test_remote_copy_of_a_plaintext_set_is_encrypted_signed_and_restorable(
     assert diff_states(state, tree_state(target)) == []
     assert rows(out_db) == rows(db)
 
+    # what `verify --remote` checks from the objects' bytes, nothing written
+    d = remote / inc.manifest.id.value
+    assert encryption.check_remote_signature(s, (d / SUMS).read_bytes(), (d / SIG).read_bytes(),
+                                             inc.manifest.id.value) == gpg_keys.sign.fingerprint
+    with pytest.raises(CryptoError, match="bad signature"):
+        encryption.check_remote_signature(s, (d / SUMS).read_bytes() + b"x", (d / SIG).read_bytes(), "x")
+    with pytest.raises(CryptoError, match="not signed"):
+        encryption.check_remote_signature(s, (d / SUMS).read_bytes(), None, "x")
+
     # the remote copy's signature guards it like a local one
     (remote / inc.manifest.id.value / SIG).unlink()
     with pytest.raises(CryptoError, match="not signed"):
@@ -409,7 +419,6 @@ def test_a_killed_run_leaves_no_secret_on_disk_and_the_next_run_cleans_up(gpg_ke
                                                                           tmp_path: Path) -> None:
     import signal
     import sys
-    import time
 
     from erp_backup.adapters import crypto
     from tests.conftest import REPO
@@ -433,10 +442,7 @@ def test_a_killed_run_leaves_no_secret_on_disk_and_the_next_run_cleans_up(gpg_ke
     with crypto.gpg_home():  # the next run does
         pass
     assert not home.exists()
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and _agents(home):
-        time.sleep(0.1)
-    assert _agents(home) == []
+    assert no_agents(home)
 
 
 def no_agents(home: Path, wait_s: float = 5.0) -> bool:
@@ -444,22 +450,9 @@ def no_agents(home: Path, wait_s: float = 5.0) -> bool:
     import time
 
     deadline = time.monotonic() + wait_s
-    while _agents(home) and time.monotonic() < deadline:
+    while agents_for(home) and time.monotonic() < deadline:
         time.sleep(0.1)
-    return _agents(home) == []
-
-
-def _agents(home: Path) -> list[int]:
-    out = []
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"gpg-agent" in cmd and str(home).encode() in cmd:
-                out.append(int(pid))
-    return out
+    return agents_for(home) == []
 
 
 BIG_SCRIPT = """
@@ -514,18 +507,21 @@ def test_kill_during_an_encrypted_backup_leaves_no_plaintext(host: Host, gpg_key
         (backups / i.value / SIG).exists() for i in LocalRepository(backups).list_ids())
 
 
-@pytest.mark.parametrize("local", [True, False])
-def test_postgres_marker_row_never_leaves_in_clear_and_restores(host: Host, gpg_keys: GpgTestKeys, tmp_path: Path,
-                                                                pg_db: Callable[..., object],
-                                                                pg_sql: Callable[..., list[tuple[object, ...]]],
-                                                                local: bool) -> None:
+@pytest.mark.parametrize("engine, local", [("postgresql", True), ("postgresql", False), ("mysql", False)])
+def test_database_marker_row_never_leaves_in_clear_and_restores(
+        host: Host, gpg_keys: GpgTestKeys, tmp_path: Path, request: pytest.FixtureRequest, engine: str,
+        local: bool) -> None:
     from erp_backup.core.dburl import DatabaseUrl
 
-    src = pg_db("encsrc")
+    make_db = request.getfixturevalue("pg_db" if engine == "postgresql" else "my_db")
+    sql = request.getfixturevalue("pg_sql" if engine == "postgresql" else "my_sql")
+    src = make_db("encsrc")
     assert isinstance(src, DatabaseUrl)
-    pg_sql(src, "CREATE TABLE customer (id serial PRIMARY KEY, note text)")
-    pg_sql(src, "INSERT INTO customer(note) SELECT 'row ' || g FROM generate_series(1, 500) g")
-    pg_sql(src, "INSERT INTO customer(note) VALUES (%s)", (MARKER,))
+    key = "id serial PRIMARY KEY" if engine == "postgresql" else "id INT AUTO_INCREMENT PRIMARY KEY"
+    sql(src, f"CREATE TABLE customer ({key}, note text)")
+    for i in range(200):
+        sql(src, "INSERT INTO customer(note) VALUES (%s)", (f"row {i}",))
+    sql(src, "INSERT INTO customer(note) VALUES (%s)", (MARKER,))
     root = make_small_project(tmp_path / "erp")
     write_file(root / "app/secret.txt", MARKER)
     s = enc_settings(tmp_path, gpg_keys, local=local, root=root, db=src.redacted())
@@ -540,10 +536,106 @@ def test_postgres_marker_row_never_leaves_in_clear_and_restores(host: Host, gpg_
 
     host.restore()
     rs = s.model_copy(update={"storage": s.storage.model_copy(update={"local_dir": remote})})
-    target = pg_db("encdst", create=False)
+    target = make_db("encdst", create=engine == "mysql")
     assert isinstance(target, DatabaseUrl)
     restore(LocalRepository(remote), target_dir=tmp_path / "restored", backup_id=res.manifest.id.value,
-            target_db=target, settings=rs)
-    assert pg_sql(target, "SELECT note FROM customer WHERE note = %s", (MARKER,)) == [(MARKER,)]
-    assert pg_sql(target, "SELECT count(*) FROM customer") == [(501,)]
+            target_db=target, settings=rs, force=engine == "mysql")
+    assert sql(target, "SELECT note FROM customer WHERE note = %s", (MARKER,)) == [(MARKER,)]
+    assert sql(target, "SELECT count(*) FROM customer") == [(201,)]
     assert diff_states(tree_state(root), tree_state(tmp_path / "restored")) == []
+
+
+def test_block_command_checks_every_key_before_saving(gpg_keys: GpgTestKeys, tmp_path: Path) -> None:
+    """`erp-backup block gpg`'s checks with the real gpg (saving it needs a Prefect server: e2e)."""
+    import argparse
+
+    from erp_backup import gpg_block
+
+    k = gpg_keys
+    pub = tmp_path / "pub.asc"
+    pub.write_text(k.enc.public + k.sign.public)
+    (tmp_path / "sign.asc").write_text(k.sign.secret)
+
+    def spec(env: dict[str, str], **kw: object) -> gpg_block.GpgBlockSpec:
+        ns = argparse.Namespace(name="b", public_keys=[str(pub)], signing_key_file=None, private_key_file=None,
+                                trusted_signer=[], overwrite=False)
+        for key, value in kw.items():
+            setattr(ns, key, value)
+        return gpg_block.spec_from_args(ns, env)
+
+    good = gpg_block.check(spec({gpg_block.ENV_SIGNING_PASSPHRASE: SIGN_PASSPHRASE,
+                                 gpg_block.ENV_PRIVATE_KEY: k.enc.secret, gpg_block.ENV_PASSPHRASE: PASSPHRASE},
+                                signing_key_file=str(tmp_path / "sign.asc"), trusted_signer=[k.sign.fingerprint]))
+    assert good["signing"] == k.sign.fingerprint and good["private"] == k.enc.fingerprint
+    cases: list[tuple[gpg_block.GpgBlockSpec | None, dict[str, object], str]] = [
+        (None, {"public_keys": []}, "no keys given"),
+        (None, {"name": "Bad Name"}, "lowercase letters, digits and dashes"),
+        (None, {"signing_key_file": str(tmp_path / "missing.asc")}, "cannot read the signing key file"),
+        (spec({gpg_block.ENV_SIGNING_KEY: k.sign.public}), {}, "holds no private key that can sign"),
+        (spec({gpg_block.ENV_SIGNING_KEY: k.sign.secret, gpg_block.ENV_SIGNING_PASSPHRASE: "nope"}), {},
+         "wrong passphrase"),
+        (spec({gpg_block.ENV_PRIVATE_KEY: k.enc.secret, gpg_block.ENV_PASSPHRASE: "nope"}), {}, "wrong passphrase"),
+        (spec({gpg_block.ENV_PRIVATE_KEY: k.sign.secret, gpg_block.ENV_PASSPHRASE: SIGN_PASSPHRASE}), {},
+         "no private key that can decrypt"),
+        (spec({}, trusted_signer=[k.other.fingerprint]), {}, "is not among the keys given"),
+    ]
+    for prepared, kw, expected in cases:
+        with pytest.raises(BackupError) as e:
+            gpg_block.check(prepared if prepared is not None else spec({}, **kw))
+        assert_actionable(e.value, expected, secrets=SECRETS + ("nope",))
+
+
+def test_cli_refuses_before_prefect_starts(host: Host, gpg_keys: GpgTestKeys, tmp_path: Path) -> None:
+    """The restore's key checks run in the CLI's preflight: a wrong passphrase or a missing signature
+    is one line within seconds (no Prefect start-up) and nothing is written; `[remote]` without
+    `[encryption]` is refused by every command."""
+    import time
+
+    from tests.conftest import cli_env, run_cli, write_config
+
+    s, repo, sid = _one_set(host, gpg_keys, tmp_path, local=True)
+    e = s.encryption
+    assert e is not None
+    cfg = write_config(tmp_path / "c.toml", s)
+    with open(cfg, "a") as f:
+        f.write(f'[encryption]\nrecipients = ["{gpg_keys.enc.fingerprint}"]\npublic_keys = "{e.public_keys}"\n'
+                f'local = true\nsign = true\nsigners = ["{gpg_keys.sign.fingerprint}"]\n')
+    target = tmp_path / "target"
+    kill_agent(host.restore_ring)
+    for env, expected in (({"ERP_BACKUP_GPG_PASSPHRASE": "wrong-passphrase"}, "wrong passphrase"),
+                          ({}, "needs a passphrase")):
+        t0 = time.monotonic()
+        r = run_cli("--config", str(cfg), "restore", "--backup", sid.value, "--target-dir", str(target),
+                    env=cli_env(GNUPGHOME=str(host.restore_ring), **env))
+        assert r.returncode != 0 and time.monotonic() - t0 < 10, r.stderr[-2000:]
+        last = r.stderr.strip().splitlines()[-1]
+        assert last.startswith("erp-backup: error: ") and expected in last, last
+        assert "wrong-passphrase" not in r.stderr and not target.exists()
+    (repo.set_dir(sid) / SIG).unlink()
+    r = run_cli("--config", str(cfg), "restore", "--backup", sid.value, "--target-dir", str(target),
+                env=cli_env(GNUPGHOME=str(host.restore_ring), ERP_BACKUP_GPG_PASSPHRASE=PASSPHRASE))
+    assert r.returncode != 0 and "not signed" in r.stderr.strip().splitlines()[-1] and not target.exists()
+
+    with open(cfg, "a") as f:
+        f.write('[remote]\nblock = "erp-offsite"\n')
+    text = cfg.read_text()
+    cfg.write_text(text[:text.index("[encryption]")] + text[text.index("[remote]"):])
+    for args in (("list",), ("backup", "full"), ("verify", "--quick")):
+        r = run_cli("--config", str(cfg), *args)
+        assert r.returncode == 2 and "[remote] without [encryption]" in r.stderr.strip().splitlines()[-1], args
+
+
+def test_block_with_the_prefect_api_down_is_one_line(tmp_path: Path) -> None:
+    from tests.conftest import cli_env, make_settings, run_cli, write_config
+
+    s = make_settings(tmp_path, root=make_small_project(tmp_path / "erp"))
+    cfg = write_config(tmp_path / "c.toml", s)
+    with open(cfg, "a") as f:
+        f.write(f'[encryption]\nrecipients = ["{"A" * 40}"]\nblock = "erp-gpg"\n')
+    from tests.integration.offsite_fixtures import free_port
+
+    r = run_cli("--config", str(cfg), "backup", "full",
+                env=cli_env(PREFECT_API_URL=f"http://127.0.0.1:{free_port()}/api"))
+    last = r.stderr.strip().splitlines()[-1]
+    assert r.returncode == 2 and "cannot load the GPG keys block 'erp-gpg'" in last and "Prefect server" in last
+    assert not s.storage.local_dir.exists()
