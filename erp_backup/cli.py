@@ -248,7 +248,7 @@ def _restore_remote(s: Any, args: argparse.Namespace) -> int:
     from erp_backup import runner
     from erp_backup.flows.remote import restore_from_remote_checked_flow
     from erp_backup.remote_cli import plain_restore_from_remote
-    from erp_backup.remote_restore import precheck
+    from erp_backup.remote_restore import live_guard, precheck
     from erp_backup.remote_store import remote_config
 
     remote_config(s)
@@ -257,6 +257,7 @@ def _restore_remote(s: Any, args: argparse.Namespace) -> int:
         target_database=args.target_database, force=args.force, yes=args.yes, jobs=args.jobs,
         keep_setid=args.keep_setid)
     precheck(request, args.scratch_dir)  # before Prefect starts: a typo costs a second
+    live_guard(s, request)
     row = runner.run(restore_from_remote_checked_flow, plain_restore_from_remote, settings=s, request=request,
                      scratch_dir=args.scratch_dir)
     print_table([row])

@@ -211,9 +211,21 @@ def precheck(req: restorer.RestoreRequest, scratch_parent: str | Path | None = N
                               hint="give --scratch-dir outside the target directory")
 
 
+def live_guard(settings: Settings, req: restorer.RestoreRequest) -> None:
+    """The live database is not written without ``--yes``: said before anything is downloaded."""
+    live = settings.live_database()
+    if live is None or req.yes or not req.target_database:
+        return
+    target = restorer.resolve_target_database(req.target_database, live)
+    if target is not None and restorer._same_database(target, live):
+        raise RestoreError(f"{target.redacted()} is the live database",
+                           hint="pass --yes to overwrite the live database, or restore into another one")
+
+
 def fetch(settings: Settings, store: RemoteStore, req: restorer.RestoreRequest, scratch: Path) -> Fetched:
     """Choose the set as the request says and download its chain into ``scratch``."""
     precheck(req, scratch.parent)
+    live_guard(settings, req)
     listing = remote_sets.scan(store)
     good, damaged = remote_sets.headers(store, listing)
     if not good and not damaged:

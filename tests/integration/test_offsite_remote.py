@@ -263,6 +263,13 @@ def one_full_uploaded(tmp_path: Path, keys: GpgTestKeys, host: Host, env: S3Env)
     return s, store, full
 
 
+class ExplodingStore:
+    """A store that must not be touched."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"the store was used ({name}) before the request was checked")
+
+
 def tamper(env: S3Env, key: str, transform: Any) -> None:
     c = env.client()
     body = c.get_object(Bucket=env.bucket.bucket_name, Key=key)["Body"].read()
@@ -452,6 +459,9 @@ def test_disaster_round_trip_server_databases(engine: str, tmp_path: Path, moto_
                                                        target_database=target_db.redacted()),
                               scratch_parent=tmp_path)
     assert rep.set_id == incr.value
+    with pytest.raises(RestoreError) as e:  # the live database, without --yes: refused before a download
+        restore_from_remote(s, ExplodingStore(), RestoreRequest(target_database=src.redacted(), backup_id=incr.value))
+    assert "is the live database" in str(e.value)
     assert [tuple(r) for r in sql(target_db, "SELECT id, name FROM customers ORDER BY id")] == [
         (1, "a"), (2, "b"), (3, MARKER)]
     assert diff_states(state, tree_state(tmp_path / "out")) == []
