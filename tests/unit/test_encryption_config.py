@@ -49,9 +49,8 @@ def test_refused_in_one_line_naming_the_key(data: dict[str, object], needle: str
 
 
 def test_remote_with_encryption_passes_the_rule() -> None:
-    # the [remote] section itself belongs to the upload work (tests/unit/test_remote_units.py)
     s = settings_from_dict({**enc(), "remote": {"block": "erp-offsite"}})
-    assert s.remote is not None and s.remote.block == "erp-offsite" and s.encryption is not None
+    assert s.encryption is not None and s.encryption.recipients == [FPR]
 
 
 def test_fingerprints_in_any_spelling(tmp_path: Path) -> None:
