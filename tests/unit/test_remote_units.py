@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from erp_backup import upload
 from erp_backup.config import RemoteConfig, settings_from_dict
 from erp_backup.core.errors import ConfigError
 from erp_backup.core.models import BackupId, Manifest
@@ -43,6 +44,19 @@ def test_catch_up_sends_the_window_oldest_first_and_names_older_sets() -> None:
     ids, _ = to_send(RemoteConfig(block="b", catch_up_days=0, catch_up_monthly_days=0), history(), set(),
                      now=T0 + timedelta(days=30), newest=i0.id)
     assert ids == [f0.id, i0.id]
+
+
+def test_the_remote_retention_shortens_the_window() -> None:
+    from types import SimpleNamespace
+
+    m, f0, i0, f1, i1, i2 = history()
+    kept = SimpleNamespace(full_days=30, incremental_hours=1.5, differential_days=30, monthly_days=365)
+    wide = RemoteConfig(block="b", catch_up_days=30, catch_up_monthly_days=400)
+    ids, warnings = to_send(wide, history(), set(), now=T0 + timedelta(hours=2), kept=kept)
+    # incrementals older than 1.5 h would be pruned remotely at once: not sent (i1 goes as i2's parent)
+    assert ids == [m.id, f0.id, f1.id, i1.id, i2.id]
+    assert i0.id.value in warnings[0]
+    assert upload.window_days(wide, m, kept) == 365 and upload.window_days(wide, f0, None) == 30
 
 
 def test_explicit_ids_and_a_parent_that_is_nowhere() -> None:
