@@ -240,6 +240,7 @@ def _fetch(check_signature: SignatureCheck, store: RemoteStore, req: restorer.Re
     by_id = {m.id: m for m in good}
     invalid: dict[BackupId, str] = {}
     total = 0
+    notes: tuple[str, ...]
     while True:
         if req.backup_id is not None:
             bid = BackupId(req.backup_id)
@@ -252,7 +253,7 @@ def _fetch(check_signature: SignatureCheck, store: RemoteStore, req: restorer.Re
             problem = chain.chain_problem(by_id[bid], list(by_id), damaged)
             if problem is not None:
                 raise ChainError(f"remote set {bid} cannot be restored: it {problem}", hint="pick another set")
-            chosen, notes = by_id[bid], tuple[str, ...]()
+            chosen, notes = by_id[bid], ()
         else:
             sel = chain.select_for_time(good, req.at, damaged=damaged, invalid=invalid)
             chosen = sel.chosen
