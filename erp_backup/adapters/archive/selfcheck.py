@@ -9,8 +9,9 @@ checksums, end marker) and holds exactly the index's members (path, type, size, 
 order. The file contents are the bytes the tar writer hashed for the index (SHA-256) as it fed
 them in: with the frame checksum, the archive gives them back. Together with the SHA-256 of the
 artifact read back from disk (``verify``'s quick level), that is what the full level's second
-decompression and re-hash of every file proves, with less CPU (no second decompression and no
-second SHA-256 of every file: about a fifth less for the whole verification, measured).
+decompression and re-hash of every file proves, with less CPU (the bytes are not read and
+decompressed a second time, the files not hashed a second time: about a fifth less CPU for the
+whole verification, measured).
 
 Memory stays flat: at most ``DEPTH`` compressed chunks wait in the queue, they are decompressed
 ``SLICE`` bytes at a time, and the member list is folded into a running digest.
