@@ -25,6 +25,7 @@ from erp_backup.core.models import (
     EntryType,
     FileEntry,
     Manifest,
+    shared_int,
 )
 
 FORMAT = "erp-backup-set"
@@ -50,18 +51,16 @@ def entry_to_dict(e: FileEntry) -> dict[str, Any]:
 
 
 _TYPES = {t.value: t for t in EntryType}
-
-
 def entry_from_dict(d: dict[str, Any]) -> FileEntry:
     typ = _TYPES.get(d["type"]) if isinstance(d["type"], str) else None
     return FileEntry(
         path=d["path"],
         type=typ if typ is not None else EntryType(d["type"]),
-        mode=int(d["mode"], 8),
+        mode=shared_int(int(d["mode"], 8)),
         mtime_ns=int(d["mtime_ns"]),
         size=int(d.get("size", 0)),
-        uid=int(d.get("uid", 0)),
-        gid=int(d.get("gid", 0)),
+        uid=shared_int(int(d.get("uid", 0))),
+        gid=shared_int(int(d.get("gid", 0))),
         ino=int(d.get("ino", 0)),
         sha256=d.get("sha256"),
         holder=sys.intern(d["holder"]) if d.get("holder") else None,
