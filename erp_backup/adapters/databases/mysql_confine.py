@@ -1,0 +1,133 @@
+"""A MariaDB restore runs with the rights of the target database only.
+
+The configured user (often root) only prepares: it creates a *temporary account*
+``erpb_restore_<time>_<random>`` with a random password and no privilege of its own, and grants it
+the *owner role* of the target database, ``erpb_owner_<sha256(name)[:12]>``, which holds ALL
+PRIVILEGES on that one database (``_`` and ``%`` escaped: no wildcard grant) and nothing else —
+no FILE, SUPER, SET USER, CREATE USER, no other database. The dump's statements run through a
+connection of the temporary account, whatever they say (``INSERT INTO other_db.t``, ``SELECT …
+INTO OUTFILE``, ``SET GLOBAL``…): the server refuses what reaches past the target database.
+
+Stored objects run with their definer's rights later, whoever fires them: every ``DEFINER=``
+clause is rewritten to ``DEFINER=CURRENT_ROLE`` (``mysql_script.confine_definers``), so triggers,
+views, routines and events run as the owner role — confined too. A clause the rewrite missed names
+another account, which the temporary account may not set: the server refuses the statement.
+
+The temporary account is dropped after the restore. A restore killed (SIGKILL) before that leaves it
+behind: every restore first drops the ``erpb_restore_*`` accounts whose named lock (``GET_LOCK``,
+held by the creating connection for as long as it lives, released by the server when the process
+dies) is free. The owner role stays: the restored objects need their definer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+
+import pymysql
+import pymysql.err
+
+from erp_backup.adapters.databases.common import log, one_line
+from erp_backup.core.dburl import DatabaseUrl
+from erp_backup.core.errors import RestoreError
+
+TEMP_PREFIX = "erpb_restore_"
+OWNER_PREFIX = "erpb_owner_"
+LOCK_PREFIX = "erp-backup:"
+
+
+def owner_role(database: str) -> str:
+    return OWNER_PREFIX + hashlib.sha256(database.encode("utf-8")).hexdigest()[:12]
+
+
+def grant_target(database: str) -> str:
+    """``db``.* for GRANT: ``_`` and ``%`` are wildcards there; escaped, it names this database only."""
+    escaped = database.replace("\\", "\\\\").replace("_", "\\_").replace("%", "\\%")
+    return "`" + escaped.replace("`", "``") + "`.*"
+
+
+def native_password_hash(password: str) -> str:
+    """``*<SHA1(SHA1(password))>``: the server never sees the password in a statement (or its log)."""
+    return "*" + hashlib.sha1(hashlib.sha1(password.encode("utf-8")).digest()).hexdigest().upper()
+
+
+def _exec(conn: pymysql.connections.Connection, query: str, args: tuple[object, ...] | None = None
+          ) -> list[tuple[object, ...]]:
+    with conn.cursor() as cur:
+        cur.execute(query, args)
+        return list(cur.fetchall())
+
+
+@contextmanager
+def confined_login(admin: pymysql.connections.Connection, target: DatabaseUrl) -> Iterator[DatabaseUrl]:
+    """Yield ``target`` with the login of a temporary account confined to the target database
+    (``admin`` must stay open meanwhile: it holds the account's lock); drop the account after."""
+    version = str(_exec(admin, "SELECT VERSION()")[0][0])
+    if "mariadb" not in version.lower():
+        raise RestoreError(f"restoring a dump into MySQL {version} is not supported: the restore runs "
+                           "confined to the target database through a role as definer, which only "
+                           "MariaDB offers",
+                           hint="restore into a MariaDB server, or by hand into a scratch server "
+                           "(README: restore by hand)")
+    drop_stale_accounts(admin)
+    host = str(_exec(admin, "SELECT SUBSTRING_INDEX(USER(), '@', -1)")[0][0])
+    user = f"{TEMP_PREFIX}{int(time.time()):08x}_{secrets.token_hex(4)}"
+    password = secrets.token_urlsafe(24)
+    account = f"{admin.escape(user)}@{admin.escape(host)}"
+    role = owner_role(target.name)
+    _exec(admin, "SELECT GET_LOCK(%s, 0)", (LOCK_PREFIX + user,))
+    try:
+        try:
+            _exec(admin, f"CREATE ROLE IF NOT EXISTS {role}")
+            _exec(admin, f"GRANT ALL PRIVILEGES ON {grant_target(target.name)} TO {role}")
+            _exec(admin, f"CREATE USER {account} IDENTIFIED BY PASSWORD %s", (native_password_hash(password),))
+            _exec(admin, f"GRANT {role} TO {account}")
+            _exec(admin, f"SET DEFAULT ROLE {role} FOR {account}")
+        except pymysql.err.MySQLError as e:
+            raise RestoreError(f"cannot create the temporary account that restores database '{target.name}' "
+                               f"with the rights of that database only: {one_line(str(e), target.secrets())}",
+                               hint="restore as a user with CREATE USER and GRANT OPTION (e.g. root)") from None
+        yield replace(target, user=user, password=password, password_as_written="")
+    finally:
+        _drop_account(admin, account)
+        try:
+            _exec(admin, "SELECT RELEASE_LOCK(%s)", (LOCK_PREFIX + user,))
+        except pymysql.err.MySQLError:
+            pass  # closing the connection releases it
+
+
+def _drop_account(admin: pymysql.connections.Connection, account: str) -> None:
+    try:
+        _exec(admin, f"DROP USER IF EXISTS {account}")
+    except pymysql.err.MySQLError as e:
+        log.warning("could not drop the temporary restore account %s (the next restore drops it): %s",
+                    account, one_line(str(e)))
+
+
+def drop_stale_accounts(admin: pymysql.connections.Connection) -> list[str]:
+    """Drop the temporary accounts of restores that died (their lock is free); return them."""
+    try:
+        rows = _exec(admin, "SELECT User, Host FROM mysql.user WHERE User LIKE %s",
+                     (TEMP_PREFIX.replace("_", "\\_") + "%",))
+    except pymysql.err.MySQLError as e:
+        log.warning("cannot look for temporary accounts of interrupted restores: %s", one_line(str(e)))
+        return []
+    dropped = []
+    for user, host in rows:
+        lock = LOCK_PREFIX + str(user)
+        if _exec(admin, "SELECT GET_LOCK(%s, 0)", (lock,))[0][0] != 1:
+            continue  # a restore that is running holds it
+        try:
+            account = f"{admin.escape(str(user))}@{admin.escape(str(host))}"
+            _drop_account(admin, account)
+            dropped.append(f"{user}@{host}")
+        finally:
+            _exec(admin, "SELECT RELEASE_LOCK(%s)", (lock,))
+    if dropped:
+        log.warning("dropped %d temporary account(s) left by an interrupted restore: %s", len(dropped),
+                    ", ".join(dropped))
+    return dropped
