@@ -82,25 +82,11 @@ def assert_role_confined(my_sql: Sql, target: DatabaseUrl) -> None:
     assert grants[1] == f"GRANT ALL PRIVILEGES ON `{escaped}`.* TO `{owner_role(target.name)}`", grants
 
 
-@pytest.fixture
-def drop_role(my_server: None) -> Callable[[DatabaseUrl], None]:
-    made: list[str] = []
-
-    def track(url: DatabaseUrl) -> None:
-        made.append(owner_role(url.name))
-
-    yield track  # type: ignore[misc]
-    with my_connect() as conn, conn.cursor() as cur:
-        for role in made:
-            cur.execute(f"DROP ROLE IF EXISTS {role}")
-
-
 @pytest.mark.parametrize("shape", sorted(REACHING))
-def test_a_dump_cannot_reach_another_database(shape: str, my_db, my_sql: Sql, drop_role, workdir: Path) -> None:
+def test_a_dump_cannot_reach_another_database(shape: str, my_db, my_sql: Sql, workdir: Path) -> None:
     victim = other_db(my_db, my_sql)
     before = state(my_sql, victim)
     dst = my_db("dst", create=False)
-    drop_role(dst)
     dump = crafted(REACHING[shape].replace(b"{v}", victim.name.encode()))
     with pytest.raises(RestoreError) as e:
         MysqlAdapter(dst).restore(iter([dump]), info_for(dst.name), dst, replace=False, workdir=workdir)
@@ -110,9 +96,8 @@ def test_a_dump_cannot_reach_another_database(shape: str, my_db, my_sql: Sql, dr
     assert_role_confined(my_sql, dst)
 
 
-def test_an_underscore_in_the_target_name_is_no_wildcard(my_db, my_sql: Sql, drop_role, workdir: Path) -> None:
+def test_an_underscore_in_the_target_name_is_no_wildcard(my_db, my_sql: Sql, workdir: Path) -> None:
     dst = my_db("dst", create=False)
-    drop_role(dst)
     victim = other_db(my_db, my_sql, dst.name.replace("_", "X"))  # matched by `erpb_dst_…`.* unescaped
     before = state(my_sql, victim)
     dump = crafted(f"INSERT INTO `{victim.name}`.t VALUES (666);\n".encode())
@@ -130,13 +115,12 @@ STORED = (b"DELIMITER ;;\n"
           b"/*!50001 VIEW v AS SELECT id FROM t */;\n")
 
 
-def test_stored_objects_run_as_the_owner_role_not_as_root(my_db, my_sql: Sql, drop_role, workdir: Path) -> None:
+def test_stored_objects_run_as_the_owner_role_not_as_root(my_db, my_sql: Sql, workdir: Path) -> None:
     """A routine or trigger whose body reaches past the target restores (nothing runs it during the
     restore) but runs later with the owner role's rights, even when root fires it."""
     victim = other_db(my_db, my_sql)
     before = state(my_sql, victim)
     dst = my_db("dst", create=False)
-    drop_role(dst)
     dump = crafted(STORED.replace(b"{v}", victim.name.encode()))
     counts = MysqlAdapter(dst).restore(iter([dump]), info_for(dst.name), dst, replace=False, workdir=workdir)
     assert counts == {"t": 3}
@@ -154,10 +138,9 @@ def test_stored_objects_run_as_the_owner_role_not_as_root(my_db, my_sql: Sql, dr
     assert leftover_accounts(my_sql) == []
 
 
-def test_an_account_left_by_a_killed_restore_is_dropped_by_the_next(my_db, my_sql: Sql, drop_role,
+def test_an_account_left_by_a_killed_restore_is_dropped_by_the_next(my_db, my_sql: Sql,
                                                                     workdir: Path) -> None:
     dst = my_db("dst")
-    drop_role(dst)
     code = ("import os, signal, sys\n"
             "from erp_backup.adapters.databases.mysql import _connect\n"
             "from erp_backup.adapters.databases.mysql_confine import confined_login\n"
@@ -177,13 +160,12 @@ def test_an_account_left_by_a_killed_restore_is_dropped_by_the_next(my_db, my_sq
     assert leftover_accounts(my_sql) == []
 
 
-def test_a_running_restore_keeps_its_account(my_db, my_sql: Sql, drop_role) -> None:
+def test_a_running_restore_keeps_its_account(my_db, my_sql: Sql) -> None:
     """The clean-up of a second restore does not drop the account of one that is still running."""
     from erp_backup.adapters.databases.mysql import _connect
     from erp_backup.adapters.databases.mysql_confine import confined_login, drop_stale_accounts
 
     dst = my_db("dst")
-    drop_role(dst)
     with _connect(dst, 10, None) as admin, confined_login(admin, dst) as login:
         with _connect(dst, 10, None) as other:
             assert drop_stale_accounts(other) == []

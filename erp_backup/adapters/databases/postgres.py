@@ -44,6 +44,7 @@ from erp_backup.adapters.databases.common import (
     reraise_background,
     version_tuple,
 )
+from erp_backup.adapters.databases.postgres_confine import confined_role
 from erp_backup.core.dburl import DatabaseUrl
 from erp_backup.core.errors import ConfigError, DatabaseError, RestoreError
 from erp_backup.core.models import DatabaseInfo
@@ -211,19 +212,26 @@ class PostgresAdapter:
             raise RestoreError(f"cannot restore a PostgreSQL dump into a {target.engine} database",
                                hint="give a postgresql:// target URL")
         proc.which("pg_restore")
-        _prepare_target(target, replace=replace, timeout=self.timeout)
-        argv = ["pg_restore", "--exit-on-error", "--no-owner", "--no-acl", "--no-password",
-                *_conn_args(target), f"--dbname={_conninfo(target.name)}"]
+        admin = _admin_connection(target, self.timeout)
         try:
-            if jobs > 1:
-                self._restore_parallel(argv, chunks, target, workdir, jobs)
-            else:
-                proc.stream_in(argv, chunks, env_extra=_env(target), secrets=_secrets(target),
-                               timeout=self.timeout, what="pg_restore")
-        except proc.ProcError as e:
-            raise RestoreError(f"pg_restore into database '{target.name}' failed: {_cause(e, target)}",
-                               hint="the database is left partly restored: fix the cause, then restore "
-                               "again with --force") from e
+            admin.autocommit = True
+            # the dump runs as a temporary role with the rights of the target database only
+            with confined_role(admin, target, lambda db: _open(target, self.timeout, dbname=db)) as confined:
+                _prepare_target(target, replace=replace, timeout=self.timeout, owner=confined.owner)
+                login = confined.login
+                argv = ["pg_restore", "--exit-on-error", "--no-owner", "--no-acl", "--no-password",
+                        f"--role={confined.owner}", *_conn_args(login), f"--dbname={_conninfo(target.name)}"]
+                try:
+                    if jobs > 1:
+                        self._restore_parallel(argv, chunks, login, workdir, jobs)
+                    else:
+                        proc.stream_in(argv, chunks, env_extra=_env(login), secrets=_secrets(login),
+                                       timeout=self.timeout, what="pg_restore")
+                except proc.ProcError as e:
+                    raise RestoreError(f"pg_restore into database '{target.name}' failed: {_cause(e, login)}",
+                                       hint=_restore_hint(e.stderr_tail)) from e
+        finally:
+            _close(admin)
         return self.row_counts(target)
 
     def _restore_parallel(self, argv: list[str], chunks: Iterable[bytes], target: DatabaseUrl,
@@ -472,9 +480,20 @@ def _count(conn: psycopg2.extensions.connection, tables: list[tuple[str, str]],
 # ---- restore target ------------------------------------------------------------------------------
 
 
-def _prepare_target(target: DatabaseUrl, *, replace: bool, timeout: float | None) -> None:
-    """Create ``target`` (from template0); an existing database must hold no table unless
-    ``replace``, which drops (WITH (FORCE)) and recreates it."""
+def _restore_hint(stderr: str) -> str:
+    low = stderr.lower()
+    if any(w in low for w in ("permission denied", "must be superuser", "must be owner", "must be member",
+                              "must have privileges", "must be able to set role")):
+        return ("the dump reaches past the target database (restore runs as a role with the rights of that "
+                "database only): the set is damaged or was tampered with, restore from another set; an "
+                "extension that needs a superuser must be created in the empty target database first "
+                "(the database is left partly restored)")
+    return "the database is left partly restored: fix the cause, then restore again with --force"
+
+
+def _prepare_target(target: DatabaseUrl, *, replace: bool, timeout: float | None, owner: str) -> None:
+    """Create ``target`` (from template0) owned by ``owner``; an existing database must hold no table
+    unless ``replace``, which drops (WITH (FORCE)) and recreates it; an empty one is handed to ``owner``."""
     admin = _admin_connection(target, timeout)
     try:
         admin.autocommit = True
@@ -489,10 +508,11 @@ def _prepare_target(target: DatabaseUrl, *, replace: bool, timeout: float | None
                         f"target database '{target.name}' already exists and holds {tables} table(s)",
                         hint="restore into a new database name, or pass --force to drop and recreate it")
                 if not tables:
+                    cur.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(ident, sql.Identifier(owner)))
                     return
                 log.warning("dropping database %s to replace it", target.name)
                 cur.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(ident))
-            cur.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(ident))
+            cur.execute(sql.SQL("CREATE DATABASE {} OWNER {} TEMPLATE template0").format(ident, sql.Identifier(owner)))
     except psycopg2.Error as e:
         raise RestoreError(f"cannot create target database '{target.name}': {one_line(str(e))}",
                            hint="the restore user needs CREATEDB (and ownership to replace a "
