@@ -483,7 +483,7 @@ def _count(conn: psycopg2.extensions.connection, tables: list[tuple[str, str]],
 def _restore_hint(stderr: str) -> str:
     low = stderr.lower()
     if any(w in low for w in ("permission denied", "must be superuser", "must be owner", "must be member",
-                              "must have privileges", "must be able to set role")):
+                              "must have privileges", "must have admin option", "must be able to set role")):
         return ("the dump reaches past the target database (restore runs as a role with the rights of that "
                 "database only): the set is damaged or was tampered with, restore from another set; an "
                 "extension that needs a superuser must be created in the empty target database first "
