@@ -18,6 +18,7 @@ from prefect.cache_policies import NO_CACHE
 from erp_backup import restore as restorer
 from erp_backup import verify as verifier
 from erp_backup.adapters.storage.local import LocalRepository
+from erp_backup.cli_quiet import DETAIL
 from erp_backup.config import Settings
 from erp_backup.core.models import BackupId
 from erp_backup.flows.common import artifact_key, retry_transient, settings_for
@@ -111,7 +112,7 @@ def run_verify(s: Settings, backup_ids: list[str] | None, level: str) -> list[di
             log.info("%s: verification passed", r.set_id)
         else:
             for p in r.problems:
-                log.error("%s", p)
+                log.error("%s", p, extra=DETAIL)  # the CLI shows them in its table instead
     if rows:
         create_table_artifact(key=artifact_key("erp-backup-verify"), table=rows,
                               description=f"Verification of {len(rows)} set(s) in `{repo.root}`")

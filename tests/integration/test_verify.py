@@ -198,3 +198,19 @@ def test_cli_verify_fails_naming_the_set_and_the_file(repo_with) -> None:
     assert f"verification of {bad} failed" in errors[0] and f"{bad}/{FILES}" in errors[0]
     assert good not in errors[0]
     assert f"{good}: verification passed" in res.stdout + res.stderr  # the other set was checked too
+    # the operator sees the table, then one error line: no traceback, no repeated failure list
+    assert "Traceback" not in res.stderr and "Encountered exception" not in res.stderr, res.stderr[-3000:]
+    assert res.stderr.count(f"{bad}/{FILES}") == 1, res.stderr[-3000:]
+    assert res.stdout.count(f"{bad}/{FILES}") == 1 and "FAILED" in res.stdout, res.stdout
+
+
+def test_cli_failed_restore_prints_one_error_line_and_no_traceback(repo_with, tmp_path: Path) -> None:
+    repo, (sid,), config = repo_with(1)
+    flip_byte(repo.set_dir(sid) / FILES, 100)
+    target = tmp_path / "restored"
+    res = run_cli("--config", str(config), "restore", "--backup", sid, "--target-dir", str(target), timeout=300)
+    assert res.returncode == 1
+    lines = res.stderr.strip().splitlines()
+    assert lines[-1].startswith("erp-backup: error: ") and "corrupt" in lines[-1], res.stderr[-3000:]
+    assert "Traceback" not in res.stderr and "Encountered exception" not in res.stderr, res.stderr[-3000:]
+    assert res.stderr.count("corrupt") == 1, res.stderr[-3000:]
