@@ -24,6 +24,8 @@ def test_expected_errors_lose_their_traceback_and_repeats(name: str) -> None:
     logger = logging.getLogger(name)
     keep = Keep()
     logger.addHandler(keep)
+    level = logger.level
+    logger.setLevel(logging.INFO)
     try:
         cli_quiet.install()
         cli_quiet.install()  # idempotent
@@ -41,5 +43,6 @@ def test_expected_errors_lose_their_traceback_and_repeats(name: str) -> None:
                          ("Finished in state Failed (the error is below)", False),
                          ("Finished in state Completed()", False)]
     finally:
+        logger.setLevel(level)
         logger.removeHandler(keep)
         logger.removeFilter(cli_quiet._FILTER)
