@@ -171,3 +171,17 @@ def test_a_running_restore_keeps_its_account(my_db, my_sql: Sql) -> None:
             assert drop_stale_accounts(other) == []
         assert [r[0] for r in leftover_accounts(my_sql)] == [login.user]
     assert leftover_accounts(my_sql) == []
+
+
+def test_a_restore_user_that_cannot_create_accounts_is_told_so(my_db, my_sql: Sql, my_user, workdir: Path) -> None:
+    user = my_user("pw-4711")
+    my_sql(None, f"GRANT CREATE, DROP, SELECT, INSERT ON *.* TO '{user}'@'%'")
+    dst = my_db("dst", create=False)
+    as_user = DatabaseUrl(engine="mysql", name=dst.name, host=dst.host, port=dst.port, user=user, password="pw-4711")
+    with pytest.raises(RestoreError) as e:
+        MysqlAdapter(as_user).restore(iter([crafted(b"")]), info_for(dst.name), as_user, replace=False,
+                                      workdir=workdir)
+    assert_actionable(e.value, "cannot create the temporary account", "CREATE USER", secrets=("pw-4711",))
+    assert my_sql(None, "SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s",
+                  (dst.name,)) == [(0,)]  # refused before anything was made
+    assert leftover_accounts(my_sql) == []

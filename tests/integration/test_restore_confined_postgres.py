@@ -225,3 +225,16 @@ def test_an_owner_role_given_rights_is_refused(honest_dump: bytes, pg_db, pg_sql
         PostgresAdapter(dst).restore(iter([honest_dump]), info(), dst, replace=False, workdir=workdir)
     assert_actionable(e.value, f"owner role {owner_role(dst.name)}", "CREATEROLE", "REVOKE")
     assert pg_sql(postgres, "SELECT count(*) FROM pg_database WHERE datname = %s", (dst.name,)) == [(0,)]
+
+
+def test_a_restore_user_that_cannot_create_roles_is_told_so(honest_dump: bytes, pg_db, pg_role, pg_sql: Sql,
+                                                             workdir: Path) -> None:
+    role = pg_role()
+    postgres = DatabaseUrl(engine="postgresql", name="postgres")
+    pg_sql(postgres, f'ALTER ROLE "{role}" CREATEDB')
+    dst = pg_db("dst", create=False)
+    as_role = DatabaseUrl(engine="postgresql", name=dst.name, host=PG_HOST, port=PG_PORT, user=role)
+    with pytest.raises(RestoreError) as e:
+        PostgresAdapter(as_role).restore(iter([honest_dump]), info(), as_role, replace=False, workdir=workdir)
+    assert_actionable(e.value, "cannot create the temporary role", "CREATEROLE")
+    assert pg_sql(postgres, "SELECT count(*) FROM pg_database WHERE datname = %s", (dst.name,)) == [(0,)]

@@ -265,11 +265,11 @@ class MysqlAdapter:
         if target.engine != "mysql":
             raise RestoreError(f"cannot restore a MySQL dump into a {target.engine} database",
                                hint="give a mysql:// target URL")
-        _prepare_target(target, replace=replace, timeout=self.timeout)
         # the dump runs as a temporary account with the rights of the target database only
-        with _connect(target, self.timeout, database=None) as admin, confined_login(admin, target) as login, \
-                _connect(login, self.timeout, database=target.name, restore=True) as conn:
-            _execute_dump(conn, chunks, target, self.timeout)
+        with _connect(target, self.timeout, database=None) as admin, confined_login(admin, target) as login:
+            _prepare_target(target, replace=replace, timeout=self.timeout)
+            with _connect(login, self.timeout, database=target.name, restore=True) as conn:
+                _execute_dump(conn, chunks, target, self.timeout)
         return self.row_counts(target)
 
     # ---- row counts ---------------------------------------------------------------------------

@@ -482,6 +482,9 @@ def _count(conn: psycopg2.extensions.connection, tables: list[tuple[str, str]],
 
 def _restore_hint(stderr: str) -> str:
     low = stderr.lower()
+    if "pg_hba.conf" in low or "authentication failed" in low:
+        return ("the restore logs in as a temporary role erpb_restore_… with a password: let pg_hba.conf accept "
+                "such roles by password (scram-sha-256) for the configured host or socket (README: Databases)")
     if any(w in low for w in ("permission denied", "must be superuser", "must be owner", "must be member",
                               "must have privileges", "must have admin option", "must be able to set role")):
         return ("the dump reaches past the target database (restore runs as a role with the rights of that "
