@@ -185,3 +185,18 @@ def test_a_restore_user_that_cannot_create_accounts_is_told_so(my_db, my_sql: Sq
     assert my_sql(None, "SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s",
                   (dst.name,)) == [(0,)]  # refused before anything was made
     assert leftover_accounts(my_sql) == []
+
+
+def test_the_owner_role_of_a_dropped_database_is_dropped_by_the_next_restore(my_db, my_sql: Sql,
+                                                                            workdir: Path) -> None:
+    first, second = my_db("gone", create=False), my_db("next", create=False)
+    for dst in (first, second):
+        MysqlAdapter(dst).restore(iter([crafted(b"")]), info_for(dst.name), dst, replace=False, workdir=workdir)
+        if dst is first:
+            roles = my_sql(None, "SELECT User FROM mysql.user WHERE is_role = 'Y' AND User = %s",
+                           (owner_role(first.name),))
+            assert roles == [(owner_role(first.name),)]
+            my_sql(None, f"DROP DATABASE `{first.name}`")  # e.g. a restore test's scratch database
+    roles = {r[0] for r in my_sql(None, "SELECT User FROM mysql.user WHERE is_role = 'Y'")}
+    assert owner_role(first.name) not in roles and owner_role(second.name) in roles
+    assert my_sql(second, "SELECT COUNT(*) FROM t") == [(3,)]

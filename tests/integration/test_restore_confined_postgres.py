@@ -238,3 +238,15 @@ def test_a_restore_user_that_cannot_create_roles_is_told_so(honest_dump: bytes, 
         PostgresAdapter(as_role).restore(iter([honest_dump]), info(), as_role, replace=False, workdir=workdir)
     assert_actionable(e.value, "cannot create the temporary role", "CREATEROLE")
     assert pg_sql(postgres, "SELECT count(*) FROM pg_database WHERE datname = %s", (dst.name,)) == [(0,)]
+
+
+def test_the_owner_role_of_a_dropped_database_is_dropped_by_the_next_restore(honest_dump: bytes, pg_db,
+                                                                            pg_sql: Sql, workdir: Path) -> None:
+    postgres = DatabaseUrl(engine="postgresql", name="postgres")
+    first, second = pg_db("gone", create=False), pg_db("next", create=False)
+    PostgresAdapter(first).restore(iter([honest_dump]), info(), first, replace=False, workdir=workdir)
+    assert pg_sql(postgres, "SELECT count(*) FROM pg_roles WHERE rolname = %s", (owner_role(first.name),)) == [(1,)]
+    pg_sql(postgres, f'DROP DATABASE "{first.name}" WITH (FORCE)')  # e.g. a restore test's scratch database
+    PostgresAdapter(second).restore(iter([honest_dump]), info(), second, replace=False, workdir=workdir)
+    roles = {r[0] for r in pg_sql(postgres, "SELECT rolname FROM pg_roles")}
+    assert owner_role(first.name) not in roles and owner_role(second.name) in roles

@@ -38,6 +38,7 @@ from erp_backup.core.errors import RestoreError
 TEMP_PREFIX = "erpb_restore_"
 OWNER_PREFIX = "erpb_owner_"
 LOCK_PREFIX = "erp-backup:"
+SETUP_LOCK = "erp-backup:owner-roles"
 
 
 def owner_role(database: str) -> str:
@@ -46,8 +47,7 @@ def owner_role(database: str) -> str:
 
 def grant_target(database: str) -> str:
     """``db``.* for GRANT: ``_`` and ``%`` are wildcards there; escaped, it names this database only."""
-    escaped = database.replace("\\", "\\\\").replace("_", "\\_").replace("%", "\\%")
-    return "`" + escaped.replace("`", "``") + "`.*"
+    return "`" + _grant_db(database).replace("`", "``") + "`.*"
 
 
 def native_password_hash(password: str) -> str:
@@ -82,11 +82,17 @@ def confined_login(admin: pymysql.connections.Connection, target: DatabaseUrl) -
     _exec(admin, "SELECT GET_LOCK(%s, 0)", (LOCK_PREFIX + user,))
     try:
         try:
-            _exec(admin, f"CREATE ROLE IF NOT EXISTS {role}")
-            _exec(admin, f"GRANT ALL PRIVILEGES ON {grant_target(target.name)} TO {role}")
-            _exec(admin, f"CREATE USER {account} IDENTIFIED BY PASSWORD %s", (native_password_hash(password),))
-            _exec(admin, f"GRANT {role} TO {account}")
-            _exec(admin, f"SET DEFAULT ROLE {role} FOR {account}")
+            # one restore at a time sets up or collects owner roles: a role is never seen without its member
+            _exec(admin, "SELECT GET_LOCK(%s, 30)", (SETUP_LOCK,))
+            try:
+                drop_unused_owner_roles(admin)
+                _exec(admin, f"CREATE ROLE IF NOT EXISTS {role}")
+                _exec(admin, f"GRANT ALL PRIVILEGES ON {grant_target(target.name)} TO {role}")
+                _exec(admin, f"CREATE USER {account} IDENTIFIED BY PASSWORD %s", (native_password_hash(password),))
+                _exec(admin, f"GRANT {role} TO {account}")
+                _exec(admin, f"SET DEFAULT ROLE {role} FOR {account}")
+            finally:
+                _exec(admin, "SELECT RELEASE_LOCK(%s)", (SETUP_LOCK,))
         except pymysql.err.MySQLError as e:
             raise RestoreError(f"cannot create the temporary account that restores database '{target.name}' "
                                f"with the rights of that database only: {one_line(str(e), target.secrets())}",
@@ -130,4 +136,36 @@ def drop_stale_accounts(admin: pymysql.connections.Connection) -> list[str]:
     if dropped:
         log.warning("dropped %d temporary account(s) left by an interrupted restore: %s", len(dropped),
                     ", ".join(dropped))
+    return dropped
+
+
+def _grant_db(database: str) -> str:
+    """``database`` as mysql.db stores a grant on it (``grant_target`` without the quotes)."""
+    return database.replace("\\", "\\\\").replace("_", "\\_").replace("%", "\\%")
+
+
+def drop_unused_owner_roles(admin: pymysql.connections.Connection) -> list[str]:
+    """Drop the owner roles whose database is gone (dropped after a restore test, say) and that no
+    running restore holds: they would pile up. Call it holding SETUP_LOCK."""
+    owners = OWNER_PREFIX.replace("_", "\\_") + "%"
+    try:
+        roles = [str(r[0]) for r in _exec(admin, "SELECT User FROM mysql.user WHERE is_role = 'Y' AND User LIKE %s",
+                                          (owners,))]
+        held = {str(r[0]) for r in _exec(admin, "SELECT Role FROM mysql.roles_mapping WHERE User LIKE %s",
+                                         (TEMP_PREFIX.replace("_", "\\_") + "%",))}
+        schemas = {_grant_db(str(r[0])) for r in _exec(admin, "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA")}
+        live = {str(u) for u, db in _exec(admin, "SELECT User, Db FROM mysql.db WHERE User LIKE %s", (owners,))
+                if str(db) in schemas}
+    except pymysql.err.MySQLError as e:
+        log.debug("cannot look for unused owner roles: %s", one_line(str(e)))
+        return []
+    dropped = []
+    for role in roles:
+        if role in held or role in live:
+            continue
+        try:
+            _exec(admin, f"DROP ROLE {admin.escape(role)}")
+            dropped.append(role)
+        except pymysql.err.MySQLError as e:
+            log.debug("kept owner role %s: %s", role, one_line(str(e)))
     return dropped

@@ -84,15 +84,22 @@ def confined_role(admin: Connection, target: DatabaseUrl, open_db: OpenDb) -> It
     """Yield the login of a temporary role confined to the target database (``admin``, autocommit,
     must stay open meanwhile: it holds the role's lock); drop the role after."""
     drop_stale_roles(admin, open_db)
+    drop_unused_owner_roles(admin)
     try:
-        owner = ensure_owner_role(admin, target.name)
         user = f"{TEMP_PREFIX}{int(time.time()):08x}_{secrets.token_hex(4)}"
         password = secrets.token_urlsafe(24)
         _rows(admin, "SELECT pg_advisory_lock(%s, hashtext(%s))", (LOCK_SPACE, user))
         until = (datetime.now(UTC) + timedelta(days=1)).isoformat()
-        _rows(admin, sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS "
-                             "NOINHERIT PASSWORD %s VALID UNTIL %s IN ROLE {}").format(
-            sql.Identifier(user), sql.Identifier(owner)), (scram_verifier(password), until))
+        _rows(admin, "BEGIN")  # the owner role is never seen without its member (drop_unused_owner_roles)
+        try:
+            owner = ensure_owner_role(admin, target.name)
+            _rows(admin, sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION "
+                                 "NOBYPASSRLS NOINHERIT PASSWORD %s VALID UNTIL %s IN ROLE {}").format(
+                sql.Identifier(user), sql.Identifier(owner)), (scram_verifier(password), until))
+            _rows(admin, "COMMIT")
+        except BaseException:
+            _rows(admin, "ROLLBACK")
+            raise
     except psycopg2.Error as e:
         raise RestoreError(f"cannot create the temporary role that restores database '{target.name}' with the "
                            f"rights of that database only: {one_line(str(e), target.secrets())}",
@@ -172,4 +179,27 @@ def drop_stale_roles(admin: Connection, open_db: OpenDb) -> list[str]:
     if dropped:
         log.warning("dropped %d temporary role(s) left by an interrupted restore: %s", len(dropped),
                     ", ".join(dropped))
+    return dropped
+
+
+def drop_unused_owner_roles(admin: Connection) -> list[str]:
+    """Drop the owner roles whose database is gone (dropped after a restore test, say) and that no
+    running restore uses: they own nothing and would pile up."""
+    dropped = []
+    for (role,) in _rows(admin, """
+            SELECT r.rolname FROM pg_roles r
+            WHERE r.rolname LIKE %s
+              AND NOT (r.rolsuper OR r.rolcanlogin OR r.rolcreaterole OR r.rolcreatedb OR r.rolreplication
+                       OR r.rolbypassrls)  -- as this tool makes them; another is someone's: refused, kept
+              AND NOT EXISTS (SELECT 1 FROM pg_database d WHERE d.datdba = r.oid)
+              AND NOT EXISTS (SELECT 1 FROM pg_shdepend s WHERE s.refobjid = r.oid
+                              AND s.refclassid = 'pg_authid'::regclass)
+              AND NOT EXISTS (SELECT 1 FROM pg_auth_members m JOIN pg_roles u ON u.oid = m.member
+                              WHERE m.roleid = r.oid AND u.rolname LIKE %s)""",
+                         (OWNER_PREFIX.replace("_", "\\_") + "%", TEMP_PREFIX.replace("_", "\\_") + "%")):
+        try:
+            _rows(admin, sql.SQL("DROP ROLE {}").format(sql.Identifier(str(role))))
+            dropped.append(str(role))
+        except psycopg2.Error as e:  # it came to own something meanwhile: keep it
+            log.debug("kept owner role %s: %s", role, one_line(str(e)))
     return dropped
