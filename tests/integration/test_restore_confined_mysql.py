@@ -138,21 +138,25 @@ def test_stored_objects_run_as_the_owner_role_not_as_root(my_db, my_sql: Sql, wo
     assert leftover_accounts(my_sql) == []
 
 
-def test_an_account_left_by_a_killed_restore_is_dropped_by_the_next(my_db, my_sql: Sql,
-                                                                    workdir: Path) -> None:
-    dst = my_db("dst")
-    code = ("import os, signal, sys\n"
-            "from erp_backup.adapters.databases.mysql import _connect\n"
-            "from erp_backup.adapters.databases.mysql_confine import confined_login\n"
-            "from erp_backup.core.dburl import parse_database_url\n"
-            f"url = parse_database_url({str(dst.redacted())!r})\n"
-            "with _connect(url, 10, None) as admin, confined_login(admin, url) as login:\n"
-            "    print(login.user, flush=True)\n"
-            "    os.kill(os.getpid(), signal.SIGKILL)\n")
+def killed_inside(block: str) -> str:
+    """Run ``block`` (Python ending inside a ``with`` that prints the temporary login's name) in a
+    fresh process that then kills itself (SIGKILL) right there; return the name."""
+    code = "import os, signal\n" + block + "    os.kill(os.getpid(), signal.SIGKILL)\n"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
     assert done.returncode == -signal.SIGKILL, done.stderr
-    left = done.stdout.strip()
+    return done.stdout.strip()
+
+
+def test_an_account_left_by_a_killed_restore_is_dropped_by_the_next(my_db, my_sql: Sql,
+                                                                    workdir: Path) -> None:
+    dst = my_db("dst")
+    left = killed_inside("from erp_backup.adapters.databases.mysql import _connect\n"
+                         "from erp_backup.adapters.databases.mysql_confine import confined_login\n"
+                         "from erp_backup.core.dburl import parse_database_url\n"
+                         f"url = parse_database_url({str(dst.redacted())!r})\n"
+                         "with _connect(url, 10, None) as admin, confined_login(admin, url) as login:\n"
+                         "    print(login.user, flush=True)\n")
     assert left.startswith(TEMP_PREFIX) and [r[0] for r in leftover_accounts(my_sql)] == [left]
 
     counts = MysqlAdapter(dst).restore(iter([crafted(b"")]), info_for(dst.name), dst, replace=False, workdir=workdir)

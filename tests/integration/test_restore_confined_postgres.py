@@ -9,11 +9,8 @@ another database, the server's settings, the roles are as before; no temporary r
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import subprocess
-import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,6 +24,7 @@ from erp_backup.core.dburl import DatabaseUrl
 from erp_backup.core.errors import RestoreError
 from erp_backup.core.models import DatabaseInfo
 from tests.integration.conftest import PG_HOST, PG_PORT, PG_USER, assert_actionable
+from tests.integration.test_restore_confined_mysql import killed_inside
 
 pytestmark = pytest.mark.integration
 
@@ -193,20 +191,14 @@ def test_a_restore_user_that_is_no_superuser_keeps_using_what_it_restores(honest
 def test_a_role_left_by_a_killed_restore_is_dropped_by_the_next(honest_dump: bytes, pg_db, pg_sql: Sql,
                                                                 workdir: Path) -> None:
     dst = pg_db("dst", create=False)
-    code = ("import os, signal\n"
-            "from erp_backup.adapters.databases.postgres import _admin_connection, _open\n"
-            "from erp_backup.adapters.databases.postgres_confine import confined_role\n"
-            "from erp_backup.core.dburl import parse_database_url\n"
-            f"url = parse_database_url({dst.redacted()!r})\n"
-            "admin = _admin_connection(url, 10)\n"
-            "admin.autocommit = True\n"
-            "with confined_role(admin, url, lambda db: _open(url, 10, dbname=db)) as c:\n"
-            "    print(c.login.user, flush=True)\n"
-            "    os.kill(os.getpid(), signal.SIGKILL)\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
-    assert done.returncode == -signal.SIGKILL, done.stderr
-    left = done.stdout.strip()
+    left = killed_inside("from erp_backup.adapters.databases.postgres import _admin_connection, _open\n"
+                         "from erp_backup.adapters.databases.postgres_confine import confined_role\n"
+                         "from erp_backup.core.dburl import parse_database_url\n"
+                         f"url = parse_database_url({dst.redacted()!r})\n"
+                         "admin = _admin_connection(url, 10)\n"
+                         "admin.autocommit = True\n"
+                         "with confined_role(admin, url, lambda db: _open(url, 10, dbname=db)) as c:\n"
+                         "    print(c.login.user, flush=True)\n")
     postgres = DatabaseUrl(engine="postgresql", name="postgres")
     temp = (TEMP_PREFIX.replace("_", "\\_") + "%",)
     assert left.startswith(TEMP_PREFIX)
