@@ -29,7 +29,7 @@ from tests.integration.test_restore_confined_mysql import killed_inside
 pytestmark = pytest.mark.integration
 
 Sql = Callable[..., list[tuple[object, ...]]]
-FILLER = "x" * 300
+FILLER = "x" * 600
 COMMENT = f"COMMENT ON TABLE public.t IS '{FILLER}';".encode()
 
 # name -> (payload: {m} marker file, {v} the other database; whether the old restore as superuser
@@ -242,3 +242,27 @@ def test_the_owner_role_of_a_dropped_database_is_dropped_by_the_next_restore(hon
     PostgresAdapter(second).restore(iter([honest_dump]), info(), second, replace=False, workdir=workdir)
     roles = {r[0] for r in pg_sql(postgres, "SELECT rolname FROM pg_roles")}
     assert owner_role(first.name) not in roles and owner_role(second.name) in roles
+
+
+# a database default for search_path (its owner may set one) puts the dump's schema before pg_catalog in
+# every later session: an operator there runs as whoever queries, e.g. the restore's own row count as
+# the superuser (CVE-2018-1058's pattern)
+HIJACK = ("CREATE SCHEMA evil; CREATE FUNCTION evil.ne(a name, b name) RETURNS bool LANGUAGE plpgsql AS "
+          "$$BEGIN EXECUTE 'COPY (SELECT 1) TO PROGRAM ''touch {m}'''; RETURN a::text <> b::text; END$$; "
+          "CREATE OPERATOR evil.<> (LEFTARG = name, RIGHTARG = name, FUNCTION = evil.ne); "
+          "DO $$BEGIN EXECUTE format('ALTER DATABASE %I SET search_path = evil, pg_catalog', "
+          "current_database()); END$$")
+
+
+def test_a_search_path_planted_by_the_dump_does_not_run_code_as_the_superuser(
+        honest_dump: bytes, pg_db, pg_sql: Sql, marker_dir: Path, workdir: Path) -> None:
+    marker = marker_dir / "MARKER"
+    dump = craft(honest_dump, HIJACK.replace("{m}", str(marker)))
+    dst = pg_db("dst", create=False)
+    adapter = PostgresAdapter(dst)
+    assert adapter.restore(iter([dump]), info(), dst, replace=False, workdir=workdir) == {"public.t": 2}
+    assert adapter.row_counts(dst) == {"public.t": 2}
+    with pytest.raises(RestoreError):  # replacing it reads it first
+        adapter.restore(iter([honest_dump]), info(), dst, replace=False, workdir=workdir)
+    assert adapter.restore(iter([honest_dump]), info(), dst, replace=True, workdir=workdir) == {"public.t": 2}
+    assert not marker.exists()
