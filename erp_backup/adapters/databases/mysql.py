@@ -47,7 +47,9 @@ MariaDB's ``/*M!999999\\- enable the sandbox mode */`` line only protects an hon
 statements are split while streaming (``mysql_script``: quotes, comments, ``DELIMITER`` for
 triggers and routines, the session's ``NO_BACKSLASH_ESCAPES``/``ANSI_QUOTES``) and executed
 through our own server connection (``LOAD DATA LOCAL`` off, one statement per query); a dump
-holding a client command is refused at that statement, and by the verification. By hand, a
+holding a client command is refused at that statement, and by the verification. That connection
+logs in as a temporary account with the rights of the target database only, and ``DEFINER``
+clauses become ``CURRENT_ROLE``, the database's owner role (``mysql_confine``). By hand, a
 trusted dump still restores with ``zstd -d < db.mysql.sql.zst | mariadb --sandbox
 --database=<new db>``.
 """

@@ -14,6 +14,9 @@ By hand
 ``zstd -d < db.postgresql.pgdump.zst | pg_restore --exit-on-error --no-owner
 --no-acl -d <new database>`` (``--exit-on-error``: otherwise errors pass silently).
 
+Restore: ``pg_restore`` logs in as a temporary role and works as the target database's owner role
+(``--role``), with the rights of that database only (``postgres_confine``).
+
 Secrets: the password goes to libpq through ``PGPASSWORD`` in the child's
 environment (never argv) and to psycopg2 as a keyword argument; every message
 is scrubbed of it.
