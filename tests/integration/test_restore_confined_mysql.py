@@ -156,7 +156,7 @@ def test_an_account_left_by_a_killed_restore_is_dropped_by_the_next(my_db, my_sq
                          "from erp_backup.core.dburl import parse_database_url\n"
                          f"url = parse_database_url({str(dst.redacted())!r})\n"
                          "with _connect(url, 10, None) as admin, confined_login(admin, url) as login:\n"
-                         "    print(login.user, flush=True)\n")
+                         "    print(login.url.user, flush=True)\n")
     assert left.startswith(TEMP_PREFIX) and [r[0] for r in leftover_accounts(my_sql)] == [left]
 
     counts = MysqlAdapter(dst).restore(iter([crafted(b"")]), info_for(dst.name), dst, replace=False, workdir=workdir)
@@ -173,22 +173,31 @@ def test_a_running_restore_keeps_its_account(my_db, my_sql: Sql) -> None:
     with _connect(dst, 10, None) as admin, confined_login(admin, dst) as login:
         with _connect(dst, 10, None) as other:
             assert drop_stale_accounts(other) == []
-        assert [r[0] for r in leftover_accounts(my_sql)] == [login.user]
+        assert [r[0] for r in leftover_accounts(my_sql)] == [login.url.user]
     assert leftover_accounts(my_sql) == []
 
 
-def test_a_restore_user_that_cannot_create_accounts_is_told_so(my_db, my_sql: Sql, my_user, workdir: Path) -> None:
+def test_a_restore_user_that_cannot_create_accounts_restores_with_its_own_rights(
+        my_db, my_sql: Sql, my_user, workdir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """As before this change: such a user's rights are all a crafted dump gets; the operator is told."""
     user = my_user("pw-4711")
-    my_sql(None, f"GRANT CREATE, DROP, SELECT, INSERT ON *.* TO '{user}'@'%'")
     dst = my_db("dst", create=False)
+    victim = other_db(my_db, my_sql)
+    before = state(my_sql, victim)
+    my_sql(None, f"GRANT ALL ON `{dst.name}`.* TO '{user}'@'%'")
     as_user = DatabaseUrl(engine="mysql", name=dst.name, host=dst.host, port=dst.port, user=user, password="pw-4711")
-    with pytest.raises(RestoreError) as e:
-        MysqlAdapter(as_user).restore(iter([crafted(b"")]), info_for(dst.name), as_user, replace=False,
-                                      workdir=workdir)
-    assert_actionable(e.value, "cannot create the temporary account", "CREATE USER", secrets=("pw-4711",))
-    assert my_sql(None, "SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s",
-                  (dst.name,)) == [(0,)]  # refused before anything was made
+    dump = crafted(STORED.replace(b"{v}", victim.name.encode()))
+    with caplog.at_level("WARNING", logger="erp_backup.databases"):
+        counts = MysqlAdapter(as_user).restore(iter([dump]), info_for(dst.name), as_user, replace=False,
+                                               workdir=workdir)
+    assert counts == {"t": 3}
+    warned = [r.getMessage() for r in caplog.records if "rights of the configured user" in r.getMessage()]
+    assert len(warned) == 1 and "CREATE USER" in warned[0] and "pw-4711" not in caplog.text, caplog.text
+    definers = my_sql(None, "SELECT DEFINER FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = %s",
+                      (dst.name,))
+    assert definers == [(f"{user}@%",)]  # not root, as the dump said
     assert leftover_accounts(my_sql) == []
+    assert state(my_sql, victim) == before
 
 
 def test_the_owner_role_of_a_dropped_database_is_dropped_by_the_next_restore(my_db, my_sql: Sql,

@@ -270,8 +270,8 @@ class MysqlAdapter:
         # the dump runs as a temporary account with the rights of the target database only
         with _connect(target, self.timeout, database=None) as admin, confined_login(admin, target) as login:
             _prepare_target(target, replace=replace, timeout=self.timeout)
-            with _connect(login, self.timeout, database=target.name, restore=True) as conn:
-                _execute_dump(conn, chunks, target, self.timeout)
+            with _connect(login.url, self.timeout, database=target.name, restore=True) as conn:
+                _execute_dump(conn, chunks, target, self.timeout, definer=login.definer)
         return self.row_counts(target)
 
     # ---- row counts ---------------------------------------------------------------------------
@@ -567,7 +567,7 @@ def _session_mode(conn: pymysql.connections.Connection) -> dict[str, bool]:
 
 
 def _execute_dump(conn: pymysql.connections.Connection, chunks: Iterable[bytes], target: DatabaseUrl,
-                  timeout: float | None) -> None:
+                  timeout: float | None, definer: bytes = b"CURRENT_USER") -> None:
     """Execute every statement of the dump in order, stopping at the first error. The splitter reads
     strings with the session's SQL mode as the server reports it after each statement, as the
     clients do; it never yields a client command (DumpRejected)."""
@@ -583,7 +583,7 @@ def _execute_dump(conn: pymysql.connections.Connection, chunks: Iterable[bytes],
             check_confined(st)  # a first line; the account it runs as can reach nothing else anyway
             try:
                 with conn.cursor(pymysql.cursors.SSCursor) as cur:  # unbuffered: results are drained, not kept
-                    cur.execute(confine_definers(st.sql))
+                    cur.execute(confine_definers(st.sql, definer))
             except (pymysql.err.Error, RuntimeError) as e:
                 raise RestoreError(f"restore into database '{target.name}' failed: {_statement_error(e, st.line)}",
                                    hint=_restore_hint(e)) from None

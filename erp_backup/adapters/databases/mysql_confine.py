@@ -26,7 +26,7 @@ import secrets
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import pymysql
 import pymysql.err
@@ -62,17 +62,26 @@ def _exec(conn: pymysql.connections.Connection, query: str, args: tuple[object, 
         return list(cur.fetchall())
 
 
+@dataclass(frozen=True)
+class Login:
+    url: DatabaseUrl  # whom the dump's statements run as
+    definer: bytes  # what every DEFINER clause becomes (mysql_script.confine_definers)
+    confined: bool  # False: the configured user's own rights (it could not make a temporary account)
+
+
+# the configured user may not create accounts or roles, or grant: it restores with its own rights
+_NOT_ALLOWED = (1044, 1045, 1142, 1227, 1410)
+
+
 @contextmanager
-def confined_login(admin: pymysql.connections.Connection, target: DatabaseUrl) -> Iterator[DatabaseUrl]:
-    """Yield ``target`` with the login of a temporary account confined to the target database
-    (``admin`` must stay open meanwhile: it holds the account's lock); drop the account after."""
+def confined_login(admin: pymysql.connections.Connection, target: DatabaseUrl) -> Iterator[Login]:
+    """Yield the login of a temporary account confined to the target database (``admin`` must stay
+    open meanwhile: it holds the account's lock) and drop the account after; or, where that cannot
+    be (a MySQL server, a user without CREATE USER), the configured user's own, with a warning."""
     version = str(_exec(admin, "SELECT VERSION()")[0][0])
     if "mariadb" not in version.lower():
-        raise RestoreError(f"restoring a dump into MySQL {version} is not supported: the restore runs "
-                           "confined to the target database through a role as definer, which only "
-                           "MariaDB offers",
-                           hint="restore into a MariaDB server, or by hand into a scratch server "
-                           "(README: restore by hand)")
+        yield _unconfined(target, f"MySQL {version} has no role that can be a definer")
+        return
     drop_stale_accounts(admin)
     host = str(_exec(admin, "SELECT SUBSTRING_INDEX(USER(), '@', -1)")[0][0])
     user = f"{TEMP_PREFIX}{int(time.time()):08x}_{secrets.token_hex(4)}"
@@ -80,6 +89,8 @@ def confined_login(admin: pymysql.connections.Connection, target: DatabaseUrl) -
     account = f"{admin.escape(user)}@{admin.escape(host)}"
     role = owner_role(target.name)
     _exec(admin, "SELECT GET_LOCK(%s, 0)", (LOCK_PREFIX + user,))
+    refused = ""
+    created = False
     try:
         try:
             # one restore at a time sets up or collects owner roles: a role is never seen without its member
@@ -89,21 +100,41 @@ def confined_login(admin: pymysql.connections.Connection, target: DatabaseUrl) -
                 _exec(admin, f"CREATE ROLE IF NOT EXISTS {role}")
                 _exec(admin, f"GRANT ALL PRIVILEGES ON {grant_target(target.name)} TO {role}")
                 _exec(admin, f"CREATE USER {account} IDENTIFIED BY PASSWORD %s", (native_password_hash(password),))
+                created = True
                 _exec(admin, f"GRANT {role} TO {account}")
                 _exec(admin, f"SET DEFAULT ROLE {role} FOR {account}")
             finally:
                 _exec(admin, "SELECT RELEASE_LOCK(%s)", (SETUP_LOCK,))
         except pymysql.err.MySQLError as e:
-            raise RestoreError(f"cannot create the temporary account that restores database '{target.name}' "
-                               f"with the rights of that database only: {one_line(str(e), target.secrets())}",
-                               hint="restore as a user with CREATE USER and GRANT OPTION (e.g. root)") from None
-        yield replace(target, user=user, password=password, password_as_written="")
+            cause = one_line(str(e.args[1]) if len(e.args) > 1 else str(e), target.secrets())
+            if not (e.args and e.args[0] in _NOT_ALLOWED):
+                raise RestoreError(f"cannot create the temporary account that restores database '{target.name}' "
+                                   f"with the rights of that database only: {cause}",
+                                   hint="look at the MySQL server log, then restore again") from None
+            refused = f"user '{target.user or 'the restore user'}' cannot create one ({cause})"
+        if refused:
+            if created:
+                _drop_account(admin, account)
+                created = False
+            yield _unconfined(target, refused)
+        else:
+            yield Login(replace(target, user=user, password=password, password_as_written=""), b"CURRENT_ROLE",
+                        True)
     finally:
-        _drop_account(admin, account)
+        if created:
+            _drop_account(admin, account)
         try:
             _exec(admin, "SELECT RELEASE_LOCK(%s)", (LOCK_PREFIX + user,))
         except pymysql.err.MySQLError:
             pass  # closing the connection releases it
+
+
+def _unconfined(target: DatabaseUrl, why: str) -> Login:
+    log.warning("restoring database '%s' with the rights of the configured user, not of that database only: "
+                "a temporary account confined to it cannot be made (%s). A crafted dump can do whatever that "
+                "user may; restore as a MariaDB user with CREATE USER and GRANT OPTION (e.g. root) to confine "
+                "it", target.name, why)
+    return Login(target, b"CURRENT_USER", False)
 
 
 def _drop_account(admin: pymysql.connections.Connection, account: str) -> None:
@@ -120,7 +151,7 @@ def drop_stale_accounts(admin: pymysql.connections.Connection) -> list[str]:
         rows = _exec(admin, "SELECT User, Host FROM mysql.user WHERE User LIKE %s",
                      (TEMP_PREFIX.replace("_", "\\_") + "%",))
     except pymysql.err.MySQLError as e:
-        log.warning("cannot look for temporary accounts of interrupted restores: %s", one_line(str(e)))
+        log.debug("cannot look for temporary accounts of interrupted restores: %s", one_line(str(e)))
         return []
     dropped = []
     for user, host in rows:

@@ -222,8 +222,9 @@ class PostgresAdapter:
             with confined_role(admin, target, lambda db: _open(target, self.timeout, dbname=db)) as confined:
                 _prepare_target(target, replace=replace, timeout=self.timeout, owner=confined.owner)
                 login = confined.login
-                argv = ["pg_restore", "--exit-on-error", "--no-owner", "--no-acl", "--no-password",
-                        f"--role={confined.owner}", *_conn_args(login), f"--dbname={_conninfo(target.name)}"]
+                role = [f"--role={confined.owner}"] if confined.owner else []
+                argv = ["pg_restore", "--exit-on-error", "--no-owner", "--no-acl", "--no-password", *role,
+                        *_conn_args(login), f"--dbname={_conninfo(target.name)}"]
                 try:
                     if jobs > 1:
                         self._restore_parallel(argv, chunks, login, workdir, jobs)
@@ -501,9 +502,11 @@ def _restore_hint(stderr: str) -> str:
     return "the database is left partly restored: fix the cause, then restore again with --force"
 
 
-def _prepare_target(target: DatabaseUrl, *, replace: bool, timeout: float | None, owner: str) -> None:
-    """Create ``target`` (from template0) owned by ``owner``; an existing database must hold no table
-    unless ``replace``, which drops (WITH (FORCE)) and recreates it; an empty one is handed to ``owner``."""
+def _prepare_target(target: DatabaseUrl, *, replace: bool, timeout: float | None, owner: str | None) -> None:
+    """Create ``target`` (from template0) owned by ``owner`` (None: the user we connect as); an existing
+    database must hold no table unless ``replace``, which drops (WITH (FORCE)) and recreates it; an empty
+    one is handed to ``owner``."""
+    owned = sql.SQL(" OWNER {}").format(sql.Identifier(owner)) if owner else sql.SQL("")
     admin = _admin_connection(target, timeout)
     try:
         admin.autocommit = True
@@ -518,11 +521,12 @@ def _prepare_target(target: DatabaseUrl, *, replace: bool, timeout: float | None
                         f"target database '{target.name}' already exists and holds {tables} table(s)",
                         hint="restore into a new database name, or pass --force to drop and recreate it")
                 if not tables:
-                    cur.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(ident, sql.Identifier(owner)))
+                    if owner:
+                        cur.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(ident, sql.Identifier(owner)))
                     return
                 log.warning("dropping database %s to replace it", target.name)
                 cur.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(ident))
-            cur.execute(sql.SQL("CREATE DATABASE {} OWNER {} TEMPLATE template0").format(ident, sql.Identifier(owner)))
+            cur.execute(sql.SQL("CREATE DATABASE {}{} TEMPLATE template0").format(ident, owned))
     except psycopg2.Error as e:
         raise RestoreError(f"cannot create target database '{target.name}': {one_line(str(e))}",
                            hint="the restore user needs CREATEDB (and ownership to replace a "

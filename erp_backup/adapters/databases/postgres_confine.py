@@ -33,6 +33,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 import psycopg2
+import psycopg2.errors
 from psycopg2 import sql
 from psycopg2.extensions import connection as Connection
 
@@ -50,8 +51,8 @@ OpenDb = Callable[[str], Connection]  # a connection as the configured user to t
 
 @dataclass(frozen=True)
 class Confined:
-    login: DatabaseUrl  # the target, logged in as the temporary role
-    owner: str  # the owner role: pg_restore --role
+    login: DatabaseUrl  # the target, logged in as the temporary role (or as the configured user)
+    owner: str | None  # the owner role: pg_restore --role; None: the configured user's own rights
 
 
 def owner_role(database: str) -> str:
@@ -85,8 +86,9 @@ def confined_role(admin: Connection, target: DatabaseUrl, open_db: OpenDb) -> It
     must stay open meanwhile: it holds the role's lock); drop the role after."""
     drop_stale_roles(admin, open_db)
     drop_unused_owner_roles(admin)
+    refused = ""
+    user = f"{TEMP_PREFIX}{int(time.time()):08x}_{secrets.token_hex(4)}"
     try:
-        user = f"{TEMP_PREFIX}{int(time.time()):08x}_{secrets.token_hex(4)}"
         password = secrets.token_urlsafe(24)
         _rows(admin, "SELECT pg_advisory_lock(%s, hashtext(%s))", (LOCK_SPACE, user))
         until = (datetime.now(UTC) + timedelta(days=1)).isoformat()
@@ -100,10 +102,20 @@ def confined_role(admin: Connection, target: DatabaseUrl, open_db: OpenDb) -> It
         except BaseException:
             _rows(admin, "ROLLBACK")
             raise
+    except psycopg2.errors.InsufficientPrivilege as e:  # no CREATEROLE: not a superuser either
+        refused = one_line(str(e), target.secrets())
     except psycopg2.Error as e:
         raise RestoreError(f"cannot create the temporary role that restores database '{target.name}' with the "
                            f"rights of that database only: {one_line(str(e), target.secrets())}",
-                           hint="restore as a superuser or a user with CREATEROLE and CREATEDB") from None
+                           hint="look at the PostgreSQL server log, then restore again") from None
+    if refused:
+        _rows(admin, "SELECT pg_advisory_unlock(%s, hashtext(%s))", (LOCK_SPACE, user))
+        log.warning("restoring database '%s' with the rights of the configured user, not of that database "
+                    "only: it cannot create the temporary role that would confine it (%s). A crafted dump can do "
+                    "whatever that user may; restore as a superuser or a user with CREATEROLE to confine it",
+                    target.name, refused)
+        yield Confined(target, None)
+        return
     try:
         yield Confined(replace(target, user=user, password=password, password_as_written=""), owner)
     finally:
