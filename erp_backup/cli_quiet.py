@@ -6,7 +6,8 @@ message…')" — and the CLI prints the error line itself (``cli.main``). For o
 (``BackupError``: expected, already actionable) the CLI drops the traceback records and shortens
 the final state lines; records logged with ``extra=DETAIL`` (e.g. each problem ``verify`` found,
 which its table shows) stay out of the terminal too. An unexpected exception keeps its traceback.
-Flow runs on a worker are not affected: only the CLI installs this.
+Flow runs on a worker are not affected: only the CLI installs this. The plain jobs (``jobs.py``,
+no Prefect server) raise straight to the CLI; only their DETAIL lines need hiding.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import logging
 from erp_backup.core.errors import BackupError
 
 DETAIL = {"erp_backup_detail": True}  # extra= of a log record the CLI's table or error line repeats
-_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
+_LOGGERS = ("prefect.flow_runs", "prefect.task_runs", "erp_backup.run")  # the flows'; the plain jobs' (jobs.py)
 _FAILED = "Finished in state Failed("
 
 

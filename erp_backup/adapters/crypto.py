@@ -358,6 +358,17 @@ class GpgHome:
             f.write(res.stdout)
         return sig
 
+    def sign_detached_bytes(self, data: bytes, *, signer: str | None = None, passphrase: str | None = None,
+                            name: str = "SHA256SUMS") -> bytes:
+        """``sign_detached`` of data held in memory (a remote copy's small ``SHA256SUMS``)."""
+        work = Path(tempfile.mkdtemp(prefix="sign-", dir=self.path if self.owned else None))
+        try:
+            p = work / name
+            p.write_bytes(data)
+            return self.sign_detached(p, signer=signer, passphrase=passphrase).read_bytes()
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
     def verify_detached(self, path: Path, sig_path: Path | None, trusted: Iterable[str]) -> str:
         """The signer's primary fingerprint if ``sig_path`` holds a good detached signature of
         ``path`` by a key in ``trusted`` (primary or signing-subkey fingerprints); else CryptoError
@@ -555,6 +566,94 @@ class EncryptingWriter:
         self._pump.join()
         self._child.kill()
         self._launch.finish()
+
+
+class EncryptingReader:
+    """Pull-mode encryption (an off-site copy of a plaintext artifact): a feeder thread copies
+    ``src`` into gpg's stdin, ``read()`` returns gpg's output, hashed and counted on the way
+    (``hexdigest()``, ``size``: complete once ``read()`` returned b''). Reading to the end raises
+    CryptoError if gpg did not finish the encryption; ``close()`` kills gpg if it still runs."""
+
+    def __init__(self, home: GpgHome, recipients: Sequence[str], src: IO[bytes], name: str = "artifact") -> None:
+        import hashlib
+
+        args = ["--no-auto-key-locate", "--trust-model", "always", "--compress-algo", "none", "--encrypt"]
+        for r in recipients:
+            args += ["--recipient", r]
+        args += ["--output", "-"]
+        self.name = name
+        self._launch = _Launch(home.gpg, home.path, args, passphrase=None, stdin=True, stdout=True,
+                               what="encrypt")
+        self._child = self._launch.child
+        _grow_pipes(self._child.stdin, self._child.stdout)
+        self._src = src
+        self._hash = hashlib.sha256()
+        self.size = 0
+        self._feed_error: BaseException | None = None
+        self._done = False
+        self._feeder = threading.Thread(target=self._feed, daemon=True)
+        self._feeder.start()
+
+    def _feed(self) -> None:
+        stdin = self._child.stdin
+        try:
+            while chunk := self._src.read(CHUNK):
+                stdin.write(chunk)
+        except (BrokenPipeError, ValueError):
+            pass  # gpg stopped reading: its exit status says why
+        except BaseException as e:  # the source failed (a disk error): stop gpg
+            self._feed_error = e
+            try:
+                if self._child.poll() is None:
+                    os.kill(self._child.pid, 9)
+            except OSError:
+                pass
+        finally:
+            try:
+                stdin.close()
+            except (BrokenPipeError, OSError):
+                pass
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        if self._done:
+            return b""
+        data = self._child.stdout.read(CHUNK if n is None or n < 0 else n)
+        if data:
+            self._hash.update(data)
+            self.size += len(data)
+            return data
+        self._done = True
+        self._feeder.join()
+        rc, status, err = self._launch.finish()
+        if self._feed_error is not None:
+            raise self._feed_error
+        if rc != 0 or not _has(status, "END_ENCRYPTION"):
+            raise _encrypt_error(status, err, rc)
+        return b""
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+    def close(self) -> None:
+        if not self._done:
+            self._done = True
+            try:
+                if self._child.poll() is None:
+                    os.kill(self._child.pid, 9)
+            except OSError:
+                pass
+            self._feeder.join(timeout=30)
+            self._child.kill()
+            self._launch.finish()
+
+    def __enter__(self) -> EncryptingReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _encrypt_error(status: Sequence[str], err: str, rc: int) -> CryptoError:

@@ -174,6 +174,8 @@ class Manifest:
     # stored so that a header-only read knows the chain)
     depends_on: tuple[BackupId, ...] = ()
     schema: int = SCHEMA_VERSION
+    # fingerprints of the keys the encrypted artifacts are encrypted to (never a secret)
+    recipients: tuple[str, ...] = ()
 
     def artifact(self, role: str) -> Artifact | None:
         for a in self.artifacts:

@@ -246,4 +246,10 @@ def assert_actionable(err: BaseException, *fragments: str, secrets: tuple[str, .
 
 
 # ---- off-site: moto_server S3 endpoint and GPG keys (tests/integration/offsite_fixtures.py) --------
-from tests.integration.offsite_fixtures import gpg_keys, moto_factory, moto_s3, moto_server  # noqa: E402, F401
+from tests.integration.offsite_fixtures import (  # noqa: E402, F401
+    ftp_server,
+    gpg_keys,
+    moto_factory,
+    moto_s3,
+    moto_server,
+)

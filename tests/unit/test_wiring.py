@@ -124,8 +124,9 @@ def test_deployed_flows_take_no_settings_plan_or_preflight() -> None:
 
     from erp_backup.flows import backup as fb
     from erp_backup.flows import restore as fr
+    from erp_backup.flows import restore_test as frt
 
-    modules = {"flows/backup.py": fb, "flows/restore.py": fr}
+    modules = {"flows/backup.py": fb, "flows/restore.py": fr, "flows/restore_test.py": frt}
     deployments = yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]
     for d in deployments:
         path, name = d["entrypoint"].split(":")
