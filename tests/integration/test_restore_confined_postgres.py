@@ -277,3 +277,32 @@ def test_a_search_path_planted_by_the_dump_does_not_run_code_as_the_superuser(
         adapter.restore(iter([honest_dump]), info(), dst, replace=False, workdir=workdir)
     assert adapter.restore(iter([honest_dump]), info(), dst, replace=True, workdir=workdir) == {"public.t": 2}
     assert not marker.exists()
+
+
+def test_the_cli_restore_of_a_set_with_a_crafted_dump_fails_in_one_line(honest_dump: bytes, pg_db, pg_sql: Sql,
+                                                                        marker_dir: Path, tmp_path: Path) -> None:
+    """End to end: a committed set whose dump was swapped (checksums resealed, as someone who can write
+    the backup disk could); `erp-backup restore --target-database` exits 1 with one error line."""
+    from erp_backup.adapters.storage.local import LocalRepository
+    from erp_backup.core.models import BackupKind
+    from erp_backup.pipeline import run_backup
+    from tests.conftest import make_settings, make_small_project, run_cli, write_config
+    from tests.integration.test_mysql_crafted import reseal_database
+
+    src = pg_db("src")
+    pg_sql(src, "CREATE TABLE t (id int PRIMARY KEY, note text)")
+    s = make_settings(tmp_path, root=make_small_project(tmp_path / "erp"), db=src.redacted())
+    sid = run_backup(s, BackupKind.FULL).manifest.id.value
+    marker = marker_dir / "MARKER"
+    reseal_database(LocalRepository(s.storage.local_dir).set_dir(sid),
+                    craft(honest_dump, f"COPY (SELECT 1) TO PROGRAM 'touch {marker}'"))
+    config = write_config(tmp_path / "config.toml", s)
+    dst = pg_db("dst", create=False)
+    res = run_cli("--config", str(config), "restore", "--backup", sid, "--target-database",
+                  dst.redacted(), timeout=300)
+    assert res.returncode == 1, res.stderr[-2000:]
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"erp-backup: error: pg_restore into database '{dst.name}' failed") and \
+        "tampered" in last, res.stderr[-2000:]
+    assert "Traceback" not in res.stderr
+    assert not marker.exists()
