@@ -321,14 +321,22 @@ def _open(url: DatabaseUrl, timeout: float | None,
     for key, value in url.options:
         if key in _LIBPQ_ENV:
             kwargs[key] = value
-    # every session of ours reads pg_catalog first, whatever search_path the database's owner (or a
-    # restored dump, as that owner) made its default: no operator or function planted in another schema
-    # runs as the user we connect as (client options outrank ALTER DATABASE … SET)
-    kwargs["options"] = f"{kwargs.get('options', '')} -c search_path=pg_catalog".strip()
     try:
-        return psycopg2.connect(**kwargs)
+        conn = psycopg2.connect(**kwargs)
     except psycopg2.Error as e:
         raise _connect_error(e, url, dbname or url.name) from None
+    try:
+        # every session of ours reads pg_catalog only, whatever search_path the database's owner (or a
+        # restored dump, as that owner) made its default: no operator or function planted in another
+        # schema runs as the user we connect as. A statement, not a startup option: PgBouncer refuses those
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_catalog.set_config('search_path', 'pg_catalog', false)")
+        conn.autocommit = False
+    except psycopg2.Error as e:
+        _close(conn)
+        raise _connect_error(e, url, dbname or url.name) from None
+    return conn
 
 
 @contextmanager
