@@ -187,7 +187,9 @@ def test_a_manifest_naming_an_unknown_engine_is_a_problem_not_a_crash(repo_with)
 # ----------------------------------------------------------------------------- the CLI (one Prefect run)
 
 
-@pytest.mark.parametrize("runner", ["plain", "flow"])  # in this process; a Prefect flow (temporary server)
+# in this process; the Prefect flow variant (temporary server, ~15 s) is the restore's below, and the
+# filter on Prefect's loggers is tested in tests/unit/test_cli_quiet.py
+@pytest.mark.parametrize("runner", ["plain"])
 def test_cli_verify_fails_naming_the_set_and_the_file(runner: str, repo_with) -> None:
     repo, (good, bad), config = repo_with(2)
     flip_byte(repo.set_dir(bad) / FILES, 100)
