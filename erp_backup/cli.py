@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from erp_backup import reaper
+from erp_backup import cli_quiet, reaper
 from erp_backup.core.errors import BackupError, ConfigError
 from erp_backup.tables import human as _human
 from erp_backup.tables import print_table
@@ -408,6 +408,7 @@ def main(argv: list[str] | None = None) -> int:
 
     atexit.register(_print_final)
     args = build_parser().parse_args(argv)
+    cli_quiet.install()  # a failed job: its table, then one error line (no traceback, no repeats)
     try:
         reaper.guard(args.command)  # before anything is spawned: a killed run leaves no process behind
         return int(args.func(args) or 0)

@@ -18,6 +18,7 @@ from erp_backup import restore as restorer
 from erp_backup import verify as verifier
 from erp_backup.adapters.storage.local import LocalRepository
 from erp_backup.backup import Preflight
+from erp_backup.cli_quiet import DETAIL
 from erp_backup.config import Settings
 from erp_backup.core.models import BackupId, BackupJob
 from erp_backup.pipeline import PLAIN_STAGES, Stages, run_pipeline
@@ -155,7 +156,7 @@ def verify_rows(reports: list[verifier.VerifyReport], logger: Log) -> list[dict[
             logger.info("%s: verification passed", r.set_id)
         else:
             for p in r.problems:
-                logger.error("%s", p)
+                logger.error("%s", p, extra=DETAIL)  # the CLI shows them in its table instead
     return rows
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import sys
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
@@ -36,8 +37,15 @@ def _ts(dt: datetime) -> str:
     return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+_TS = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,6})?(?:Z|[+-]\d{2}:\d{2})")
+
+
 def parse_ts(text: str) -> datetime:
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    """An ISO 8601 time with a UTC offset (``Z`` or ``±hh:mm``), fractional seconds optional: this tool
+    writes ``…:SS.ffffffZ``; one written by hand or another tool may leave the fraction out."""
+    if not isinstance(text, str) or not _TS.fullmatch(text):
+        raise ValueError(f"time {text!r} is not like 2026-11-28T02:00:00Z")
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
 
 
 def entry_to_dict(e: FileEntry) -> dict[str, Any]:
