@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from erp_backup import reaper
+from erp_backup import cli_quiet, reaper
 from erp_backup.core.errors import BackupError, ConfigError
 from erp_backup.tables import human as _human
 from erp_backup.tables import print_table
@@ -264,7 +264,7 @@ def _restore_remote(s: Any, args: argparse.Namespace) -> int:
     from erp_backup import runner
     from erp_backup.flows.remote import restore_from_remote_checked_flow
     from erp_backup.remote_cli import plain_restore_from_remote
-    from erp_backup.remote_restore import precheck
+    from erp_backup.remote_restore import live_guard, precheck
     from erp_backup.remote_store import remote_config
 
     remote_config(s)
@@ -272,7 +272,8 @@ def _restore_remote(s: Any, args: argparse.Namespace) -> int:
         target_dir=args.target_dir, backup_id=args.backup, at=_parse_time(args.at) if args.at else None,
         target_database=args.target_database, force=args.force, yes=args.yes, jobs=args.jobs,
         keep_setid=args.keep_setid)
-    precheck(request)  # before Prefect starts: a typo costs a second
+    precheck(request, args.scratch_dir)  # before Prefect starts: a typo costs a second
+    live_guard(s, request)
     row = runner.run(restore_from_remote_checked_flow, plain_restore_from_remote, settings=s, request=request,
                      scratch_dir=args.scratch_dir)
     print_table([row])
@@ -408,16 +409,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("ids", nargs="*")
     sp.set_defaults(func=cmd_upload)
 
-    from erp_backup.remote_cli import add_block_parsers
-
-    add_block_parsers(sub)
-
     sp = sub.add_parser("block", help="create the Prefect blocks of a scripted install (secrets from the environment)")
     block_sub = sp.add_subparsers(dest="block_kind", required=True)
     from erp_backup import gpg_block
+    from erp_backup.remote_cli import add_block_parsers
 
     gpg_block.add_parser(block_sub)
     block_sub.choices["gpg"].set_defaults(func=cmd_block_gpg)
+    add_block_parsers(block_sub)  # s3, ftp
 
     sp = sub.add_parser("setup", help="prepare the Prefect server (PREFECT_API_URL): work pool, concurrency "
                         "limit, block types, notification block, automations; idempotent")
@@ -462,6 +461,7 @@ def main(argv: list[str] | None = None) -> int:
 
     atexit.register(_print_final)
     args = build_parser().parse_args(argv)
+    cli_quiet.install()  # a failed job: its table, then one error line (no traceback, no repeats)
     try:
         reaper.guard(args.command)  # before anything is spawned: a killed run leaves no process behind
         return int(args.func(args) or 0)

@@ -329,6 +329,11 @@ progress_interval_s = 5   # how often a long dump/archive moves the run's progre
 # sign = true                                  # SHA256SUMS.sig on every set; restore refuses unsigned sets
 # signing_key = "<fingerprint>"                # which key signs (default: the only one available)
 # signers = ["<fingerprint>"]                  # whose signatures verify/restore accept (default: signing_key)
+
+# [remote]                # off-site copies (README: Off-site copies); needs [encryption]
+# block = "erp-offsite"   # S3Bucket block or erp-backup FTP storage block (`erp-backup block s3|ftp`)
+# prefix = "django_erp"   # sets go to <prefix>/<set id>/
+# catch_up_days = 30      # sets finished this recently are sent if missing remotely (monthly: 366)
 {recovery}"""
 
 

@@ -21,6 +21,7 @@ from erp_backup import verify as verifier
 from erp_backup.adapters.storage.local import LocalRepository
 from erp_backup.alerts import exposed_files
 from erp_backup.backup import Preflight
+from erp_backup.cli_quiet import DETAIL
 from erp_backup.config import Settings
 from erp_backup.core.errors import BackupError
 from erp_backup.core.models import BackupId, BackupJob
@@ -171,7 +172,7 @@ def verify_rows(reports: list[verifier.VerifyReport], logger: Log) -> list[dict[
             logger.info("%s: verification passed", r.set_id)
         else:
             for p in r.problems:
-                logger.error("%s", p)
+                logger.error("%s", p, extra=DETAIL)  # the CLI shows them in its table instead
     return rows
 
 

@@ -59,6 +59,15 @@ def parse_duration(text: str, *, what: str) -> int:
     return seconds
 
 
+TZ_TEMPLATE = "{{ prefect.variables." + TZ_VARIABLE + " }}"
+
+
+def schedule_zone(value: str) -> ZoneInfo:
+    """The zone of a ``prefect.yaml`` schedule as code reading the file should take it: the template
+    ``{{ prefect.variables.erp_backup_timezone }}`` (filled in at deploy time) means the default."""
+    return ZoneInfo(DEFAULT_TZ if value.strip() == TZ_TEMPLATE else value)
+
+
 def check_timezone(tz: str) -> str:
     try:
         ZoneInfo(tz)

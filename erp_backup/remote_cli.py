@@ -1,5 +1,5 @@
 """The CLI's remote commands: ``list --remote``, ``verify --remote``, ``upload``, ``restore --from-remote``,
-``blocks s3|ftp``. ``erp_backup.cli`` registers them and calls in here; the plain (Prefect-free)
+``block s3|ftp``. ``erp_backup.cli`` registers them and calls in here; the plain (Prefect-free)
 variants handed to ``runner.run`` live here too.
 """
 
@@ -16,6 +16,7 @@ from erp_backup.core.models import BackupId
 
 if TYPE_CHECKING:  # the parser is built for every command: heavy modules are imported when used
     from erp_backup import restore as restorer
+    from erp_backup.adapters.storage.base import RemoteStore
     from erp_backup.config import Settings
 
 # ----------------------------------------------------------------------------- plain variants (runner.run)
@@ -55,20 +56,25 @@ def plain_restore_from_remote(settings: Settings, request: restorer.RestoreReque
 # ----------------------------------------------------------------------------- commands
 
 
-def list_remote(settings: Settings, as_json: bool) -> int:
+def list_remote(settings: Settings, as_json: bool, store: RemoteStore | None = None) -> int:
     from erp_backup import remote_sets
+    from erp_backup.core import chain
     from erp_backup.remote_store import open_store
     from erp_backup.tables import human, print_table
 
-    store = open_store(settings)
+    store = store or open_store(settings)
     listing = remote_sets.scan(store)
     good, damaged = remote_sets.headers(store, listing)
     rows: list[dict[str, Any]] = []
+    ids = [m.id for m in good]
     for m in good:
+        problem = chain.chain_problem(m, ids, damaged)
         rows.append({"id": m.id.value, "kind": m.kind.value, "tags": ",".join(m.tags),
                      "parent": m.parent.value if m.parent else None,
                      "finished_at": m.finished_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                     "size_bytes": sum(listing.objects[m.id.value].values()), "status": "complete", "reason": None})
+                     "size_bytes": sum(listing.objects[m.id.value].values()),
+                     "status": "complete" if problem is None else "broken",
+                     "reason": None if problem is None else f"it {problem}"})
     for d in damaged:
         rows.append({"id": d.id.value, "kind": d.id.kind.value, "tags": "", "parent": None, "finished_at": None,
                      "size_bytes": sum(listing.objects[d.id.value].values()), "status": "damaged",
@@ -155,12 +161,12 @@ def create_ftp_block(args: argparse.Namespace) -> str:
     return f"saved block erp-backup-ftp-storage/{args.name} ({block.store('').describe()})"
 
 
-def add_block_parsers(sub: Any) -> None:
-    sp = sub.add_parser("blocks", help="create the remote storage blocks (secrets from the environment)")
-    kinds = sp.add_subparsers(dest="block_kind", required=True)
+def add_block_parsers(kinds: Any) -> None:
+    """``block s3`` and ``block ftp`` under the ``block`` command (next to ``block gpg``)."""
     s3 = kinds.add_parser("s3", help="AwsCredentials + S3Bucket blocks (AWS S3, Aliyun OSS, MinIO); keys from "
                                      "$AWS_ACCESS_KEY_ID / $AWS_SECRET_ACCESS_KEY [/ $AWS_SESSION_TOKEN]")
-    s3.add_argument("name", help="the S3Bucket block's name ([remote] block); the credentials are NAME-credentials")
+    s3.add_argument("--name", required=True,
+                    help="the S3Bucket block's name ([remote] block); the credentials are NAME-credentials")
     s3.add_argument("--bucket", required=True)
     s3.add_argument("--endpoint-url", help="for OSS/MinIO, e.g. https://oss-cn-hangzhou.aliyuncs.com")
     s3.add_argument("--region", help="e.g. us-east-1, cn-hangzhou")
@@ -170,7 +176,7 @@ def add_block_parsers(sub: Any) -> None:
     s3.add_argument("--overwrite", action="store_true", help="replace blocks of the same name")
     s3.set_defaults(func=cmd_blocks)
     ftp = kinds.add_parser("ftp", help="erp-backup FTP storage block; password from $ERP_BACKUP_FTP_PASSWORD")
-    ftp.add_argument("name", help="the block's name ([remote] block)")
+    ftp.add_argument("--name", required=True, help="the block's name ([remote] block)")
     ftp.add_argument("--host", required=True)
     ftp.add_argument("--port", type=int, default=21)
     ftp.add_argument("--user", default="anonymous")

@@ -84,7 +84,7 @@ def scratch_dir(parent: str | Path | None = None) -> Iterator[Path]:
     """A private (0700) scratch directory, removed on exit whatever happens."""
     base = Path(parent) if parent else Path(tempfile.gettempdir())
     if not base.is_dir():
-        raise ConfigError(f"scratch directory {base} does not exist",
+        raise ConfigError(f"scratch directory {base} does not exist or is not a directory",
                           hint="give an existing directory with enough space for the chain: --scratch-dir DIR")
     clean_leftovers(base)
     try:
@@ -164,6 +164,9 @@ def download_set(check_signature: SignatureCheck, store: RemoteStore, sid: Backu
                                  hint="pick another set")
         if a.name not in objects:
             raise IntegrityError(f"remote set {sid}: {a.name} is missing remotely", hint="pick another set")
+        if objects[a.name] != a.size:
+            raise IntegrityError(f"remote set {sid}: {a.name} has {objects[a.name]} bytes remotely, its manifest "
+                                 f"records {a.size}", hint="the remote copy is damaged; pick another set")
         got = _write_object(store, f"{sid}/{a.name}", work / a.name, a.size, 0)
         total += a.size
         if got != a.sha256:
@@ -178,7 +181,16 @@ def download_set(check_signature: SignatureCheck, store: RemoteStore, sid: Backu
     return total
 
 
-def precheck(req: restorer.RestoreRequest) -> None:
+def _check_space(repo: LocalRepository, objects: list[dict[str, int]]) -> None:
+    """Refuse before downloading what the scratch directory's file system cannot hold."""
+    need = sum(sum(o.values()) for o in objects)
+    free = shutil.disk_usage(repo.root).free
+    if need > free:
+        raise StorageError(f"the chain to restore needs {need} bytes in {repo.root.parent}, {free} are free",
+                           hint="give a directory with more space: --scratch-dir DIR")
+
+
+def precheck(req: restorer.RestoreRequest, scratch_parent: str | Path | None = None) -> None:
     """The checks of a restore that need no set, before anything is downloaded."""
     if req.target_dir is None and not req.target_database:
         raise ConfigError("nothing to restore into", hint="give --target-dir and/or --target-database")
@@ -192,11 +204,28 @@ def precheck(req: restorer.RestoreRequest) -> None:
         if t.exists() and t.is_dir() and not t.is_symlink() and any(t.iterdir()) and not req.force:
             raise RestoreError(f"target directory {t} is not empty",
                                hint="restore into a new directory, or pass --force to write over it")
+        scratch = Path(os.path.realpath(scratch_parent or tempfile.gettempdir()))
+        real = Path(os.path.realpath(t))
+        if scratch == real or real in scratch.parents:
+            raise ConfigError(f"the scratch directory {scratch} lies inside the target {t}",
+                              hint="give --scratch-dir outside the target directory")
+
+
+def live_guard(settings: Settings, req: restorer.RestoreRequest) -> None:
+    """The live database is not written without ``--yes``: said before anything is downloaded."""
+    live = settings.live_database()
+    if live is None or req.yes or not req.target_database:
+        return
+    target = restorer.resolve_target_database(req.target_database, live)
+    if target is not None and restorer._same_database(target, live):
+        raise RestoreError(f"{target.redacted()} is the live database",
+                           hint="pass --yes to overwrite the live database, or restore into another one")
 
 
 def fetch(settings: Settings, store: RemoteStore, req: restorer.RestoreRequest, scratch: Path) -> Fetched:
     """Choose the set as the request says and download its chain into ``scratch``."""
-    precheck(req)
+    precheck(req, scratch.parent)
+    live_guard(settings, req)
     listing = remote_sets.scan(store)
     good, damaged = remote_sets.headers(store, listing)
     if not good and not damaged:
@@ -211,6 +240,7 @@ def _fetch(check_signature: SignatureCheck, store: RemoteStore, req: restorer.Re
     by_id = {m.id: m for m in good}
     invalid: dict[BackupId, str] = {}
     total = 0
+    notes: tuple[str, ...]
     while True:
         if req.backup_id is not None:
             bid = BackupId(req.backup_id)
@@ -223,12 +253,13 @@ def _fetch(check_signature: SignatureCheck, store: RemoteStore, req: restorer.Re
             problem = chain.chain_problem(by_id[bid], list(by_id), damaged)
             if problem is not None:
                 raise ChainError(f"remote set {bid} cannot be restored: it {problem}", hint="pick another set")
-            chosen, notes = by_id[bid], tuple[str, ...]()
+            chosen, notes = by_id[bid], ()
         else:
             sel = chain.select_for_time(good, req.at, damaged=damaged, invalid=invalid)
             chosen = sel.chosen
             notes = tuple(f"skipped {s.id}: it {s.reason}" for s in sel.skipped)
         members = [*sorted(chosen.depends_on), chosen.id]
+        _check_space(repo, [listing.objects.get(m.value, {}) for m in members if not repo.set_dir(m).is_dir()])
         try:
             for sid in members:
                 total += download_set(check_signature, store, sid, repo, listing.objects[sid.value])
@@ -256,7 +287,7 @@ def restore_fetched(settings: Settings, fetched: Fetched, req: restorer.RestoreR
 def restore_from_remote(settings: Settings, store: RemoteStore, req: restorer.RestoreRequest,
                         scratch_parent: str | Path | None = None) -> restorer.RestoreReport:
     """Fetch and restore (no Prefect): the plain variant of the CLI's flow, and the tests'."""
-    precheck(req)
+    precheck(req, scratch_parent)
     with scratch_dir(scratch_parent) as scratch:
         fetched = fetch(settings, store, req, scratch)
         return restore_fetched(settings, fetched, req)

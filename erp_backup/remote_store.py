@@ -35,6 +35,8 @@ def _load(slug: str, name: str) -> Any:
 def load_block(name: str) -> Any:
     """The block named by ``[remote] block``."""
     slug, _, bare = name.rpartition("/")
+    if not bare.strip():
+        raise ConfigError(f"remote.block: {name!r} names no block", hint='write the block\'s name, e.g. "erp-offsite"')
     tries = [slug] if slug else [S3_SLUG, FTP_SLUG]
     if slug and slug not in (S3_SLUG, FTP_SLUG):
         raise ConfigError(f"remote.block: {name!r} is not an S3 bucket or FTP storage block",
@@ -47,7 +49,7 @@ def load_block(name: str) -> Any:
         except ValueError:
             continue  # no such block of this type
     raise ConfigError(f"remote.block: no S3 bucket or FTP storage block named {bare!r}",
-                      hint="create it with `erp-backup remote-block s3|ftp NAME …` (see README), or fix the name; "
+                      hint="create it with `erp-backup block s3|ftp --name NAME …` (see README), or fix the name; "
                            "is PREFECT_API_URL the server that holds the blocks?")
 
 

@@ -76,6 +76,8 @@ def _own(check_signature: SignatureCheck, store: RemoteStore, sid: BackupId, obj
         m: Manifest = head
         if MANIFEST not in sums:
             return bad(f"{SUMS} does not list {MANIFEST}")
+        if objects[MANIFEST] > remote_sets.MAX_MANIFEST:
+            return bad(f"{MANIFEST} is {objects[MANIFEST]} bytes, too large to be one")
         digest, size = remote_sets.sha256_stream(
             remote_sets.stream_bounded(store, f"{sid}/{MANIFEST}", objects[MANIFEST]))
         checked += size

@@ -93,13 +93,15 @@ class SafetyCopy:
 
 
 def create_dir(local_dir: Path, set_id: str, now: datetime) -> Path:
-    path = local_dir / f"{PREFIX}{now:%Y%m%dT%H%M%SZ}-{set_id}"
+    # microseconds: two in-place restores in one second (run one after the other: the repository
+    # lock keeps them from overlapping) must not collide
+    path = local_dir / f"{PREFIX}{now:%Y%m%dT%H%M%S.%fZ}-{set_id}"
     try:
         os.mkdir(path, 0o700)
         os.mkdir(path / FILES, 0o700)
     except FileExistsError:
         raise StorageError(f"safety copy {path} already exists",
-                           hint="another in-place restore started this second; wait and run again") from None
+                           hint="another in-place restore started at the same instant; wait and run again") from None
     except OSError as e:
         raise StorageError(f"cannot create the safety copy {path}: {e.strerror}",
                            hint="check free space and permissions of the backup directory") from e

@@ -12,8 +12,9 @@ before it is right. A set is complete remotely once its manifest is there.
 
 Catch-up: every committed local set that is not complete remotely, finished within
 ``[remote] catch_up_days`` (``catch_up_monthly_days`` for monthly archives: they are kept longer),
-is sent too, oldest first — so a chain's parent always goes before its children, and a set whose
-parent is missing remotely takes its parent along whatever its age. A set that fails is retried
+or within the remote retention of its kind if that is shorter (``[retention.remote]``), is sent
+too, oldest first — so a chain's parent always goes before its children, and a set whose parent
+is missing remotely takes its parent along whatever its age. A set that fails is retried
 (``retries``, backoff doubling from ``retry_backoff_s``) from its first object: a stream being
 encrypted cannot be rewound. Leftover objects of an earlier, interrupted attempt are overwritten,
 and the ones the new copy does not have are deleted before its manifest goes up. A failure raises
@@ -30,7 +31,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from erp_backup import remote_sets
 from erp_backup.adapters.storage.base import RemoteStore
@@ -39,7 +40,7 @@ from erp_backup.backup import CommittedSet
 from erp_backup.config import RemoteConfig, Settings
 from erp_backup.core import manifest as mf
 from erp_backup.core.errors import BackupError, ConfigError, IntegrityError, StorageError
-from erp_backup.core.models import BackupId, Manifest
+from erp_backup.core.models import BackupId, BackupKind, Manifest
 
 log = logging.getLogger(__name__)
 
@@ -160,13 +161,30 @@ def _with_retries(what: str, attempt: Callable[[], int], remote: RemoteConfig) -
     raise AssertionError("unreachable")
 
 
-def _window(remote: RemoteConfig, m: Manifest, now: datetime) -> bool:
+def window_days(remote: RemoteConfig, m: Manifest, kept: Any = None) -> float:
+    """How far back a set of ``m``'s kind is caught up: ``catch_up_days`` (monthly archives:
+    ``catch_up_monthly_days``), shortened to the remote retention (``kept``: ``[retention.remote]``
+    when the config has it) so that nothing is sent that the next prune would delete."""
     days = remote.catch_up_monthly_days if m.is_monthly else remote.catch_up_days
-    return m.finished_at >= now - timedelta(days=days)
+    if kept is None:
+        return days
+    if m.is_monthly:
+        limit = kept.monthly_days
+    elif m.kind is BackupKind.INCREMENTAL:
+        limit = kept.incremental_hours / 24
+    elif m.kind is BackupKind.DIFFERENTIAL:
+        limit = kept.differential_days
+    else:
+        limit = kept.full_days
+    return min(days, float(limit))
+
+
+def _window(remote: RemoteConfig, m: Manifest, now: datetime, kept: Any = None) -> bool:
+    return m.finished_at >= now - timedelta(days=window_days(remote, m, kept))
 
 
 def to_send(remote: RemoteConfig, local: list[Manifest], complete: set[BackupId], *, now: datetime,
-            wanted: Iterable[BackupId] | None = None, newest: BackupId | None = None
+            wanted: Iterable[BackupId] | None = None, newest: BackupId | None = None, kept: Any = None
             ) -> tuple[list[BackupId], list[str]]:
     """Which local sets to send, oldest first, and warnings: ``wanted`` (default: every set in the
     catch-up window, and ``newest``) that is not complete remotely, with every set it builds on that
@@ -174,7 +192,7 @@ def to_send(remote: RemoteConfig, local: list[Manifest], complete: set[BackupId]
     by_id = {m.id: m for m in local}
     warnings: list[str] = []
     if wanted is None:
-        chosen = [m.id for m in local if _window(remote, m, now) or m.id == newest]
+        chosen = [m.id for m in local if _window(remote, m, now, kept) or m.id == newest]
         old = [m.id.value for m in local if m.id not in complete and m.id not in chosen]
         if old:
             warnings.append(f"{len(old)} older local set(s) missing remotely were not sent (older than the "
@@ -214,10 +232,16 @@ def push(settings: Settings, store: RemoteStore, *, wanted: Iterable[BackupId] |
         if unknown:
             raise StorageError(f"backup set {unknown[0]} is not a committed set in {repo.root}",
                                hint="see `erp-backup list`")
-    listing = remote_sets.scan(store)
+    try:
+        listing = remote_sets.scan(store)
+    except BackupError as e:
+        e.message = f"upload failed (the local sets are kept; the next run sends them): {e.message}"
+        e.args = (str(e),)
+        raise
     complete = set(listing.complete)
+    kept = getattr(getattr(settings, "retention", None), "remote", None)  # [retention.remote], if configured
     ids, warnings = to_send(remote, local, complete, now=now or datetime.now(UTC), wanted=wanted,
-                                newest=newest)
+                            newest=newest, kept=kept)
     uploaded: list[str] = []
     total = 0
     for sid in ids:
@@ -228,7 +252,8 @@ def push(settings: Settings, store: RemoteStore, *, wanted: Iterable[BackupId] |
                               remote)
         except BackupError as e:
             done = f" (sent before it: {', '.join(uploaded)})" if uploaded else ""
-            e.message = f"upload of set {sid} to {store.describe()} failed: {e.message}{done}"
+            e.message = (f"upload of set {sid} to {store.describe()} failed (the local set is kept; the next run "
+                         f"completes the upload){done}: {e.message}")
             e.args = (str(e),)
             raise
         uploaded.append(sid.value)

@@ -32,10 +32,10 @@ from erp_backup.config import Settings
 from erp_backup.core.errors import LockError
 from erp_backup.core.models import Manifest
 from erp_backup.pipeline import Stages
+from erp_backup.prefect_setup import BACKUP_LIMIT  # created by `erp-backup setup`
 from erp_backup.tables import human
 from erp_backup.verify import VerifyReport
 
-BACKUP_LIMIT = "erp-backup-backups"  # created by `erp-backup setup` (erp_backup.prefect_setup.BACKUP_LIMIT)
 PROGRESS_KEY = "erp-backup-progress"
 
 T = TypeVar("T")

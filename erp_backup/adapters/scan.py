@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from erp_backup.core.errors import SourceError
-from erp_backup.core.models import EntryType, FileEntry
+from erp_backup.core.models import EntryType, FileEntry, shared_int
 
 
 @dataclass
@@ -63,11 +63,11 @@ def _entry(rel: str, st: os.stat_result, target: str | None = None) -> FileEntry
     return FileEntry(
         path=rel,
         type=typ,
-        mode=stat.S_IMODE(mode),
+        mode=shared_int(stat.S_IMODE(mode)),
         mtime_ns=st.st_mtime_ns,
         size=st.st_size if typ is EntryType.FILE else 0,
-        uid=st.st_uid,
-        gid=st.st_gid,
+        uid=shared_int(st.st_uid),
+        gid=shared_int(st.st_gid),
         ino=st.st_ino,
         target=target,
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import sys
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
@@ -25,6 +26,7 @@ from erp_backup.core.models import (
     EntryType,
     FileEntry,
     Manifest,
+    shared_int,
 )
 
 FORMAT = "erp-backup-set"
@@ -35,8 +37,15 @@ def _ts(dt: datetime) -> str:
     return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+_TS = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,6})?(?:Z|[+-]\d{2}:\d{2})")
+
+
 def parse_ts(text: str) -> datetime:
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    """An ISO 8601 time with a UTC offset (``Z`` or ``±hh:mm``), fractional seconds optional: this tool
+    writes ``…:SS.ffffffZ``; one written by hand or another tool may leave the fraction out."""
+    if not isinstance(text, str) or not _TS.fullmatch(text):
+        raise ValueError(f"time {text!r} is not like 2026-11-28T02:00:00Z")
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
 
 
 def entry_to_dict(e: FileEntry) -> dict[str, Any]:
@@ -50,18 +59,16 @@ def entry_to_dict(e: FileEntry) -> dict[str, Any]:
 
 
 _TYPES = {t.value: t for t in EntryType}
-
-
 def entry_from_dict(d: dict[str, Any]) -> FileEntry:
     typ = _TYPES.get(d["type"]) if isinstance(d["type"], str) else None
     return FileEntry(
         path=d["path"],
         type=typ if typ is not None else EntryType(d["type"]),
-        mode=int(d["mode"], 8),
+        mode=shared_int(int(d["mode"], 8)),
         mtime_ns=int(d["mtime_ns"]),
         size=int(d.get("size", 0)),
-        uid=int(d.get("uid", 0)),
-        gid=int(d.get("gid", 0)),
+        uid=shared_int(int(d.get("uid", 0))),
+        gid=shared_int(int(d.get("gid", 0))),
         ino=int(d.get("ino", 0)),
         sha256=d.get("sha256"),
         holder=sys.intern(d["holder"]) if d.get("holder") else None,

@@ -9,6 +9,7 @@ worker. The tests run in file order and share them.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import random
@@ -25,6 +26,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+import yaml
 from aiosmtpd.controller import Controller
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -44,9 +46,19 @@ AUTOMATIONS = ("erp-backup: run failed or crashed", "erp-backup: scheduled run n
                "erp-backup: incremental late", "erp-backup: full late",
                "erp-backup: size anomaly", "erp-backup: restore test missed RTO/RPO",
                "erp-backup: integrity check failed")
-DEPLOYMENTS = ("erp-backup-full/full", "erp-backup-incremental/incremental",
-               "erp-backup-differential/differential", "erp-backup-monthly/monthly", "erp-backup-verify/verify",
-               "erp-backup-restore/restore", "erp-backup-restore-test/restore-test")
+
+
+def deployments_of_prefect_yaml() -> tuple[str, ...]:
+    """"<flow name>/<deployment name>" of every deployment prefect.yaml declares."""
+    out = []
+    for d in yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]:
+        module, func = d["entrypoint"].split(":")
+        flow = getattr(importlib.import_module(module.removesuffix(".py").replace("/", ".")), func)
+        out.append(f"{flow.name}/{d['name']}")
+    return tuple(out)
+
+
+DEPLOYMENTS = deployments_of_prefect_yaml()
 
 
 # ----------------------------------------------------------------------------- receivers
@@ -264,6 +276,9 @@ def test_setup_twice_leaves_exactly_one_of_each_and_updates_in_place(ops: Ops) -
 
 
 def test_every_deployment_is_listed_and_monthly_runs_fall_on_last_days(ops: Ops) -> None:
+    assert {"erp-backup-full/full", "erp-backup-incremental/incremental", "erp-backup-differential/differential",
+            "erp-backup-monthly/monthly", "erp-backup-verify/verify", "erp-backup-restore/restore",
+            "erp-backup-restore-test/restore-test"} <= set(DEPLOYMENTS)
     ls = ops.run(str(VENV_BIN / "prefect"), "deployment", "ls")
     assert ls.returncode == 0, ls.stderr
     listed = ls.stdout.replace("│", " ")
@@ -325,6 +340,21 @@ def test_late_incremental_alerts_once_per_gap(ops: Ops) -> None:
     mails, posts = ops.messages_about("incremental backup late")
     assert (len(mails), len(posts)) == (1, 1), "the late alert repeated for the same gap"
     assert ops.security_posts("late") == [], "a late backup is the administrators' alert only"
+
+
+def test_a_scheduled_run_no_worker_starts_alerts(ops: Ops) -> None:
+    """A run due a minute ago that no worker picks up (it belongs to no deployment, so the worker of
+    the pool ignores it) goes Late on the server: the "not started" automation tells."""
+    flow = ops.api("POST", "/flows/filter", json={"flows": {"name": {"any_": ["erp-backup-verify"]}}})[0]
+    due = (datetime.now(ZoneInfo("UTC")) - timedelta(minutes=1)).isoformat()
+    run = ops.api("POST", "/flow_runs/", json={"flow_id": flow["id"], "name": "nobody-runs-me", "state": {
+        "type": "SCHEDULED", "state_details": {"scheduled_time": due}}})
+    try:
+        mails, posts = ops.wait_alert("nobody-runs-me", 60)
+        assert "erp-backup-verify has not started" in mails[0]
+        assert "prefect worker start --pool erp-backup" in posts[0]["message"]
+    finally:
+        ops.api("DELETE", f"/flow_runs/{run['id']}")
 
 
 def test_size_anomaly_notifies_and_metrics_are_published(ops: Ops) -> None:

@@ -42,6 +42,8 @@ def test_put_get_list_delete_over_tls(ftp_server: FtpServer) -> None:
     on_disk = ftp_server.root / "backups" / "django_erp" / "20261128T020000Z-full" / "files.tar.zst.gpg"
     assert on_disk.read_bytes() == data
     assert store.size("20261128T020000Z-full/manifest.json") == 2
+    assert store.put_stream("20261128T030000Z-incr/SHA256SUMS", io.BytesIO(b"second")) == 6  # replaced
+    assert store.put_stream("20261128T030000Z-incr/SHA256SUMS", io.BytesIO(b"")) == 0
     assert store.size("20261128T020000Z-full/nothing") is None
     assert list(store.list()) == [RemoteObject("20261128T020000Z-full/files.tar.zst.gpg", len(data)),
                                   RemoteObject("20261128T020000Z-full/manifest.json", 2),
@@ -74,6 +76,12 @@ def test_a_cut_upload_leaves_no_object_under_its_name(ftp_server: FtpServer) -> 
     assert list(store.list()) == []
     left = [p.name for p in (ftp_server.root / "backups" / "p" / "s").iterdir()]
     assert left == []  # the temporary object was removed too
+    # one of a killed upload (no chance to remove it) goes with the next upload of that object
+    killed = ftp_server.root / "backups" / "p" / "s" / ".manifest.json.part-0123456789ab"
+    killed.write_bytes(b"half")
+    assert list(store.list()) == []  # never listed
+    assert store.put_stream("s/manifest.json", io.BytesIO(b"{}")) == 2
+    assert sorted(p.name for p in killed.parent.iterdir()) == ["manifest.json"]
 
 
 def test_plain_ftp_refused_unless_the_block_allows_it(tmp_path: Path) -> None:

@@ -49,11 +49,11 @@ T0 = datetime(2026, 11, 28, 2, 0, tzinfo=UTC)
 MARKER = "MARKER-remote-ACME-7731"
 
 
-def remote_settings(tmp_path: Path, keys: GpgTestKeys, **remote: Any) -> Settings:
+def remote_settings(tmp_path: Path, keys: GpgTestKeys, db: str | None = None, **remote: Any) -> Settings:
     """Test settings with [encryption] (plaintext local sets, signed; encrypted remote copies) and
     [remote] (its block is handed over directly: ``store_for``)."""
     tmp_path.mkdir(parents=True, exist_ok=True)
-    s = enc_settings(tmp_path, keys, local=False, root=make_small_project(tmp_path / "erp"))
+    s = enc_settings(tmp_path, keys, local=False, root=make_small_project(tmp_path / "erp"), db=db)
     cfg = RemoteConfig(block="test", prefix="erp", retries=0, retry_backoff_s=0, **remote)
     return s.model_copy(update={"remote": cfg})
 
@@ -252,6 +252,24 @@ def test_catch_up_window_and_parents(tmp_path: Path, moto_s3: S3Env, gpg_keys: G
     assert remote_sets.scan(store2).complete == [i2] and not list(store2.list(f"{f2}/"))
 
 
+def one_full_uploaded(tmp_path: Path, keys: GpgTestKeys, host: Host, env: S3Env) -> tuple[Settings, RemoteStore,
+                                                                                         BackupId]:
+    s = remote_settings(tmp_path, keys)
+    assert s.remote is not None
+    host.backup()
+    store = store_for(env.bucket, s.remote)
+    full = backup(s, BackupKind.FULL, T0)
+    upload.push(s, store, now=T0)
+    return s, store, full
+
+
+class ExplodingStore:
+    """A store that must not be touched."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"the store was used ({name}) before the request was checked")
+
+
 def tamper(env: S3Env, key: str, transform: Any) -> None:
     c = env.client()
     body = c.get_object(Bucket=env.bucket.bucket_name, Key=key)["Body"].read()
@@ -306,12 +324,7 @@ def test_tampered_and_hostile_remote_objects(tmp_path: Path, moto_s3: S3Env, gpg
 
 def test_an_object_larger_than_its_manifest_says_is_not_read_whole(tmp_path: Path, moto_s3: S3Env,
                                                                    gpg_keys: GpgTestKeys, host: Host) -> None:
-    s = remote_settings(tmp_path, gpg_keys)
-    assert s.remote is not None
-    host.backup()
-    store = store_for(moto_s3.bucket, s.remote)
-    full = backup(s, BackupKind.FULL, T0)
-    upload.push(s, store, now=T0)
+    s, store, full = one_full_uploaded(tmp_path, gpg_keys, host, moto_s3)
     tamper(moto_s3, f"erp/{full}/SHA256SUMS", lambda b: b + b"0" * (2 << 20))
     with pytest.raises(IntegrityError) as e:
         remote_sets.read_sums(store, full)
@@ -349,12 +362,7 @@ def test_remote_without_encryption_is_refused(tmp_path: Path) -> None:
 
 def test_unsigned_or_foreign_signed_remote_sets_and_missing_keys(tmp_path: Path, moto_s3: S3Env,
                                                                  gpg_keys: GpgTestKeys, host: Host) -> None:
-    s = remote_settings(tmp_path, gpg_keys)
-    assert s.remote is not None
-    host.backup()
-    store = store_for(moto_s3.bucket, s.remote)
-    full = backup(s, BackupKind.FULL, T0)
-    upload.push(s, store, now=T0)
+    s, store, full = one_full_uploaded(tmp_path, gpg_keys, host, moto_s3)
     host.restore(ring=host.empty_ring)  # no private key here
     target = tmp_path / "t"
     with pytest.raises(BackupError) as e:
@@ -393,3 +401,94 @@ def test_unsigned_or_foreign_signed_remote_sets_and_missing_keys(tmp_path: Path,
                             scratch_parent=tmp_path)
     assert "not signed" in str(ce.value)
     assert not target.exists() or not any(target.iterdir())
+
+
+def test_scratch_directories_of_killed_runs_are_removed(tmp_path: Path) -> None:
+    from erp_backup.remote_restore import clean_leftovers, scratch_dir
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    left = tmp_path / f"{SCRATCH_PREFIX}{dead.pid}-abc123"
+    (left / "20261128T020000Z-full").mkdir(parents=True)
+    mine = tmp_path / f"{SCRATCH_PREFIX}{os.getpid()}-live"
+    mine.mkdir()
+    other = tmp_path / "erp-backup-remote-notapid"
+    other.mkdir()
+    with scratch_dir(tmp_path) as scratch:
+        assert scratch.stat().st_mode & 0o777 == 0o700
+        assert not left.exists() and mine.exists() and other.exists()  # only the dead run's
+        (scratch / "x").write_bytes(b"x")
+    assert not scratch.exists()
+    assert clean_leftovers(tmp_path) == []
+    with pytest.raises(ConfigError):
+        with scratch_dir(tmp_path / "missing"):
+            pass
+    from erp_backup.remote_restore import precheck
+
+    with pytest.raises(ConfigError) as e:  # the download would land in the target it restores into
+        precheck(RestoreRequest(target_dir=str(tmp_path), backup_id="20261128T020000Z-full", force=True),
+                 tmp_path / "sub")
+    assert "lies inside the target" in str(e.value)
+
+
+@pytest.mark.parametrize("engine", ["postgresql", "mysql"])
+def test_disaster_round_trip_server_databases(engine: str, tmp_path: Path, moto_s3: S3Env, gpg_keys: GpgTestKeys,
+                                              host: Host, request: pytest.FixtureRequest) -> None:
+    make_db: Any = request.getfixturevalue("pg_db" if engine == "postgresql" else "my_db")
+    sql: Any = request.getfixturevalue("pg_sql" if engine == "postgresql" else "my_sql")
+    src = make_db("src")
+    sql(src, "CREATE TABLE customers (id INTEGER PRIMARY KEY, name VARCHAR(100))")
+    sql(src, "INSERT INTO customers(id, name) VALUES (1, 'a'), (2, 'b')")
+    s = remote_settings(tmp_path, gpg_keys, db=src.redacted())
+    assert s.remote is not None
+    host.backup()
+    store = store_for(moto_s3.bucket, s.remote)
+    backup(s, BackupKind.FULL, T0)
+    sql(src, f"INSERT INTO customers(id, name) VALUES (3, '{MARKER}')")
+    write_file(s.project.root / "app/after.txt", "after\n")
+    incr = backup(s, BackupKind.INCREMENTAL, T0 + timedelta(hours=1))
+    state = tree_state(s.project.root)
+    assert upload.push(s, store, now=T0 + timedelta(hours=1)).uploaded[-1] == incr.value
+    for o in store.list():
+        with store.get_stream(o.key) as body:
+            assert MARKER.encode() not in body.read(), o.key
+    shutil.rmtree(s.storage.local_dir)
+    host.restore()
+    target_db = make_db("restored", create=False)
+    rep = restore_from_remote(s, store, RestoreRequest(target_dir=str(tmp_path / "out"), at=T0 + timedelta(hours=2),
+                                                       target_database=target_db.redacted()),
+                              scratch_parent=tmp_path)
+    assert rep.set_id == incr.value
+    with pytest.raises(RestoreError) as e:  # the live database, without --yes: refused before a download
+        restore_from_remote(s, ExplodingStore(), RestoreRequest(target_database=src.redacted(), backup_id=incr.value))
+    assert "is the live database" in str(e.value)
+    assert [tuple(r) for r in sql(target_db, "SELECT id, name FROM customers ORDER BY id")] == [
+        (1, "a"), (2, "b"), (3, MARKER)]
+    assert diff_states(state, tree_state(tmp_path / "out")) == []
+
+
+def test_list_remote_statuses(tmp_path: Path, moto_s3: S3Env, gpg_keys: GpgTestKeys, host: Host,
+                              capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from erp_backup.remote_cli import list_remote
+
+    s, store, full = one_full_uploaded(tmp_path, gpg_keys, host, moto_s3)
+    write_file(s.project.root / "app/more.txt", "more\n")
+    incr = backup(s, BackupKind.INCREMENTAL, T0 + timedelta(hours=1))
+    full2 = backup(s, BackupKind.FULL, T0 + timedelta(hours=2))
+    upload.push(s, store, now=T0 + timedelta(hours=2))
+    c, bucket = moto_s3.client(), moto_s3.bucket.bucket_name
+    c.delete_object(Bucket=bucket, Key=f"erp/{full}/manifest.json")  # as a half-done delete leaves it
+    c.put_object(Bucket=bucket, Key=f"erp/{full2}/manifest.json", Body=b"{not json")
+    c.put_object(Bucket=bucket, Key="erp/stray.txt", Body=b"x")
+    assert list_remote(s, True, store) == 0
+    out = json.loads(capsys.readouterr().out)
+    status = {r["id"]: (r["status"], r["reason"] or "") for r in out["sets"]}
+    assert status[full.value][0] == "incomplete"
+    assert status[incr.value][0] == "broken" and full.value in status[incr.value][1]
+    assert status[full2.value][0] == "damaged"
+    assert out["foreign"] == ["stray.txt"]
+    assert list_remote(s, False, store) == 0
+    text = capsys.readouterr().out
+    assert "(broken: " in text and "1 object(s) that belong to no set" in text

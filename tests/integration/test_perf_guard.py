@@ -28,7 +28,7 @@ from gen_tree import DB_NAME, generate  # noqa: E402
 # measured 2026-11-29 on the 2-core dev machine (loaded by parallel work), 0.1 GB / 2,000 files
 BASELINES = {
     "full_default_vs_tar_zstd": 1.8,  # engine full backup (verify=full) CPU / tar|zstd CPU (measured 1.74)
-    "incr_nochange_cpu_s": 0.1,  # engine no-change incremental, CPU-s (measured 0.06)
+    "incr_nochange_cpu_s": 0.12,  # engine no-change incremental, CPU-s (measured 0.06; tiny, so noisier)
     "cli_incr_cpu_s": 0.4,  # `erp-backup backup incremental`, whole process, no server configured (0.27;
     #                          importing Prefect alone costs ~1 CPU-s, its temporary server ~10)
 }

@@ -11,7 +11,7 @@ from cronsim import CronSim
 from prefect import Flow
 from prefect.client.schemas.schedules import CronSchedule
 
-from erp_backup.prefect_setup import AUTOMATIONS_FILE, DEFAULT_TZ, TZ_VARIABLE, render_automations
+from erp_backup.prefect_setup import AUTOMATIONS_FILE, DEFAULT_TZ, TZ_TEMPLATE, render_automations, schedule_zone
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,8 +36,9 @@ def test_schedules_match_the_strategy() -> None:
     for name, cron in expect.items():
         assert [s["cron"] for s in sched[name]] == [cron]
         # the timezone is the Prefect variable `erp-backup setup --timezone` stores (read at deploy time)
-        assert sched[name][0]["timezone"] == "{{ prefect.variables." + TZ_VARIABLE + " }}"
+        assert sched[name][0]["timezone"] == TZ_TEMPLATE
         CronSchedule(cron=cron, timezone=DEFAULT_TZ)  # what the server validates
+        assert str(schedule_zone(sched[name][0]["timezone"])) == DEFAULT_TZ
     # the monthly archive runs on the last day of every month, February included
     it = CronSim("0 1 L * *", datetime(2027, 1, 15, tzinfo=UTC))
     runs = [next(it) for _ in range(3)]
@@ -102,5 +103,5 @@ def test_restore_test_is_deployed_monthly() -> None:
     (s,) = d["schedules"]
     it = CronSim(s["cron"], datetime(2027, 1, 15, tzinfo=UTC))
     assert [(r.month, r.day) for r in (next(it), next(it))] == [(2, 1), (3, 1)]
-    assert s["timezone"] == "{{ prefect.variables." + TZ_VARIABLE + " }}"  # set by `erp-backup setup`
+    assert s["timezone"] == TZ_TEMPLATE  # set by `erp-backup setup`
     CronSchedule(cron=s["cron"], timezone=DEFAULT_TZ)

@@ -123,10 +123,11 @@ def test_deployed_flows_take_no_settings_plan_or_preflight() -> None:
     import yaml
 
     from erp_backup.flows import backup as fb
+    from erp_backup.flows import remote as frm
     from erp_backup.flows import restore as fr
     from erp_backup.flows import restore_test as frt
 
-    modules = {"flows/backup.py": fb, "flows/restore.py": fr, "flows/restore_test.py": frt}
+    modules = {"flows/backup.py": fb, "flows/restore.py": fr, "flows/restore_test.py": frt, "flows/remote.py": frm}
     deployments = yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]
     for d in deployments:
         path, name = d["entrypoint"].split(":")

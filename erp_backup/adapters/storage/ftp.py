@@ -32,6 +32,7 @@ from erp_backup.core.errors import ConfigError, StorageError
 
 CHUNK = 1 << 20
 TMP_MARK = ".part-"
+MAX_DEPTH = 8  # directory levels below the prefix that ``list`` walks (a set needs 1)
 
 
 @dataclass(frozen=True)
@@ -166,7 +167,22 @@ class FtpStore:
                 pass  # exists (or no right: the STOR that follows says so)
 
     @staticmethod
+    def _drop_leftovers(ftp: ftplib.FTP, parent: str, name: str) -> None:
+        """Temporary objects of earlier uploads of ``name`` that were killed before their rename."""
+        try:
+            entries = [n for n, _ in ftp.mlsd(parent, facts=["type"])]
+        except ftplib.error_perm:
+            return
+        finally:
+            ftp.voidcmd("TYPE I")  # a listing switches to ASCII: the upload that follows must be binary
+        for n in entries:
+            if n.startswith(f".{name}{TMP_MARK}") and "/" not in n:
+                with contextlib.suppress(ftplib.error_perm):
+                    ftp.delete(f"{parent}/{n}")
+
+    @staticmethod
     def _size(ftp: ftplib.FTP, path: str) -> int | None:
+        ftp.voidcmd("TYPE I")  # SIZE is refused in ASCII mode (with the 550 of a missing file)
         try:
             size = ftp.size(path)
         except ftplib.error_perm as e:
@@ -185,6 +201,7 @@ class FtpStore:
         with self._connect("upload to", key) as ftp:
             try:
                 self._makedirs(ftp, parent)
+                self._drop_leftovers(ftp, parent, name)
                 with ftp.transfercmd(f"STOR {tmp}") as conn:
                     while chunk := readable.read(CHUNK):
                         conn.sendall(chunk)
@@ -196,7 +213,11 @@ class FtpStore:
                 if size != sent:
                     raise StorageError(f"{self._where(key)}: the server holds {size} bytes of the {sent} sent",
                                        hint="the upload was cut short or the server's disk is full: run it again")
-                ftp.rename(tmp, full)
+                try:
+                    ftp.rename(tmp, full)
+                except ftplib.error_perm:  # servers that do not rename over an existing file
+                    ftp.delete(full)
+                    ftp.rename(tmp, full)
             except BaseException as e:
                 with contextlib.suppress(Exception):
                     ftp.delete(tmp)
@@ -255,6 +276,8 @@ class FtpStore:
             key = f"{rel}{name}"
             kind = facts.get("type", "")
             if kind == "dir":
+                if key.count("/") >= MAX_DEPTH:
+                    continue  # deeper than any set's objects: a crafted tree is not walked forever
                 if prefix.startswith(key + "/") or key.startswith(prefix) or (key + "/").startswith(prefix):
                     self._walk(ftp, key + "/", prefix, out)
             elif kind == "file" and key.startswith(prefix):
