@@ -110,7 +110,7 @@ def emit_integrity(set_id: str, problem: str, cls: str, source: str) -> bool:
         if not PREFECT_API_URL.value() and FlowRunContext.get() is None and TaskRunContext.get() is None:
             return False  # no server: no automation to reach (and no temporary server started for it)
         ev = emit_event(event=INTEGRITY_EVENT,
-                        resource={"prefect.resource.id": f"erp-backup.set.{set_id}",
+                        resource={"prefect.resource.id": f"erp-backup.set.{set_id.replace(' ', '-')}",
                                   "prefect.resource.name": set_id, "erp-backup.class": cls},
                         payload={"class": cls, "set": set_id, "problem": problem[:2000], "source": source})
     except Exception as e:  # an event is a courtesy: the run fails (and alerts) on its own
@@ -119,18 +119,34 @@ def emit_integrity(set_id: str, problem: str, cls: str, source: str) -> bool:
     return ev is not None
 
 
+MAX_EVENTS = 5  # per verification run: a disk that damaged 200 sets is one incident, not 200 pages
+
+
+def report_class(r: VerifyReport) -> tuple[str, str]:
+    """(class, the problem that decides it) of a failed report: a signature problem anywhere in it
+    wins, then a permission one, else its first problem (checksum)."""
+    classes = [classify(p) for p in r.problems]
+    cls = next((c for c in ("signature", "permission") if c in classes), "checksum")
+    return cls, next(p for p, c in zip(r.problems, classes, strict=True) if c == cls)
+
+
+def planned_events(reports: Iterable[VerifyReport]) -> list[tuple[str, str, str]]:
+    """(set, problem, class) of the events for ``reports``: one per failed set, the first ``MAX_EVENTS``
+    of them; the others in one more (set ``<n> more sets``, the worst class among them)."""
+    failed = [(r.set_id, *report_class(r)) for r in reports if not r.ok]
+    out = [(sid, problem, cls) for sid, cls, problem in failed[:MAX_EVENTS]]
+    rest = failed[MAX_EVENTS:]
+    if rest:
+        classes = {c for _, c, _ in rest}
+        cls = next(c for c in ("signature", "permission", "checksum") if c in classes)
+        ids = ", ".join(sid for sid, _, _ in rest[:20]) + (" …" if len(rest) > 20 else "")
+        out.append((f"{len(rest)} more sets", f"{len(rest)} more sets failed too: {ids}", cls))
+    return out
+
+
 def emit_for_reports(reports: Iterable[VerifyReport], source: str) -> int:
-    """One integrity event per failed set (its first problem decides the class; a signature problem
-    anywhere in it wins, then a permission one). Returns how many were emitted."""
-    n = 0
-    for r in reports:
-        if r.ok:
-            continue
-        classes = [classify(p) for p in r.problems]
-        cls = next((c for c in ("signature", "permission") if c in classes), "checksum")
-        problem = next(p for p, c in zip(r.problems, classes, strict=True) if c == cls)
-        n += emit_integrity(r.set_id, problem, cls, source)
-    return n
+    """The integrity events of ``planned_events``; how many were emitted."""
+    return sum(emit_integrity(sid, problem, cls, source) for sid, problem, cls in planned_events(reports))
 
 
 def emit_for_error(set_id: str | None, err: BaseException, source: str) -> bool:
@@ -139,3 +155,25 @@ def emit_for_error(set_id: str | None, err: BaseException, source: str) -> bool:
     if cls is None:
         return False
     return emit_integrity(set_id or "unknown", str(err), cls, source)
+
+
+def emit_cli_refusal(set_id: str | None, err: BaseException, source: str = "restore") -> bool:
+    """The CLI refused a set before Prefect started (restore's preflight): when a Prefect API is
+    configured, emit the integrity event and wait (at most 10 s) until it is sent, since the process
+    exits right after. Nothing is imported or sent for an error that is no integrity failure."""
+    if classify_error(err) is None:
+        return False
+    try:
+        from prefect.settings import PREFECT_API_URL
+
+        if not PREFECT_API_URL.value():
+            return False
+        sent = emit_for_error(set_id, err, source)
+        if sent:
+            from prefect.events.worker import EventsWorker
+
+            EventsWorker.drain_all(timeout=10)
+        return sent
+    except Exception as e:  # never hides the refusal itself
+        log.warning("could not emit %s for %s: %s: %s", INTEGRITY_EVENT, set_id, type(e).__name__, e)
+        return False

@@ -310,8 +310,14 @@ def cmd_restore(args: argparse.Namespace) -> int:
         target_dir=args.target_dir, backup_id=args.backup, at=_parse_time(args.at) if args.at else None,
         target_database=args.target_database, force=args.force, yes=args.yes, jobs=args.jobs,
         keep_setid=args.keep_setid, verify=args.verify or s.restore.verify, allow_old=args.allow_old)
-    plan = restorer.preflight(LocalRepository(s.storage.local_dir), request, live=s.live_database(), settings=s,
-                              max_age_s=s.restore.max_age)
+    try:
+        plan = restorer.preflight(LocalRepository(s.storage.local_dir), request, live=s.live_database(), settings=s,
+                                  max_age_s=s.restore.max_age)
+    except (BackupError, OSError) as e:  # a refused set (signature, checksum, permission): security team
+        from erp_backup.alerts import emit_cli_refusal
+
+        emit_cli_refusal(args.backup, e)
+        raise
     from erp_backup import jobs, runner
 
     flow = runner.lazy("erp_backup.flows.restore", "restore_checked_flow")

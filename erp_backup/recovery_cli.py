@@ -8,7 +8,7 @@ import os
 from datetime import datetime
 from typing import Any
 
-from erp_backup.core.errors import ConfigError
+from erp_backup.core.errors import BackupError, ConfigError
 from erp_backup.tables import print_table
 
 
@@ -65,7 +65,13 @@ def restore_in_place(args: argparse.Namespace, s: Any, at: datetime | None) -> i
     req = inplace.InPlaceRequest(backup_id=args.backup, at=at, files=not args.database_only,
                                  database=not args.files_only, yes=args.yes, verify=args.verify or s.restore.verify,
                                  allow_old=args.allow_old)
-    plan = inplace.plan(s, req)  # before Prefect starts and before anything is stopped
+    try:
+        plan = inplace.plan(s, req)  # before Prefect starts and before anything is stopped
+    except (BackupError, OSError) as e:  # a refused set (signature, checksum, permission): security team
+        from erp_backup.alerts import emit_cli_refusal
+
+        emit_cli_refusal(req.backup_id, e)
+        raise
     for n in plan.restore.notes:
         print(f"note: {n}")
     from erp_backup import runner

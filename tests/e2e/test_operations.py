@@ -242,13 +242,15 @@ def test_setup_twice_leaves_exactly_one_of_each_and_updates_in_place(ops: Ops) -
     before = {a["name"]: a for a in ops.api("POST", "/automations/filter", json={}) if a["name"] in AUTOMATIONS}
     copy = {k: v for k, v in before["erp-backup: size anomaly"].items()
             if k in ("name", "description", "enabled", "trigger", "actions")}
-    ops.api("POST", "/automations/", json=copy)  # a hand-made duplicate (or two setups at once)
     # a setup killed at a random moment (SIGKILL) leaves nothing that the next one does not put right
     killed = subprocess.Popen([CLI, "setup", "--timezone", "UTC"], env=ops.env, cwd=REPO,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(random.uniform(0.5, 2.5))
     killed.kill()
     killed.wait(timeout=30)
+    # a hand-made duplicate (or two setups at once); made after the kill, which may have got as far
+    # as removing duplicates itself
+    ops.api("POST", "/automations/", json=copy)
     ops.notify = ops.notify[::-1]  # changed arguments: the same objects, changed
     second = ops.setup("--late-full", "2h")
     assert "created" not in second.stdout, second.stdout  # everything existed already
@@ -484,6 +486,12 @@ def test_signature_failure_reaches_the_security_team_and_the_administrators(
     assert "bad signature" in security[0]["message"] and "tampered" in security[0]["message"]
     assert "do not restore from this set" in posts[0]["message"] and "verify" in mails[0]
     assert len(security) == 1 and len(posts) == 1  # one event, one message per target
+    # the CLI's restore refuses the set before Prefect starts: the security team hears of that too
+    target = tmp_path / "restored"
+    r = ops.run(CLI, "--config", str(cfg), "restore", "--backup", sid, "--target-dir", str(target), env=gpg)
+    assert r.returncode != 0 and "signature" in r.stderr.strip().splitlines()[-1] and not target.exists()
+    wait_for("a second security alert (the refused restore)", lambda: len(ops.security_posts(needle)) == 2, 30)
+    assert "found by restore" in ops.security_posts(needle)[1]["message"]
 
 
 def test_completed_backup_page_in_chromium(ops: Ops) -> None:

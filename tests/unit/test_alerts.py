@@ -125,3 +125,19 @@ def test_security_targets_from_the_command_line_and_the_environment(monkeypatch:
         notify_urls(["nope://x"], opt, env)
     with pytest.raises(ConfigError, match="cannot be combined"):
         notify_urls(["none", "json://127.0.0.1:9/a"], opt, env)
+
+
+def test_one_event_per_failed_set_then_one_for_the_rest() -> None:
+    from erp_backup.verify import VerifyReport
+
+    ok = VerifyReport("20261129T000000Z-full", "full")
+    sig = VerifyReport("20261129T010000Z-incr", "quick", ("a: sha256 mismatch", "set x: bad signature: SHA256SUMS"))
+    bad = [VerifyReport(f"20261129T0{i}0000Z-incr", "full", (f"{i}: sha256 mismatch",)) for i in range(2, 10)]
+    events = alerts.planned_events([ok, sig, *bad, VerifyReport("20261129T110000Z-incr", "full",
+                                                                 ("f is readable by group or others",))])
+    assert len(events) == alerts.MAX_EVENTS + 1
+    assert events[0] == (sig.set_id, "set x: bad signature: SHA256SUMS", "signature")  # signature wins
+    assert [c for _, _, c in events[1:alerts.MAX_EVENTS]] == ["checksum"] * (alerts.MAX_EVENTS - 1)
+    sid, problem, cls = events[-1]
+    assert sid == "5 more sets" and cls == "permission" and "20261129T110000Z-incr" in problem
+    assert alerts.planned_events([ok]) == []
