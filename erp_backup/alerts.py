@@ -30,7 +30,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from erp_backup.core.errors import BackupError, CryptoError, IntegrityError
+from erp_backup.core.errors import BackupError, ChainError, CryptoError, IntegrityError, RestoreError
 
 if TYPE_CHECKING:
     from erp_backup.verify import VerifyReport
@@ -43,6 +43,8 @@ SECURITY_BLOCK = "erp-backup-security"
 _SIGNATURE = re.compile(r"signature|not signed|signed by|SHA256SUMS\.sig", re.IGNORECASE)
 _PERMISSION = re.compile(r"permission denied|\[Errno 13\]|readable by group or others|operation not permitted",
                          re.IGNORECASE)
+
+_DAMAGED = re.compile(r"\bis damaged\b|manifest is damaged|checksum", re.IGNORECASE)
 
 log = logging.getLogger("erp_backup.alerts")
 
@@ -66,6 +68,8 @@ def classify_error(err: BaseException) -> str | None:
         return "signature" if _SIGNATURE.search(text) else None
     if isinstance(err, IntegrityError):
         return classify(text)
+    if isinstance(err, RestoreError | ChainError) and _DAMAGED.search(text):
+        return classify(text)  # a set refused as damaged (its checksums or manifest disagree)
     if isinstance(err, BackupError) and _PERMISSION.search(text):
         return "permission"
     return None

@@ -473,9 +473,9 @@ def test_signature_failure_reaches_the_security_team_and_the_administrators(
     r = ops.run(CLI, "--config", str(cfg), "backup", "full", env=gpg)
     assert r.returncode == 0, r.stderr[-3000:]
     sid = r.stdout.split()[-1]
-    sums = ops.tmp / "signed" / "bk" / sid / "SHA256SUMS"
-    assert (sums.parent / "SHA256SUMS.sig").is_file()
-    sums.write_text(sums.read_text() + "0" * 64 + "  added-later.bin\n")  # the signature no longer matches
+    sig = ops.tmp / "signed" / "bk" / sid / "SHA256SUMS.sig"
+    assert sig.is_file()
+    sig.write_bytes(b"-----BEGIN PGP SIGNATURE-----\n\nnot-a-signature\n-----END PGP SIGNATURE-----\n")  # forged
     t0 = time.monotonic()
     r = ops.run(CLI, "--config", str(cfg), "verify", "--quick", sid, env=gpg)
     assert r.returncode != 0 and "signature" in r.stderr.strip().splitlines()[-1], r.stderr[-2000:]
@@ -483,7 +483,7 @@ def test_signature_failure_reaches_the_security_team_and_the_administrators(
     mails, posts = ops.wait_alert(needle, 60)
     security = wait_for("the security team's webhook", lambda: ops.security_posts(needle), 30)
     assert time.monotonic() - t0 < 90
-    assert "bad signature" in security[0]["message"] and "tampered" in security[0]["message"]
+    assert "SHA256SUMS.sig" in security[0]["message"] and "tampered" in security[0]["message"]
     assert "do not restore from this set" in posts[0]["message"] and "verify" in mails[0]
     assert len(security) == 1 and len(posts) == 1  # one event, one message per target
     # the CLI's restore refuses the set before Prefect starts: the security team hears of that too

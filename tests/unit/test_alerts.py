@@ -11,7 +11,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from erp_backup import alerts
-from erp_backup.core.errors import ConfigError, CryptoError, DatabaseError, IntegrityError, StorageError
+from erp_backup.core.errors import (
+    ConfigError,
+    CryptoError,
+    DatabaseError,
+    IntegrityError,
+    RestoreError,
+    StorageError,
+)
 from erp_backup.prefect_setup import AUTOMATIONS_FILE, drop_unset_actions, notify_urls, render_automations
 
 ADMINS, SECURITY = "00000000-0000-0000-0000-00000000000a", "00000000-0000-0000-0000-00000000000b"
@@ -83,6 +90,10 @@ def test_refusals_that_are_not_about_integrity_send_no_security_alert() -> None:
     assert alerts.classify_error(IntegrityError("set X does not match its signed checksums: sha256", hint="h")) \
         == "checksum"
     assert alerts.classify_error(PermissionError(13, "Permission denied")) == "permission"
+    damaged = RestoreError("backup set X is damaged: SHA256SUMS and manifest.json disagree on the artifacts' "
+                           "checksums", hint="pick another set")
+    assert alerts.classify_error(damaged) == "checksum"
+    assert alerts.classify_error(RestoreError("target directory /x is not empty", hint="h")) is None
     assert alerts.classify_error(StorageError("cannot read /b: permission denied", hint="h")) == "permission"
 
 
