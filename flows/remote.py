@@ -15,7 +15,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from erp_backup import remote_restore, remote_verify
+from erp_backup import alerts, remote_restore, remote_verify
 from erp_backup import restore as restorer
 from erp_backup import verify as verifier
 from erp_backup.config import Settings
@@ -70,6 +70,7 @@ def run_verify_remote(settings: Settings, backup_ids: list[str] | None = None) -
     for r in reports:
         for p in r.problems:
             log.error("%s", p)
+    alerts.emit_for_reports(reports, "verify --remote")
     if rows:
         create_table_artifact(key=artifact_key("erp-backup-verify-remote"), table=rows,
                               description=f"Verification of {len(rows)} remote set(s)")
@@ -98,7 +99,11 @@ def fetch_task(settings: Settings, request: restorer.RestoreRequest, scratch: st
             import shutil
 
             shutil.rmtree(leftover, ignore_errors=True)
-    fetched = remote_restore.fetch(settings, open_store(settings), request, Path(scratch))
+    try:
+        fetched = remote_restore.fetch(settings, open_store(settings), request, Path(scratch))
+    except Exception as e:  # a remote set refused (signature, checksum): the security team hears of it
+        alerts.emit_for_error(request.backup_id, e, "restore --from-remote")
+        raise
     get_run_logger().info("downloaded %s (%d bytes) into the scratch directory", ", ".join(fetched.sets),
                           fetched.bytes)
     return fetched
