@@ -27,11 +27,18 @@ class NagiosConfig(BaseModel):
             raise ValueError("the warning threshold must not be above the critical one: [warning, critical]")
         return v
 
-    def thresholds(self) -> Thresholds:
+    def thresholds(self, tier_rpo: tuple[float, float] | None = None) -> Thresholds:
+        """``tier_rpo``: the tiers' RPO targets (critical, non-critical); an RPO threshold not set in
+        ``[nagios]`` is then [the tier's target, twice it] (the defaults for the default tiers)."""
+        rpo, non = self.rpo, self.non_critical_rpo
+        if tier_rpo is not None:
+            if "rpo" not in self.model_fields_set:
+                rpo = (tier_rpo[0], 2 * tier_rpo[0])
+            if "non_critical_rpo" not in self.model_fields_set:
+                non = (tier_rpo[1], 2 * tier_rpo[1])
         return Thresholds(age={"full": self.full_age, "incremental": self.incremental_age,
                                "differential": self.differential_age, "monthly": self.monthly_age},
-                          rpo=self.rpo, restore_test_age=self.restore_test_age,
-                          non_critical_rpo=self.non_critical_rpo)
+                          rpo=rpo, restore_test_age=self.restore_test_age, non_critical_rpo=non)
 
 
 CONFIG_TEMPLATE = """
@@ -41,7 +48,8 @@ full_age = ["26h", "50h"]          # newest full (daily)
 incremental_age = ["75m", "3h"]    # newest incremental (hourly)
 differential_age = ["8d", "15d"]   # newest differential (weekly)
 monthly_age = ["32d", "62d"]       # newest monthly archive
-rpo = ["1h", "2h"]                 # age of the newest restorable set (critical tier: the database)
-non_critical_rpo = ["24h", "48h"]  # the same, judged for the non-critical tier ([tiers])
+rpo = ["1h", "2h"]                 # age of the newest restorable set (critical tier: the database);
+                                   # unset: [the critical tier's RPO, twice it]
+non_critical_rpo = ["24h", "48h"]  # the same for the non-critical tier ([tiers]); unset: from its RPO
 restore_test_age = ["35d", "62d"]  # last restore test (monthly)
 """

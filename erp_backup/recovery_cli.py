@@ -174,13 +174,14 @@ def cmd_status(args: argparse.Namespace) -> int:
 def _nagios(args: argparse.Namespace) -> int:
     """The plugin contract: exactly one line on stdout and the exit code; any failure to read the
     status is UNKNOWN (3), never a traceback or our usual error line."""
-    from erp_backup import nagios, status
+    from erp_backup import nagios, status, tiers
 
     try:
         s = _settings(args)
         if not os.access(s.storage.local_dir, os.R_OK | os.X_OK) and s.storage.local_dir.exists():
             raise PermissionError(f"{s.storage.local_dir} is not readable")
-        verdict = nagios.evaluate(status.collect(s), s.nagios.thresholds())
+        crit, non = tiers.of(s)
+        verdict = nagios.evaluate(status.collect(s), s.nagios.thresholds((crit.rpo_s, non.rpo_s)))
     except Exception as e:
         verdict = nagios.unknown(f"cannot read the backup status: {e}")
     print(verdict.line)

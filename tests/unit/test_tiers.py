@@ -105,3 +105,12 @@ def test_nagios_judges_the_non_critical_tier_against_its_own_thresholds() -> Non
     assert "rpo_non_critical_s=9000;7200;10800" in v.line.split("|")[1]
     v = nagios.evaluate(doc(60, 60), NagiosConfig().thresholds())
     assert v.code == nagios.OK and "rpo_non_critical_s=60;86400;172800" in v.line, v.line
+
+
+def test_nagios_rpo_thresholds_follow_the_tiers_unless_set() -> None:
+    t = NagiosConfig().thresholds((0.5 * H, 12 * H))
+    assert (t.rpo, t.non_critical_rpo) == ((0.5 * H, H), (12 * H, 24 * H))
+    t = NagiosConfig(rpo=("2h", "3h")).thresholds((0.5 * H, 12 * H))  # set in [nagios]: kept
+    assert (t.rpo, t.non_critical_rpo) == ((2 * H, 3 * H), (12 * H, 24 * H))
+    d, static = NagiosConfig().thresholds((H, 24 * H)), NagiosConfig().thresholds()
+    assert (d.rpo, d.non_critical_rpo) == (static.rpo, static.non_critical_rpo)  # the default tiers: the same
