@@ -152,6 +152,10 @@ def _print_test(doc: dict[str, Any], as_json: bool) -> None:
                                       "max_gap_seconds", "max_gap")}
     print_table([fields])
     print_table([{"stage": k, "seconds": v} for k, v in (doc.get("stages") or {}).items()])
+    print_table([{"tier": name, "covers": t.get("covers"), "RTO s": t.get("rto_extrapolated_seconds"),
+                  "RTO target s": t.get("rto_target_seconds"), "RPO s": t.get("rpo_seconds"),
+                  "RPO target s": t.get("rpo_target_seconds"), "verdict": "ok" if t.get("ok") else "MISSED"}
+                 for name, t in (doc.get("tiers") or {}).items()])
     for p in doc.get("problems") or []:
         print(f"problem: {p}")
     del tester

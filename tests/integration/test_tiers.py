@@ -85,5 +85,11 @@ def test_status_and_nagios_show_the_rpo_per_tier(tmp_path: Path) -> None:
     assert r.returncode == 1 and line.startswith("WARNING - non-critical tier RPO 5h"), line
     perf = dict(p.split("=", 1) for p in line.split("|", 1)[1].split())
     assert perf["rpo_non_critical_s"].split(";")[1:] == ["10800", "21600"]
+    r = run_cli("--config", str(cfg), "restore-test")
+    assert r.returncode != 0  # the critical tier's RPO (1 h) is missed: the newest set is 5 h old
+    (crit,) = [line for line in r.stdout.splitlines() if line.startswith("critical ")]
+    assert "database + config" in crit and crit.split()[-1] == "MISSED"
+    (non,) = [line for line in r.stdout.splitlines() if line.startswith("non_critical ")]
+    assert non.split()[-1] == "ok"
     r = run_cli("--config", str(cfg), "status")
     assert "RPO critical" in r.stdout and "database + config" in r.stdout and "RPO non_critical" in r.stdout
