@@ -49,11 +49,34 @@ class BackupConfig(_Section):
     retry_delay_s: list[float] = Field(default_factory=lambda: [10.0, 60.0])
 
 
+class RetentionPolicyConfig(_Section):
+    """How long sets stay in one place (``[retention.local]`` / ``[retention.remote]``)."""
+
+    full_days: float = Field(7, ge=0, le=36500, allow_inf_nan=False)
+    incremental_hours: float = Field(24, ge=0, le=876000, allow_inf_nan=False)
+    differential_days: float = Field(7, ge=0, le=36500, allow_inf_nan=False)
+    monthly_days: float = Field(365, ge=0, le=36500, allow_inf_nan=False)
+    keep_last: int = Field(1, ge=0, le=10000)  # the newest sets of each kind kept whatever their age
+
+
+def _remote_policy() -> RetentionPolicyConfig:
+    return RetentionPolicyConfig(full_days=30, differential_days=30)
+
+
+class RetentionConfig(_Section):
+    after_backup: bool = True  # prune at the end of every backup flow
+    # age before .partial dirs and incomplete remote uploads are removed
+    leftover_grace_hours: float = Field(24, ge=0, le=876000, allow_inf_nan=False)
+    local: RetentionPolicyConfig = Field(default_factory=RetentionPolicyConfig)
+    remote: RetentionPolicyConfig = Field(default_factory=_remote_policy)
+
+
 class Settings(_Section):
     project: ProjectConfig = Field(default_factory=ProjectConfig)
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     backup: BackupConfig = Field(default_factory=BackupConfig)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
     _source: str = PrivateAttr(default="defaults")
 
     @property
@@ -114,6 +137,12 @@ def settings_from_dict(data: dict[str, object], *, source: str = "dict") -> Sett
     if not s.storage.local_dir.is_absolute():
         raise ConfigError(f"config {source}: storage.local_dir: must be an absolute path",
                           hint="e.g. /var/backups/django_erp")
+    for where, pol in (("local", s.retention.local), ("remote", s.retention.remote)):
+        if pol.keep_last == 0 and not any((pol.full_days, pol.incremental_hours, pol.differential_days,
+                                           pol.monthly_days)):
+            raise ConfigError(f"config {source}: retention.{where}: every age is 0 and keep_last = 0: "
+                              "this policy would remove every set",
+                              hint=f"set retention.{where}.keep_last = 1 or give a kind an age above 0")
     s._source = source
     return s
 
@@ -197,6 +226,27 @@ verify = "full"           # after each backup: "full" (decompress + content), "q
 lock_wait_s = 3600        # how long a backup waits for another one to finish
 task_retries = 2          # retries of the stages safe to repeat (scan, dump, archive, verify)
 retry_delay_s = [10, 60]  # seconds before each retry
+
+[retention]
+# Applied by `erp-backup prune` and at the end of every backup flow (after the upload).
+# Whatever the numbers say, the newest valid full and every set newer than it are kept,
+# and so is every set a kept set builds on.
+after_backup = true          # prune at the end of every backup flow
+leftover_grace_hours = 24    # .partial dirs and incomplete remote uploads older than this are removed
+
+[retention.local]            # sets in [storage] local_dir
+full_days = 7
+incremental_hours = 24
+differential_days = 7
+monthly_days = 365
+keep_last = 1                # the newest set of each kind is kept whatever its age
+
+[retention.remote]           # off-site copies
+full_days = 30
+incremental_hours = 24
+differential_days = 30
+monthly_days = 365
+keep_last = 1
 """
 
 
