@@ -200,11 +200,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_time(text: str) -> datetime:
+def _parse_time(text: str, option: str = "--at") -> datetime:
     try:
         dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError as e:
-        raise ConfigError(f"--at {text!r} is not an ISO time", hint="e.g. 2026-11-28T14:30:00Z") from e
+        raise ConfigError(f"{option} {text!r} is not an ISO time", hint="e.g. 2026-11-28T14:30:00Z") from e
     return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
 
 
@@ -223,6 +223,31 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
     row = runner.run(restore_checked_flow, None, settings=s, plan=plan)
     print_table([row])
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from erp_backup import prune as pruning
+
+    s = _settings(args)
+    where = "remote" if args.remote else "all" if args.all else "local"
+    now = _parse_time(args.now, "--now") if args.now else None
+    pruning.check_request(s, where, dry_run=args.dry_run, now=now)  # before Prefect starts
+    from erp_backup import runner
+    from erp_backup.flows.prune import prune_checked_flow
+
+    rows = runner.run(prune_checked_flow, pruning.plain_prune, settings=s, where=where, dry_run=args.dry_run,
+                      now=now)
+    if args.json:
+        for r in rows:
+            print(json.dumps(r))
+        return 0
+    if rows:
+        print_table(rows)
+    else:
+        print("no backup sets")
+    removed = sum(1 for r in rows if r["action"] == "remove")
+    print(f"{'dry run: would remove' if args.dry_run else 'removed'} {removed}, kept {len(rows) - removed}")
     return 0
 
 
@@ -275,6 +300,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--keep-setid", action="store_true",
                     help="restore setuid/setgid bits as recorded (default: dropped, with a warning)")
     sp.set_defaults(func=cmd_restore)
+
+    sp = sub.add_parser("prune", help="apply the retention policy: remove expired sets (local by default)")
+    g = sp.add_mutually_exclusive_group()
+    g.add_argument("--remote", action="store_true", help="the remote store's sets only")
+    g.add_argument("--all", action="store_true", help="local and remote sets")
+    sp.add_argument("--dry-run", action="store_true", help="print the plan, remove nothing")
+    sp.add_argument("--now", help="ISO time to judge ages at (with --dry-run): what will a prune then remove?")
+    sp.add_argument("--json", action="store_true", help='one JSON object per set: {"id","where","action","reason"}')
+    sp.set_defaults(func=cmd_prune)
 
     sp = sub.add_parser("demo", help="sample ERP: full, incremental, differential, restore each, check")
     sp.add_argument("--dir", help="work directory (default: a new temporary directory)")

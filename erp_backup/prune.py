@@ -40,8 +40,8 @@ from erp_backup.core.prune_plan import Leftover, PrunePlan, Row, Unreadable, pla
 from erp_backup.core.retention import Policy, SetRef
 from erp_backup.upload import UploadResult
 
-LOCAL, REMOTE = "local", "remote"
-WHERE = ("local", "remote", "all")
+LOCAL, REMOTE, ALL = "local", "remote", "all"
+WHERE = (LOCAL, REMOTE, ALL)
 DELETING = f".deleting{PARTIAL}"  # LocalRepository.delete's name for a set being removed
 MAX_HEADER = 4 << 20  # a manifest header (before the snapshot index) larger than this is not ours
 
@@ -329,18 +329,31 @@ def _need_remote(settings: Settings) -> RemoteStore:
     return store
 
 
-def run_prune(settings: Settings, where: str = LOCAL, *, now: datetime | None = None, dry_run: bool = False,
-              progress: Progress = _quiet, store: RemoteStore | None = None) -> list[PruneReport]:
-    """``erp-backup prune`` without Prefect: ``where`` is local, remote or all."""
+def check_request(settings: Settings, where: str, *, dry_run: bool, now: datetime | None,
+                  store: RemoteStore | None = None) -> RemoteStore | None:
+    """Refuse a bad prune request before anything runs; the remote store it needs, if any."""
     if where not in WHERE:
-        raise ConfigError(f"prune where={where!r}", hint="use local, remote or all")
+        raise ConfigError(f"prune where={where!r} is not one of local, remote, all", hint="use local, remote or all")
     if now is not None and not dry_run:
         raise ConfigError("--now is only allowed with --dry-run",
                           hint="a real prune judges ages at the present time; add --dry-run to ask "
                                "what a later prune would do")
-    remote = None
-    if where != LOCAL:
-        remote = store or _need_remote(settings)
+    if now is not None and now.tzinfo is None:
+        raise ConfigError("--now has no time zone", hint="e.g. 2026-12-06T02:00:00Z or ...+08:00")
+    if where != REMOTE and not LocalRepository(settings.storage.local_dir).root.is_dir():
+        raise ConfigError(f"backup directory {settings.storage.local_dir} does not exist",
+                          hint="check [storage] local_dir (nothing to prune before the first backup)")
+    if where == LOCAL:
+        return None
+    if where == ALL:  # every store there is: the local one, and the remote one when configured
+        return store or open_remote(settings)
+    return store or _need_remote(settings)
+
+
+def run_prune(settings: Settings, where: str = LOCAL, *, now: datetime | None = None, dry_run: bool = False,
+              progress: Progress = _quiet, store: RemoteStore | None = None) -> list[PruneReport]:
+    """``erp-backup prune`` without Prefect: ``where`` is local, remote or all."""
+    remote = check_request(settings, where, dry_run=dry_run, now=now, store=store)
     out: list[PruneReport] = []
     if where != REMOTE:
         out.append(prune_local(settings, now=now, dry_run=dry_run, progress=progress))
@@ -351,6 +364,12 @@ def run_prune(settings: Settings, where: str = LOCAL, *, now: datetime | None = 
 
 def rows_of(reports: Iterable[PruneReport]) -> list[dict[str, str]]:
     return [r.as_dict() for rep in reports for r in rep.rows()]
+
+
+def plain_prune(settings: Settings, where: str = LOCAL, dry_run: bool = False, now: datetime | None = None
+                ) -> list[dict[str, str]]:
+    """The CLI's prune without Prefect (``erp_backup.runner.run``'s plain variant of the prune flow)."""
+    return rows_of(run_prune(settings, where, now=now, dry_run=dry_run))
 
 
 def prune_stage(settings: Settings, committed: CommittedSet, uploaded: UploadResult | None,
