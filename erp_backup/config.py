@@ -59,8 +59,11 @@ class RetentionPolicyConfig(_Section):
     keep_last: int = Field(1, ge=0, le=10000)  # the newest sets of each kind kept whatever their age
 
 
-def _remote_policy() -> RetentionPolicyConfig:
-    return RetentionPolicyConfig(full_days=30, differential_days=30)
+class RemotePolicyConfig(RetentionPolicyConfig):
+    """``[retention.remote]``: off-site copies stay longer (30 days) than local ones (7 days)."""
+
+    full_days: float = Field(30, ge=0, le=36500, allow_inf_nan=False)
+    differential_days: float = Field(30, ge=0, le=36500, allow_inf_nan=False)
 
 
 class RetentionConfig(_Section):
@@ -68,7 +71,7 @@ class RetentionConfig(_Section):
     # age before .partial dirs and incomplete remote uploads are removed
     leftover_grace_hours: float = Field(24, ge=0, le=876000, allow_inf_nan=False)
     local: RetentionPolicyConfig = Field(default_factory=RetentionPolicyConfig)
-    remote: RetentionPolicyConfig = Field(default_factory=_remote_policy)
+    remote: RemotePolicyConfig = Field(default_factory=RemotePolicyConfig)
 
 
 class Settings(_Section):

@@ -6,8 +6,8 @@ the safety rails, which no configuration can turn off:
 1. the newest valid full (a full whose last verification did not fail) is never removed, and
    neither is any set finished after it; with no valid full at all nothing is removed;
 2. whatever a kept set depends on stays (transitively);
-3. a policy that by itself would remove every set is refused (``ConfigError``): a wrong clock
-   or a policy of zeros, not a decision to act on;
+3. a policy that by itself (ages and ``keep_last``, before rail 1) would remove every set is
+   refused (``ConfigError``): a clock far ahead or a policy of zeros, not a decision to act on;
 4. a set that cannot be read (``Unreadable``: damaged manifest, incomplete remote copy) is kept
    and reported, never removed.
 
@@ -98,12 +98,19 @@ def _close(kept: dict[BackupId, str], by_id: Mapping[BackupId, SetRef], reasons:
                 stack.append(dep)
 
 
+def _policy_keeps_any(sets: Sequence[SetRef], policy: Policy, now: datetime) -> bool:
+    """Would the policy by itself (ages, keep_last; before any rail) keep at least one set?"""
+    if policy.keep_last and any(utc(r.finished_at) <= now for r in sets):
+        return True
+    return any(utc(r.finished_at) > now or now - utc(r.finished_at) <= policy.max_age(r) for r in sets)
+
+
 def plan_prune(sets: Sequence[SetRef], policy: Policy, now: datetime, *, where: str = "local",
                unreadable: Sequence[Unreadable] = (), leftovers: Sequence[Leftover] = ()) -> PrunePlan:
     """The decisions for ``sets`` at ``now`` under ``policy`` plus the rails (module docstring)."""
     now = utc(now)
     raw = apply_policy(sets, policy, now)
-    if raw and not any(d.keep for d in raw):
+    if sets and not _policy_keeps_any(sets, policy, now):
         raise ConfigError(f"the {where} retention policy would remove every one of the {len(raw)} set(s) "
                           f"at {now:%Y-%m-%d %H:%M} UTC: refused",
                           hint=f"check [retention.{where}] (keep_last >= 1) and the system clock")
