@@ -239,8 +239,7 @@ def _group(objects: Iterable[RemoteObject]) -> tuple[dict[str, dict[str, RemoteO
 
 
 def _modified(o: RemoteObject) -> float | None:
-    at = getattr(o, "modified", None)  # a store that knows when each object was written
-    return at.timestamp() if isinstance(at, datetime) else None
+    return o.modified.timestamp() if isinstance(o.modified, datetime) else None
 
 
 def _incomplete(sid: str, objs: dict[str, RemoteObject], grace: timedelta) -> Leftover:
