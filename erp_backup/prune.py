@@ -167,8 +167,7 @@ def prune_local(settings: Settings, *, now: datetime | None = None, dry_run: boo
                 _remove_tree(repo.root / x.name)
                 gone.append(x.name)
                 progress("leftover-removed", x.name)
-        present = {i.value for i in repo.scan().ids}
-        for orphan in verdicts.orphans(repo.root, present, LOCAL):
+        for orphan in verdicts.orphans(repo.root, LOCAL):
             orphan.unlink(missing_ok=True)
         gone += repo.clean_leftovers()  # scratch directories of killed restores/verifications
     return PruneReport(LOCAL, plan, False, tuple(removed), tuple(gone), plan.notes, str(repo.root))

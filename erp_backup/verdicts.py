@@ -95,10 +95,9 @@ def forget(root: Path, set_id: str, where: str = "local") -> None:
     record_path(root, set_id, where).unlink(missing_ok=True)
 
 
-def orphans(root: Path, present: Iterable[str], where: str = "local") -> list[Path]:
-    """Records whose set is not in ``present`` (removed by hand, or a prune killed between the
-    set and its record)."""
-    keep = set(present)
+def orphans(root: Path, where: str = "local") -> list[Path]:
+    """Records whose set directory is gone (removed by hand, or a prune killed between the set and
+    its record)."""
     suffix = SUFFIX[where]
     try:
         names = os.listdir(root)
@@ -108,6 +107,6 @@ def orphans(root: Path, present: Iterable[str], where: str = "local") -> list[Pa
     for name in sorted(names):
         if name.endswith(suffix) and not (where == "local" and name.endswith(SUFFIX["remote"])):
             sid = name[: -len(suffix)]
-            if BackupId.is_valid(sid) and sid not in keep:
+            if BackupId.is_valid(sid) and not os.path.isdir(Path(root) / sid):
                 out.append(Path(root) / name)
     return out
