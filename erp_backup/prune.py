@@ -127,8 +127,10 @@ def plan_local(settings: Settings, *, now: datetime, busy: bool = False) -> Prun
     repo = LocalRepository(settings.storage.local_dir)
     found = repo.scan()
     bad = verdicts.failed(repo.root, LOCAL)
-    refs = [SetRef.from_manifest(m, valid=m.id not in bad) for m in found.committed]
+    linked = {m.id for m in found.committed if repo.set_dir(m.id).is_symlink()}
+    refs = [SetRef.from_manifest(m, valid=m.id not in bad) for m in found.committed if m.id not in linked]
     unreadable = [Unreadable(d.id.value, d.reason) for d in found.damaged]
+    unreadable += [Unreadable(i.value, "it is a symbolic link, not a set directory") for i in sorted(linked)]
     return plan_prune(refs, policy_of(settings.retention.local), now, where=LOCAL, unreadable=unreadable,
                       leftovers=_local_leftovers(repo, _grace(settings), busy))
 
@@ -157,14 +159,23 @@ def prune_local(settings: Settings, *, now: datetime | None = None, dry_run: boo
         plan = plan_local(settings, now=when)
         removed: list[str] = []
         for bid in plan.order:
-            repo.delete(bid)
-            verdicts.forget(repo.root, bid.value, LOCAL)
+            try:
+                repo.delete(bid)
+                verdicts.forget(repo.root, bid.value, LOCAL)
+            except OSError as e:
+                raise StorageError(f"cannot remove backup set {bid} from {repo.root}: {e.strerror or e}",
+                                   hint="fix its permissions (run as root), then prune again; the sets "
+                                        f"removed before it ({len(removed)}) are gone, the others untouched") from e
             removed.append(bid.value)
             progress("removed", bid.value)
         gone: list[str] = []
         for x in plan.leftovers:
             if x.remove:
-                _remove_tree(repo.root / x.name)
+                try:
+                    _remove_tree(repo.root / x.name)
+                except OSError as e:
+                    raise StorageError(f"cannot remove {repo.root / x.name}: {e.strerror or e}",
+                                       hint="remove it by hand (it is not a backup set)") from e
                 gone.append(x.name)
                 progress("leftover-removed", x.name)
         for orphan in verdicts.orphans(repo.root, LOCAL):
@@ -230,7 +241,7 @@ def _group(objects: Iterable[RemoteObject]) -> tuple[dict[str, dict[str, RemoteO
     foreign: list[str] = []
     for o in objects:
         head, sep, rest = o.key.partition("/")
-        if sep and rest and BackupId.is_valid(head):
+        if sep and BackupId.is_valid(head) and all(p not in ("", ".", "..") for p in rest.split("/")):
             sets.setdefault(head, {})[rest] = o
         else:
             foreign.append(o.key)

@@ -21,9 +21,10 @@ from erp_backup import verdicts
 from erp_backup import verify as verifier
 from erp_backup.adapters.storage.local import MANIFEST, SUMS, LocalRepository
 from erp_backup.adapters.storage.s3 import S3Store
+from erp_backup.backup import CommittedSet
 from erp_backup.config import Settings, load_settings
 from erp_backup.core import chain
-from erp_backup.core.errors import ConfigError, LockError
+from erp_backup.core.errors import ConfigError, LockError, StorageError
 from erp_backup.core.models import BackupId, BackupJob
 from erp_backup.pipeline import run_backup
 from erp_backup.restore import restore
@@ -258,6 +259,7 @@ import os, signal, sys
 from prefect_aws import AwsCredentials, S3Bucket
 from erp_backup import prune
 from erp_backup.adapters.storage.s3 import S3Store
+from erp_backup.backup import CommittedSet
 from erp_backup.config import load_settings
 from datetime import datetime
 endpoint, bucket, config, now, kill_after = sys.argv[1:6]
@@ -400,3 +402,66 @@ def test_bad_retention_config_fails_at_start_naming_the_key(tmp_path: Path) -> N
         load_settings(config)
     res = run_cli("--config", str(config), "prune", "--dry-run")
     assert res.returncode == 2 and "retention.local.full_days" in res.stderr
+
+
+# ----------------------------------------------------------------------------- hostile input
+
+
+def test_crafted_local_entries_are_kept_and_nothing_outside_the_repository_is_touched(tmp_path: Path) -> None:
+    s, _ = history(tmp_path, days=10, incrs=0)
+    root = s.storage.local_dir
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious").write_text("x")
+    os.rename(root / "20260302T020000Z-full", outside / "set")  # an expired set, moved away...
+    os.symlink(outside / "set", root / "20260302T020000Z-full")  # ...and linked back
+    os.symlink(outside, root / "20260101T000000Z-full.deleting.partial")
+    (root / "20260101T000000Z-full").write_text("a file named like a set")
+    rep = pruning.prune_local(s, now=T0 + timedelta(days=9, hours=1))
+    rows = {r.id: r for r in rep.rows()}
+    assert rows["20260302T020000Z-full"].action == "keep" and "symbolic link" in rows["20260302T020000Z-full"].reason
+    assert rows["20260101T000000Z-full"].action == "keep" and "not a directory" in rows["20260101T000000Z-full"].reason
+    assert "20260301T020000Z-full" in rep.removed
+    assert sorted(os.listdir(outside)) == ["precious", "set"] and len(os.listdir(outside / "set")) == 4
+    assert not os.path.lexists(root / "20260101T000000Z-full.deleting.partial")  # the link, not its target
+
+
+def test_crafted_remote_keys_are_left_alone_and_a_dead_endpoint_fails_in_one_line(tmp_path: Path,
+                                                                                   moto_factory: Any) -> None:
+    server = moto_factory()
+    s, _ = history(tmp_path, days=2, incrs=0)
+    repo = LocalRepository(s.storage.local_dir)
+    store = S3Store(server.bucket(), "erp")
+    ids = [i.value for i in repo.list_ids()]
+    for sid in ids:
+        place_remote(store, repo, sid)
+    client = store._client
+    client.put_object(Bucket=store.bucket_name, Key=f"erp/{ids[0]}/../../escape", Body=b"x")
+    client.put_object(Bucket=store.bucket_name, Key=f"erp/{ids[0]}//double", Body=b"x")
+    plan, sets, foreign = pruning.plan_remote(store, s, now=T0 + timedelta(days=60))
+    assert sorted(foreign) == sorted([f"{ids[0]}/../../escape", f"{ids[0]}//double"])
+    rep = pruning.prune_remote(store, s, now=T0 + timedelta(days=60))
+    assert rep.removed == (ids[0],) and any("not part of a backup set" in w for w in rep.warnings)
+    assert {o.key for o in store.list()} >= {f"{ids[0]}/../../escape", f"{ids[0]}//double"}
+    server.stop()
+    with pytest.raises(StorageError) as e:
+        pruning.run_prune(s, "remote", store=store)
+    assert "does not answer" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_the_prune_stage_never_fails_the_backup(tmp_path: Path) -> None:
+    make_small_project(tmp_path / "erp")
+    off = make_settings(tmp_path, verify="quick")
+    s = make_settings(tmp_path, verify="quick", retention={})
+    repo = LocalRepository(s.storage.local_dir)
+    first = run_backup(off, BackupJob.FULL, now=T0)
+    second = run_backup(off, BackupJob.FULL, now=T0 + timedelta(days=9))
+    with repo.lock(purpose="another backup"):  # another run holds the lock: the stage leaves it
+        committed = CommittedSet(second.manifest, second.path, second.verify)
+        res = pruning.prune_stage(s, committed, None)
+    assert res is not None and res.removed_local == ()
+    assert res.warnings == ("prune skipped: another erp-backup run holds the repository lock (the next run prunes)",)
+    assert repo.exists(first.manifest.id)
+    res = pruning.prune_stage(s, committed, None)
+    assert res is not None and res.removed_local == (first.manifest.id.value,) and not repo.exists(first.manifest.id)
+    assert pruning.prune_stage(off, committed, None) is None
