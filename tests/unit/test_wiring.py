@@ -118,11 +118,10 @@ def test_target_with_a_password_is_refused_and_none_is_none() -> None:
 def test_deployed_flows_take_no_settings_plan_or_preflight() -> None:
     """What the UI can start (every deployment's entrypoint) takes a config path and the operator's
     request, never pre-checked values: a run from the UI always runs its own checks."""
+    import importlib
     import inspect
 
     import yaml
-
-    import importlib
 
     from erp_backup.flows import backup as fb
 
