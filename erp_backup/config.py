@@ -56,7 +56,7 @@ class RetentionPolicyConfig(_Section):
     incremental_hours: float = Field(24, ge=0, le=876000, allow_inf_nan=False)
     differential_days: float = Field(7, ge=0, le=36500, allow_inf_nan=False)
     monthly_days: float = Field(365, ge=0, le=36500, allow_inf_nan=False)
-    keep_last: int = Field(1, ge=0, le=10000)  # the newest sets of each kind kept whatever their age
+    keep_last: int = Field(1, ge=0, le=10000, strict=True)  # the newest sets of each kind kept whatever their age
 
 
 class RemotePolicyConfig(RetentionPolicyConfig):
@@ -67,7 +67,7 @@ class RemotePolicyConfig(RetentionPolicyConfig):
 
 
 class RetentionConfig(_Section):
-    after_backup: bool = True  # prune at the end of every backup flow
+    after_backup: bool = Field(True, strict=True)  # prune at the end of every backup flow
     # age before .partial dirs and incomplete remote uploads are removed
     leftover_grace_hours: float = Field(24, ge=0, le=876000, allow_inf_nan=False)
     local: RetentionPolicyConfig = Field(default_factory=RetentionPolicyConfig)

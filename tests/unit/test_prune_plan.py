@@ -151,6 +151,8 @@ def test_defaults_are_the_strategy() -> None:
     ({"local": {"weekly_days": 7}}, None, "retention.local.weekly_days"),
     ({"leftover_grace_hours": -3}, None, "retention.leftover_grace_hours"),
     ({"after_backup": "sometimes"}, None, "retention.after_backup"),
+    ({"after_backup": "yes"}, None, "retention.after_backup"),
+    ({"local": {"keep_last": True}}, None, "retention.local.keep_last"),
     ({"remote": {"full_days": 0, "incremental_hours": 0, "differential_days": 0, "monthly_days": 0,
                  "keep_last": 0}}, None, "retention.remote"),
 ])
