@@ -191,24 +191,17 @@ _HEADERS: dict[tuple[str, str, int], Manifest | str] = {}  # (store, key, size) 
 
 def _read_header(stream: IO[bytes], where: str) -> Manifest:
     """The manifest header from a stream: the text before the snapshot index (at most MAX_HEADER)."""
-    marker = mf.FILES_MARKER.encode()
-    buf = b""
-    whole = False
-    while True:
-        pos = buf.find(b"\n" + marker)
-        if pos >= 0 or buf.startswith(marker):
-            head = buf[: pos + 1] if pos >= 0 else b""
-            return mf.loads(mf.header_text(head.decode("utf-8")), where=where)
+    marker = b"\n" + mf.FILES_MARKER.encode()
+    buf = b"\n"
+    while (pos := buf.find(marker)) < 0:
         if len(buf) > MAX_HEADER:
             raise BackupError(f"{where}: no snapshot index within {MAX_HEADER} bytes",
                               hint="it is not a manifest this tool wrote")
         chunk = stream.read(1 << 16)
         if not chunk:
-            whole = True
-            break
+            return mf.loads(buf, where=where)  # a manifest without an index marker: parse it whole
         buf += chunk
-    assert whole
-    return mf.loads(buf, where=where)
+    return mf.loads(mf.header_text(buf[1: pos + 1].decode("utf-8")), where=where)
 
 
 def remote_header(store: RemoteStore, set_id: str, size: int) -> Manifest | str:
