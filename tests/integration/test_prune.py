@@ -465,3 +465,20 @@ def test_the_prune_stage_never_fails_the_backup(tmp_path: Path) -> None:
     res = pruning.prune_stage(s, committed, None)
     assert res is not None and res.removed_local == (first.manifest.id.value,) and not repo.exists(first.manifest.id)
     assert pruning.prune_stage(off, committed, None) is None
+
+
+def test_the_deployable_prune_flow_takes_a_config_path_and_prunes(tmp_path: Path) -> None:
+    """``flows/prune.py:prune_flow`` as a deployment runs it: parameters only, no settings object."""
+    make_small_project(tmp_path / "erp")
+    s = make_settings(tmp_path, verify="quick")
+    for d in range(3):
+        run_backup(s, BackupJob.FULL, now=datetime.now(UTC) - timedelta(days=20 - d))
+    config = write_config(tmp_path / "cfg.toml", s)
+    code = ("import json, sys\nfrom erp_backup.flows.prune import prune_flow\n"
+            "print(json.dumps(prune_flow(where='all', config=sys.argv[1])))\n")
+    res = subprocess.run([sys.executable, "-c", code, str(config)], cwd=REPO, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300, check=False)
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = json.loads(res.stdout.strip().splitlines()[-1])
+    assert [r["action"] for r in rows] == ["remove", "remove", "keep"]
+    assert [i.value for i in LocalRepository(s.storage.local_dir).list_ids()] == [rows[2]["id"]]
