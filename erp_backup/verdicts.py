@@ -55,7 +55,8 @@ def record(root: Path, set_id: str, *, ok: bool, level: str, problems: Iterable[
 def _read(path: Path, set_id: str) -> str | None:
     """None when the record says passed; else why the set does not count as verified."""
     try:
-        with open(path, "rb") as f:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)  # a record is a plain file, never a link
+        with os.fdopen(fd, "rb") as f:
             raw = f.read(_MAX + 1)
         data = json.loads(raw) if len(raw) <= _MAX else None
     except (OSError, ValueError):
