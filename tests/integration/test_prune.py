@@ -482,3 +482,49 @@ def test_the_deployable_prune_flow_takes_a_config_path_and_prunes(tmp_path: Path
     rows = json.loads(res.stdout.strip().splitlines()[-1])
     assert [r["action"] for r in rows] == ["remove", "remove", "keep"]
     assert [i.value for i in LocalRepository(s.storage.local_dir).list_ids()] == [rows[2]["id"]]
+
+
+RANDOM_KILL = """
+import sys
+from erp_backup import prune
+from erp_backup.config import load_settings
+from datetime import datetime
+s = load_settings(sys.argv[1])
+print("start", flush=True)
+sys.stdin.readline()
+prune.prune_local(s, now=datetime.fromisoformat(sys.argv[2]))
+print("done", flush=True)
+"""
+
+
+def test_local_prune_killed_at_random_moments_never_leaves_a_set_that_is_not_whole(tmp_path: Path) -> None:
+    import random
+
+    s, states = history(tmp_path, days=10, incrs=3)
+    config = write_config(tmp_path / "cfg.toml", s)
+    repo = LocalRepository(s.storage.local_dir)
+    now = T0 + timedelta(days=9, hours=23)
+    expected = sorted(r.id for r in pruning.plan_local(s, now=now).rows() if r.action == "keep")
+    rng = random.Random(9)
+    counts = [len(repo.list_ids())]
+    for attempt in range(6):
+        proc = subprocess.Popen([sys.executable, "-c", RANDOM_KILL, str(config), now.isoformat()], cwd=REPO,
+                                env={**os.environ, "PYTHONPATH": str(REPO)}, stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True)
+        assert proc.stdin is not None and proc.stdout is not None
+        assert proc.stdout.readline().strip() == "start"
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        time.sleep(rng.uniform(0.02, 0.2))
+        proc.kill()
+        proc.wait()
+        found = repo.scan()
+        assert not found.damaged, (attempt, found.damaged)
+        ids = found.committed_ids
+        assert all(chain.chain_problem(m, ids) is None for m in found.committed), attempt
+        assert set(expected) <= {i.value for i in ids}, "a kept set went missing"
+        assert all(p.name.endswith(".deleting.partial") for p in repo.partials())
+        counts.append(len(ids))
+    assert any(len(expected) < n < counts[0] for n in counts), f"no kill landed mid-prune: {counts}"
+    pruning.prune_local(s, now=now)
+    assert assert_all_restorable(s, tmp_path / "end", states) == expected and repo.partials() == []
