@@ -18,7 +18,7 @@ from prefect.events import emit_event
 
 from erp_backup import prune as pruning
 from erp_backup.config import Settings
-from erp_backup.core.errors import ConfigError
+from erp_backup.core.errors import RetentionRefused
 from erp_backup.flows.common import artifact_key, settings_for
 
 
@@ -37,10 +37,9 @@ def run_prune_flow(settings: Settings, where: str, dry_run: bool, now: datetime 
     log = get_run_logger()
     try:
         reports = prune_sets_task(settings, where, dry_run, now)
-    except ConfigError as e:
-        if "would remove every" in e.message:
-            emit_event(event="erp-backup.prune.refused", resource={"prefect.resource.id": "erp-backup.prune"},
-                       payload={"reason": str(e)})
+    except RetentionRefused as e:
+        emit_event(event="erp-backup.prune.refused", resource={"prefect.resource.id": "erp-backup.prune"},
+                   payload={"reason": str(e)})
         raise
     rows = pruning.rows_of(reports)
     for rep in reports:

@@ -7,7 +7,7 @@ the safety rails, which no configuration can turn off:
    neither is any set finished after it; with no valid full at all nothing is removed;
 2. whatever a kept set depends on stays (transitively);
 3. a policy that by itself (ages and ``keep_last``, before rail 1) would remove every set is
-   refused (``ConfigError``): a clock far ahead or a policy of zeros, not a decision to act on;
+   refused (``RetentionRefused``, a ``ConfigError``): a clock far ahead or a policy of zeros, not a decision to act on;
 4. a set that cannot be read (``Unreadable``: damaged manifest, incomplete remote copy) is kept
    and reported, never removed.
 
@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from erp_backup.core.errors import ConfigError
+from erp_backup.core.errors import RetentionRefused
 from erp_backup.core.models import BackupId, BackupKind, utc
 from erp_backup.core.retention import Decision, Policy, SetRef, apply_policy, removal_order
 
@@ -111,7 +111,7 @@ def plan_prune(sets: Sequence[SetRef], policy: Policy, now: datetime, *, where: 
     now = utc(now)
     raw = apply_policy(sets, policy, now)
     if sets and not _policy_keeps_any(sets, policy, now):
-        raise ConfigError(f"the {where} retention policy would remove every one of the {len(raw)} set(s) "
+        raise RetentionRefused(f"the {where} retention policy would remove every one of the {len(raw)} set(s) "
                           f"at {now:%Y-%m-%d %H:%M} UTC: refused",
                           hint=f"check [retention.{where}] (keep_last >= 1) and the system clock")
     by_id = {r.id: r for r in sets}
