@@ -24,7 +24,7 @@ from erp_backup.adapters.storage.s3 import S3Store
 from erp_backup.backup import CommittedSet
 from erp_backup.config import Settings, load_settings
 from erp_backup.core import chain
-from erp_backup.core.errors import ConfigError, LockError, StorageError
+from erp_backup.core.errors import BackupError, ConfigError, LockError, StorageError
 from erp_backup.core.models import BackupId, BackupJob
 from erp_backup.pipeline import run_backup
 from erp_backup.restore import restore
@@ -41,6 +41,7 @@ from tests.conftest import (
     write_file,
 )
 from tests.integration.offsite_fixtures import S3Env
+from tests.integration.test_faults import small_disk  # noqa: F401  (a real 2 MiB tmpfs)
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -535,3 +536,23 @@ def test_local_prune_killed_at_random_moments_never_leaves_a_set_that_is_not_who
     print(f"sets after each kill: {counts}")
     pruning.prune_local(s, now=now)
     assert assert_all_restorable(s, tmp_path / "end", states) == expected and repo.partials() == []
+
+
+def test_prune_works_on_a_full_disk_and_frees_it_for_the_next_backup(
+        tmp_path: Path, small_disk: Path) -> None:  # noqa: F811  (the fixture of test_faults)
+    make_small_project(tmp_path / "erp")
+    s = make_settings(tmp_path, verify="quick", backups=small_disk / "bk")
+    for d in range(10):
+        run_backup(s, BackupJob.FULL, now=T0 + timedelta(days=d))
+    with open(small_disk / "filler", "wb") as f:  # what filled it is not ours to remove
+        with pytest.raises(OSError):
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+    with pytest.raises(BackupError) as e:  # the backup fails in one line, its partial set gone
+        run_backup(s, BackupJob.FULL, now=T0 + timedelta(days=10))
+    assert "free space" in str(e.value) and LocalRepository(s.storage.local_dir).partials() == []
+    rep = pruning.prune_local(s, now=T0 + timedelta(days=10))
+    assert len(rep.removed) >= 2
+    (small_disk / "filler").unlink()
+    run_backup(s, BackupJob.FULL, now=T0 + timedelta(days=10, hours=1))
