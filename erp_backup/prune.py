@@ -347,8 +347,8 @@ def check_request(settings: Settings, where: str, *, dry_run: bool, now: datetim
                           hint="check [storage] local_dir (nothing to prune before the first backup)")
     if where == LOCAL:
         return None
-    if where == ALL:  # every store there is: the local one, and the remote one when configured
-        return store or open_remote(settings)
+    if where == ALL:  # the remote one when configured, opened after the local prune (see run_prune)
+        return store
     return store or _need_remote(settings)
 
 
@@ -359,6 +359,8 @@ def run_prune(settings: Settings, where: str = LOCAL, *, now: datetime | None = 
     out: list[PruneReport] = []
     if where != REMOTE:
         out.append(prune_local(settings, now=now, dry_run=dry_run, progress=progress))
+    if where == ALL and remote is None:  # a broken remote (a missing block) fails the run after the local prune
+        remote = open_remote(settings)
     if remote is not None:
         out.append(prune_remote(remote, settings, now=now, dry_run=dry_run, progress=progress))
     return out
