@@ -8,6 +8,10 @@
   both in a GNUPGHOME whose key was already unlocked once (the first unlock is timed apart).
 * upload: a ~300 MB file through ``S3Store.put_file`` and, as a non-seekable stream, through
   ``S3Store.put_stream``, vs boto3's ``upload_file`` with its defaults, to a local ``moto_server``.
+* encrypted full backup (``--tree-gb``, 0 to skip): ``run_backup`` of a generated ERP tree
+  (``bench/gen_tree.py``) with ``[encryption] local = true`` (verify before commit off, as
+  ``full_none`` in bench_engine) vs ``tar | zstd -T0 -3 | gpg --compress-algo none -e -r FPR`` on
+  the same tree. Target: ratio <= 1.2, peak RSS < 150 MB.
 
 Each measurement runs in a fresh child process that reports its wall time (imports and set-up
 excluded) and its own peak RSS (the gpg and moto processes are not counted). Medians of
@@ -82,6 +86,23 @@ def child(mode: str, args: dict[str, str]) -> dict[str, float]:
                 n += len(chunk)
             r.close()
         return {"s": time.perf_counter() - t0, "rss": rss_mb(), "bytes": n, "cpu": cpu_s() - c0}
+    if mode == "encrypted_full":
+        from erp_backup.config import settings_from_dict
+        from erp_backup.core.models import BackupKind
+        from erp_backup.pipeline import run_backup
+
+        settings = settings_from_dict({
+            "project": {"root": args["root"], "key_files": []},
+            "database": {"url": f"sqlite:///{args['db']}"},
+            "storage": {"local_dir": args["repo"]},
+            "backup": {"verify": "none", "lock_wait_s": 0},
+            "encryption": {"recipients": [args["fpr"]], "public_keys": args["pub"], "local": True, "sign": False},
+        })
+        t0, c0 = time.perf_counter(), cpu_s()
+        res = run_backup(settings, BackupKind.FULL)
+        s, cpu = time.perf_counter() - t0, cpu_s() - c0
+        shutil.rmtree(res.path)
+        return {"s": s, "rss": rss_mb(), "bytes": res.manifest.size_bytes, "cpu": cpu}
     if mode in ("put_file", "put_stream", "upload_file"):
         from prefect_aws import AwsCredentials, S3Bucket
         from pydantic import SecretStr
@@ -194,6 +215,40 @@ def start_moto() -> tuple[subprocess.Popen[bytes], str]:
     raise SystemExit("moto_server did not start")
 
 
+def encrypted_full(work: Path, home: Path, fpr: str, size_gb: float, repeat: int,
+                   res: dict[str, list[dict[str, float]]]) -> float:
+    """The encrypted full backup vs ``tar | zstd -T0 -3 | gpg -e`` on one generated tree; its MB."""
+    sys.path.insert(0, str(HERE))
+    from gen_tree import DB_NAME, EXCLUDES, generate
+
+    root = work / "tree"
+    info = generate(root, size_gb=size_gb, files=max(1000, int(18000 * size_gb)), verbose=False)
+    pub = work / "pub.asc"
+    pub.write_bytes(subprocess.run(["gpg", "--homedir", str(home), "--armor", "--export", fpr], capture_output=True,
+                                   check=True).stdout)
+    excludes = [f"--exclude={p}" for p in EXCLUDES] + [f"--exclude=./{DB_NAME}{x}" for x in ("", "-wal", "-shm")]
+    tree_mb = int(str(info["bytes"])) / MIB  # the kept files (what both sides archive)
+    base_out = work / "tree.tar.zst.gpg"
+    for _ in range(repeat):
+        base_out.unlink(missing_ok=True)
+        t0 = time.perf_counter()
+        tar = subprocess.Popen(["tar", "-C", str(root), *excludes, "-cf", "-", "."], stdout=subprocess.PIPE)
+        zstd = subprocess.Popen(["zstd", "-q", "-T0", "-3"], stdin=tar.stdout, stdout=subprocess.PIPE)
+        gpg = subprocess.Popen(["gpg", "--homedir", str(home), "--batch", "--no-tty", "--trust-model", "always",
+                                "--compress-algo", "none", "-e", "-r", fpr, "-o", str(base_out)], stdin=zstd.stdout)
+        assert tar.stdout is not None and zstd.stdout is not None
+        tar.stdout.close()
+        zstd.stdout.close()
+        if gpg.wait() or zstd.wait() or tar.wait():
+            raise SystemExit("tar | zstd | gpg failed")
+        res.setdefault("full/tar|zstd|gpg", []).append({"s": time.perf_counter() - t0, "rss": 0})
+        res.setdefault("full/encrypted", []).append(run_child(
+            "encrypted_full", root=str(root), db=str(root / DB_NAME), repo=str(work / "repo"), fpr=fpr,
+            pub=str(pub)))
+    base_out.unlink(missing_ok=True)
+    return tree_mb
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -203,6 +258,7 @@ def main() -> None:
     ap.add_argument("--upload-mb", type=int, default=300)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--workdir", type=Path)
+    ap.add_argument("--tree-gb", type=float, default=0.5, help="tree of the encrypted full backup (0: skip it)")
     ap.add_argument("--child", nargs=2)
     a = ap.parse_args()
     if a.child:
@@ -211,6 +267,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="bench-offsite-", dir=a.workdir))
     moto: subprocess.Popen[bytes] | None = None
+    tree_mb = 0.0
     try:
         home, fpr = make_keys(work)
         src = work / "data.tar.zst"
@@ -270,6 +327,13 @@ def main() -> None:
             for mode in ("upload_file", "put_file", "put_stream"):
                 res.setdefault(f"upload/{mode}", []).append(run_child(mode, endpoint=endpoint, bucket="bench",
                                                                       src=str(up)))
+        if moto is not None:
+            moto.terminate()
+            moto.wait()
+            moto = None
+        up.unlink()
+        if a.tree_gb > 0:
+            tree_mb = encrypted_full(work, home, fpr, a.tree_gb, a.repeat, res)
     finally:
         if moto is not None:
             moto.terminate()
@@ -285,6 +349,8 @@ def main() -> None:
             ("decrypt/ours", enc_mb, "decrypt/gpg"),
             ("upload/upload_file", a.upload_mb, None), ("upload/put_file", a.upload_mb, "upload/upload_file"),
             ("upload/put_stream", a.upload_mb, "upload/upload_file")]
+    if a.tree_gb > 0:
+        rows += [("full/tar|zstd|gpg", tree_mb, None), ("full/encrypted", tree_mb, "full/tar|zstd|gpg")]
     for name, mb, base in rows:
         s, rss, cpu = med[name]
         ratio = f"{s / med[base][0]:.2f}" if base else "1.00"

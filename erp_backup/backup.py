@@ -19,7 +19,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from erp_backup import __version__
+from erp_backup import encryption as enc
 from erp_backup.adapters import archive, scan
+from erp_backup.adapters.archive.selfcheck import InlineCheck
 from erp_backup.adapters.databases.base import DatabaseAdapter, adapter_for
 from erp_backup.adapters.databases.sqlite import COMPANIONS as SQLITE_COMPANIONS
 from erp_backup.adapters.storage.local import MANIFEST, SUMS, LocalRepository, write_private_stream
@@ -115,6 +117,7 @@ class FilesResult:
     bytes_in: int
     skipped: tuple[tuple[str, str], ...]
     warnings: tuple[str, ...]
+    checked_inline: bool = False  # read back while written (adapters/archive/selfcheck.py)
 
 
 @dataclass(frozen=True)
@@ -123,6 +126,7 @@ class SealedSet:
 
     manifest: Manifest
     partial: Path
+    files_read_back: bool = False  # FilesResult.checked_inline
 
 
 @dataclass(frozen=True)
@@ -211,6 +215,7 @@ def preflight(settings: Settings, kind: BackupKind, tags: tuple[str, ...] = ()) 
                           hint="run the backup as root or give the backup user read access")
     db_url = settings.database_url()
     adapter_for(db_url, timeout=settings.database.timeout_s).check_available()
+    enc.preflight(settings)  # keys, recipients, signing key and passphrase: before anything is written
     repo = LocalRepository(settings.storage.local_dir)
     parent = None
     if not repo.busy():  # a running backup (the 02:00 full) may create the parent this run waits for
@@ -241,11 +246,14 @@ def prepare(settings: Settings, checked: Preflight, *, now: datetime | None = No
 
 def scan_changes(plan: BackupPlan) -> ScanResult:
     p = plan.settings.project
-    result = scan.scan_tree(p.root, p.include, p.exclude, _auto_excludes(plan.settings, plan.database))
+    skipped: list[tuple[str, str]] = []
+    # the walk is consumed by the change plan entry by entry: an unchanged file's fresh entry is
+    # dropped at once (the parent's stands), so the whole scan is never held next to the index
+    found = scan.iter_tree(p.root, p.include, p.exclude, _auto_excludes(plan.settings, plan.database), skipped)
     reference = None
     if plan.parent is not None:  # the parent's index is read here and dropped with this frame (memory)
         reference = {e.path: e for e in plan.repo.read_manifest(plan.parent.id).files}
-    return ScanResult(plan_changes(result.entries, reference), tuple(result.skipped))
+    return ScanResult(plan_changes(found, reference), tuple(skipped))
 
 
 def _fresh(path: Path) -> Path:
@@ -265,16 +273,23 @@ def dump_database(plan: BackupPlan) -> DumpResult | None:
     adapter = plan.adapter()
     if adapter is None or plan.database is None:
         return None
-    path = _fresh(plan.partial / adapter.artifact_name)
+    encrypted = enc.encrypts_local(plan.settings)
+    name = enc.encrypted_name(adapter.artifact_name) if encrypted else adapter.artifact_name
+    path = _fresh(plan.partial / name)
     _clear_work(plan)
     work = plan.partial / WORK_DIR
     work.mkdir(mode=0o700)
-    writer = archive.ArtifactWriter(path, level=plan.settings.backup.compression_level, threads=plan.threads)
     try:
-        info = adapter.dump(writer.write, work)
-        written = writer.close()
+        with enc.local_encryptor(plan.settings) as encryptor:
+            writer = archive.ArtifactWriter(path, level=plan.settings.backup.compression_level,
+                                            threads=plan.threads, encryptor=encryptor)
+            try:
+                info = adapter.dump(writer.write, work)
+                written = writer.close()
+            except BaseException:
+                writer.abort()
+                raise
     except BaseException:
-        writer.abort()
         path.unlink(missing_ok=True)
         raise
     finally:
@@ -290,24 +305,38 @@ def dump_database(plan: BackupPlan) -> DumpResult | None:
         warnings = ("database row counts are best effort (not taken in the dump's snapshot): "
                     "grant the backup user RELOAD for strictly consistent counts",)
     return DumpResult(
-        artifact=Artifact(name=adapter.artifact_name, role="database", size=written.size, sha256=written.sha256),
+        artifact=Artifact(name=name, role="database", size=written.size, sha256=written.sha256,
+                          encryption=enc.METHOD if encrypted else None),
         info=replace(info, raw_size=written.raw_size), counts_consistent=adapter.counts_consistent,
         warnings=warnings)
 
 
 def archive_files(plan: BackupPlan, scanned: ScanResult) -> FilesResult:
-    path = _fresh(plan.partial / FILES_ARTIFACT)
-    writer = archive.ArtifactWriter(path, level=plan.settings.backup.compression_level, threads=plan.threads)
+    encrypted = enc.encrypts_local(plan.settings)
+    name = enc.encrypted_name(FILES_ARTIFACT) if encrypted else FILES_ARTIFACT
+    path = _fresh(plan.partial / name)
+    # the default (full) verification: the archive is read back as it is written (selfcheck)
+    check = InlineCheck(f"{plan.id}/{FILES_ARTIFACT}") if plan.settings.backup.verify == "full" else None
     try:
-        res = archive.write_tar(plan.settings.project.root, scanned.changes.archive, writer.write, plan.id.value)
-        written = writer.close()
+        with enc.local_encryptor(plan.settings) as encryptor:
+            writer = archive.ArtifactWriter(path, level=plan.settings.backup.compression_level,
+                                            threads=plan.threads, encryptor=encryptor, inspector=check)
+            try:
+                res = archive.write_tar(plan.settings.project.root, scanned.changes.archive, writer.write,
+                                        plan.id.value)
+                written = writer.close()
+                if check is not None:
+                    check.result(written.raw_size, res.entries)
+            except BaseException:
+                writer.abort()
+                raise
     except BaseException:
-        writer.abort()
         path.unlink(missing_ok=True)
         raise
-    return FilesResult(artifact=Artifact(name=FILES_ARTIFACT, role="files", size=written.size,
-                                         sha256=written.sha256),
-                       entries=res.entries, bytes_in=res.bytes_in, skipped=res.skipped, warnings=res.warnings)
+    return FilesResult(artifact=Artifact(name=name, role="files", size=written.size, sha256=written.sha256,
+                                         encryption=enc.METHOD if encrypted else None),
+                       entries=res.entries, bytes_in=res.bytes_in, skipped=res.skipped, warnings=res.warnings,
+                       checked_inline=check is not None)
 
 
 def seal(plan: BackupPlan, scanned: ScanResult, files: FilesResult, dumped: DumpResult | None,
@@ -332,17 +361,20 @@ def seal(plan: BackupPlan, scanned: ScanResult, files: FilesResult, dumped: Dump
         database=dumped.info if dumped else None, artifacts=artifacts, files=index,
         deleted=scanned.changes.deleted, skipped=scanned.skipped + files.skipped, stats=stats,
         depends_on=chain.holders_of(index, plan.id),
+        recipients=enc.recipients(plan.settings) if any(a.encryption for a in artifacts) else (),
     )
     size, digest = write_private_stream(plan.partial / MANIFEST, mf.dump_lines(m))
     # SHA256SUMS covers the manifest too: a damaged index (modes, times, holders) is caught
     covered = [*artifacts, Artifact(name=MANIFEST, role="manifest", size=size, sha256=digest)]
     write_private_stream(plan.partial / SUMS, [mf.sha256sums(covered)])
-    return SealedSet(m, plan.partial)
+    enc.sign_set(plan.settings, plan.partial)  # SHA256SUMS.sig, when [encryption] sign = true
+    return SealedSet(m, plan.partial, files.checked_inline)
 
 
 def verify_sealed(plan: BackupPlan, sealed: SealedSet) -> VerifyReport:
     rep = verify_dir(sealed.partial, sealed.manifest, level=plan.settings.backup.verify,
-                     key_files=plan.settings.project.key_files, repo=plan.repo)
+                     key_files=plan.settings.project.key_files, repo=plan.repo, settings=plan.settings,
+                     files_read_back=sealed.files_read_back)
     rep.raise_if_bad()
     return rep
 
@@ -350,7 +382,19 @@ def verify_sealed(plan: BackupPlan, sealed: SealedSet) -> VerifyReport:
 def commit(plan: BackupPlan, sealed: SealedSet, verified: VerifyReport) -> CommittedSet:
     verified.raise_if_bad()  # never commit what did not verify, whoever calls this
     _clear_work(plan)
-    return CommittedSet(sealed.manifest, plan.repo.commit(plan.id), verified)
+    committed = CommittedSet(sealed.manifest, plan.repo.commit(plan.id), verified)
+    _release_safety_copies(plan.repo.root)
+    return committed
+
+
+def _release_safety_copies(root: Path) -> None:
+    """A successful backup ends the life of the safety copies of finished in-place restores."""
+    import logging
+
+    from erp_backup import safety
+
+    for msg in safety.release(root)[1]:
+        logging.getLogger("erp_backup").warning(msg)
 
 
 def report(plan: BackupPlan, committed: CommittedSet, warnings: tuple[str, ...],
@@ -370,7 +414,8 @@ def report(plan: BackupPlan, committed: CommittedSet, warnings: tuple[str, ...],
         "bytes out": m.stats.bytes_out,
         "duration s": round(dur, 2),
         "throughput MB/s": round(m.stats.bytes_in / dur / 1e6, 1),
-        "verification": "skipped" if committed.verify.level == "none" else "passed",
+        "verification": "skipped" if committed.verify.level == "none" else "passed"
+        + ("" if committed.verify.level in ("full", "quick") else f" ({committed.verify.level})"),
     }
     history = [h.size_bytes for h in plan.repo.headers() if h.kind is m.kind and h.id != m.id][-10:]
     verdict = size_anomaly(m.size_bytes, history)

@@ -2,8 +2,9 @@
 
 Read-only commands (``list``, ``show``) answer from the manifests without
 importing Prefect. The others check their input first (one-line errors, nothing
-written, no Prefect start-up for a typo), then run their Prefect flow: under the
-ephemeral API by default, against a server when ``PREFECT_API_URL`` is set.
+written, no Prefect start-up for a typo), then run through ``erp_backup.runner``: as a
+flow run on the Prefect server when one is configured (``PREFECT_API_URL``), else in
+this process without Prefect (``erp_backup.jobs``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from erp_backup import reaper
+from erp_backup import cli_quiet, reaper
 from erp_backup.core.errors import BackupError, ConfigError
 from erp_backup.tables import human as _human
 from erp_backup.tables import print_table
@@ -76,6 +77,10 @@ def cmd_list(args: argparse.Namespace) -> int:
     from erp_backup.core import chain
 
     s = _settings(args)
+    if args.remote:
+        from erp_backup.remote_cli import list_remote
+
+        return list_remote(s, args.json)
     repo = LocalRepository(s.storage.local_dir)
     found = repo.scan()
     ids = found.committed_ids
@@ -154,6 +159,8 @@ def cmd_show(args: argparse.Namespace) -> int:
         d = m.database
         print(f"database     {d.engine} {d.database} (server {d.server_version}, {d.dump_format}, "
               f"{len(d.tables)} tables, {sum(d.tables.values())} rows)")
+    if m.recipients:
+        print(f"encrypted to {', '.join(m.recipients)}")
     for a in m.artifacts:
         print(f"artifact     {a.name}  {_human(a.size)}  sha256 {a.sha256[:16]}…  "
               f"{a.compression}{'+' + a.encryption if a.encryption else ''}")
@@ -169,10 +176,10 @@ def cmd_backup(args: argparse.Namespace) -> int:
     s = _settings(args)
     job = BackupJob(args.kind)
     checked = preflight(s, job.kind, job.tags)  # before Prefect starts: bad input costs a second, not ten
-    from erp_backup import runner
-    from erp_backup.flows.backup import CLI_FLOWS
+    from erp_backup import jobs, runner
 
-    row = runner.run(CLI_FLOWS[job], None, settings=s, checked=checked)
+    flow = runner.lazy("erp_backup.flows.backup", "CLI_FLOWS", job)
+    row = runner.run(flow, jobs.backup_job(job), settings=s, checked=checked)
     print(row["id"])
     return 0
 
@@ -183,20 +190,77 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from erp_backup.verify import VerifyFailed
 
     s = _settings(args)
+    if args.remote:
+        return _verify_remote(s, args)
     repo = LocalRepository(s.storage.local_dir)
     for i in args.ids:
         if not repo.exists(BackupId(i)):
             raise BackupError(f"backup set {i} not found in {repo.root}", hint="see `erp-backup list`")
-    from erp_backup import runner
-    from erp_backup.flows.restore import verify_checked_flow
+    from erp_backup import jobs, runner
 
+    flow = runner.lazy("erp_backup.flows.restore", "verify_checked_flow")
     try:
-        rows = runner.run(verify_checked_flow, None, settings=s, backup_ids=args.ids or None,
-                                   level="quick" if args.quick else "full")
+        rows = runner.run(flow, jobs.verify_job, settings=s, backup_ids=args.ids or None,
+                          level="quick" if args.quick else "full")
     except VerifyFailed as e:
         print_table(e.rows)  # every set, passed or not, before the error line
         raise
     print_table(rows)
+    return 0
+
+
+def _verify_remote(s: Any, args: argparse.Namespace) -> int:
+    from erp_backup import runner
+    from erp_backup.core.models import BackupId
+    from erp_backup.flows.remote import verify_remote_checked_flow
+    from erp_backup.remote_cli import plain_verify_remote
+    from erp_backup.remote_store import remote_config
+    from erp_backup.verify import VerifyFailed
+
+    remote_config(s)
+    ids = [BackupId(i).value for i in args.ids] or None
+    try:
+        rows = runner.run(verify_remote_checked_flow, plain_verify_remote, settings=s, backup_ids=ids)
+    except VerifyFailed as e:
+        print_table(e.rows)
+        raise
+    print_table(rows)
+    return 0
+
+
+def cmd_upload(args: argparse.Namespace) -> int:
+    from erp_backup import runner
+    from erp_backup.core.models import BackupId
+    from erp_backup.flows.remote import upload_checked_flow
+    from erp_backup.remote_cli import plain_upload
+    from erp_backup.remote_store import remote_config
+
+    s = _settings(args)
+    remote_config(s)
+    ids = [BackupId(i).value for i in args.ids] or None
+    row = runner.run(upload_checked_flow, plain_upload, settings=s, backup_ids=ids)
+    print_table([row])
+    return 0
+
+
+def _restore_remote(s: Any, args: argparse.Namespace) -> int:
+    from erp_backup import restore as restorer
+    from erp_backup import runner
+    from erp_backup.flows.remote import restore_from_remote_checked_flow
+    from erp_backup.remote_cli import plain_restore_from_remote
+    from erp_backup.remote_restore import live_guard, precheck
+    from erp_backup.remote_store import remote_config
+
+    remote_config(s)
+    request = restorer.RestoreRequest(
+        target_dir=args.target_dir, backup_id=args.backup, at=_parse_time(args.at) if args.at else None,
+        target_database=args.target_database, force=args.force, yes=args.yes, jobs=args.jobs,
+        keep_setid=args.keep_setid)
+    precheck(request, args.scratch_dir)  # before Prefect starts: a typo costs a second
+    live_guard(s, request)
+    row = runner.run(restore_from_remote_checked_flow, plain_restore_from_remote, settings=s, request=request,
+                     scratch_dir=args.scratch_dir)
+    print_table([row])
     return 0
 
 
@@ -212,16 +276,30 @@ def cmd_restore(args: argparse.Namespace) -> int:
     from erp_backup import restore as restorer
     from erp_backup.adapters.storage.local import LocalRepository
 
+    if args.put_back:
+        from erp_backup.recovery_cli import put_back
+
+        return put_back(args, _settings(args))
+    if args.in_place:
+        from erp_backup.recovery_cli import restore_in_place
+
+        return restore_in_place(args, _settings(args), _parse_time(args.at) if args.at else None)
+    if args.files_only or args.database_only:
+        raise ConfigError("--files-only/--database-only go with --in-place",
+                          hint="for a restore elsewhere give only --target-dir or only --target-database")
     s = _settings(args)
+    if args.from_remote:
+        return _restore_remote(s, args)
     request = restorer.RestoreRequest(
         target_dir=args.target_dir, backup_id=args.backup, at=_parse_time(args.at) if args.at else None,
         target_database=args.target_database, force=args.force, yes=args.yes, jobs=args.jobs,
-        keep_setid=args.keep_setid)
-    plan = restorer.preflight(LocalRepository(s.storage.local_dir), request, live=s.live_database())
-    from erp_backup import runner
-    from erp_backup.flows.restore import restore_checked_flow
+        keep_setid=args.keep_setid, verify=args.verify or s.restore.verify, allow_old=args.allow_old)
+    plan = restorer.preflight(LocalRepository(s.storage.local_dir), request, live=s.live_database(), settings=s,
+                              max_age_s=s.restore.max_age)
+    from erp_backup import jobs, runner
 
-    row = runner.run(restore_checked_flow, None, settings=s, plan=plan)
+    flow = runner.lazy("erp_backup.flows.restore", "restore_checked_flow")
+    row = runner.run(flow, jobs.restore_job, settings=s, plan=plan)
     print_table([row])
     return 0
 
@@ -251,6 +329,13 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_block_gpg(args: argparse.Namespace) -> int:
+    from erp_backup import gpg_block
+
+    print(gpg_block.save(gpg_block.spec_from_args(args), overwrite=args.overwrite))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from erp_backup.demo import run_demo
 
@@ -276,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("list", help="list committed backup sets (no Prefect start-up)")
     sp.add_argument("--json", action="store_true")
+    sp.add_argument("--remote", action="store_true", help="the sets in the [remote] store instead")
     sp.set_defaults(func=cmd_list)
 
     sp = sub.add_parser("show", help="show one set's manifest summary")
@@ -286,6 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("verify", help="verify sets (all by default): checksums, archives, key files, dumps")
     sp.add_argument("ids", nargs="*")
     sp.add_argument("--quick", action="store_true", help="checksums only")
+    sp.add_argument("--remote", action="store_true",
+                    help="the remote copies: stream every object, check sizes and SHA-256 (nothing written)")
     sp.set_defaults(func=cmd_verify)
 
     sp = sub.add_parser("restore", help="restore a set into a directory and/or a database")
@@ -299,7 +387,28 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--jobs", type=int, default=1, help="parallel restore jobs (PostgreSQL)")
     sp.add_argument("--keep-setid", action="store_true",
                     help="restore setuid/setgid bits as recorded (default: dropped, with a warning)")
+    sp.add_argument("--from-remote", action="store_true",
+                    help="from the [remote] store (needs --backup or --at; no local backup directory needed)")
+    sp.add_argument("--scratch-dir", help="with --from-remote: where the chain is downloaded first "
+                    "(default: $TMPDIR); removed afterwards")
+    from erp_backup.recovery_cli import add_recovery_parsers, add_restore_flags
+
+    add_restore_flags(sp)
     sp.set_defaults(func=cmd_restore)
+    add_recovery_parsers(sub)
+
+    sp = sub.add_parser("upload", help="send committed sets missing remotely (default: the catch-up window)")
+    sp.add_argument("ids", nargs="*")
+    sp.set_defaults(func=cmd_upload)
+
+    sp = sub.add_parser("block", help="create the Prefect blocks of a scripted install (secrets from the environment)")
+    block_sub = sp.add_subparsers(dest="block_kind", required=True)
+    from erp_backup import gpg_block
+    from erp_backup.remote_cli import add_block_parsers
+
+    gpg_block.add_parser(block_sub)
+    block_sub.choices["gpg"].set_defaults(func=cmd_block_gpg)
+    add_block_parsers(block_sub)  # s3, ftp
 
     sp = sub.add_parser("prune", help="apply the retention policy: remove expired sets (local by default)")
     g = sp.add_mutually_exclusive_group()
@@ -333,6 +442,7 @@ def main(argv: list[str] | None = None) -> int:
 
     atexit.register(_print_final)
     args = build_parser().parse_args(argv)
+    cli_quiet.install()  # a failed job: its table, then one error line (no traceback, no repeats)
     try:
         reaper.guard(args.command)  # before anything is spawned: a killed run leaves no process behind
         return int(args.func(args) or 0)

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, Valid
 
 from erp_backup.core.dburl import DatabaseUrl, parse_database_url
 from erp_backup.core.errors import ConfigError
+from erp_backup.recovery_config import RestoreConfig, RestoreTestConfig
 
 DEFAULT_CONFIG = Path("/etc/erp-backup/config.toml")
 DEFAULT_EXCLUDES = ["*.pyc", "__pycache__", "venv", ".venv", "node_modules", "staticfiles", "media"]
@@ -74,12 +75,45 @@ class RetentionConfig(_Section):
     remote: RemotePolicyConfig = Field(default_factory=RemotePolicyConfig)
 
 
+class RemoteConfig(_Section):
+    """Off-site copies (``erp_backup.offsite``): where, and how the upload behaves."""
+
+    # a prefect-aws S3Bucket block or an erp-backup FTP storage block; "s3-bucket/NAME" or
+    # "erp-backup-ftp-storage/NAME" names the type, a bare NAME is looked up as S3 first, then FTP
+    block: str = Field(min_length=1)
+    prefix: str = "django_erp"
+    part_size_mib: int = Field(8, ge=5, le=5120)  # S3 multipart part size (5 MiB is S3's minimum)
+    concurrency: int = Field(4, ge=1, le=64)  # parts in flight per object
+    retries: int = Field(3, ge=0, le=10)  # attempts per set after the first (on top of the client's own)
+    retry_backoff_s: float = Field(2.0, ge=0)  # doubled after each failed attempt
+    catch_up_days: float = Field(30, ge=0)  # local sets finished within this many days are sent if missing
+    catch_up_monthly_days: float = Field(366, ge=0)  # the same for monthly archives
+
+
+class EncryptionConfig(_Section):
+    """``[encryption]``: GPG encryption and signing of sets (``erp_backup.encryption``). Holds no
+    secret: private keys and passphrases come from the GPG keys block, GNUPGHOME and the environment."""
+
+    recipients: list[str] = Field(default_factory=list)  # full fingerprints of the keys to encrypt to
+    public_keys: Path | None = None  # armored public keys (recipients', signing key's) in a file
+    block: str | None = None  # an erp-backup GPG keys block (public keys, signing key, restore key)
+    local: bool = False  # also encrypt local sets as they are written
+    sign: bool = True  # SHA256SUMS.sig on every set; verify/restore refuse sets without a good one
+    signing_key: str | None = None  # fingerprint of the signing key (default: the only one available)
+    signers: list[str] = Field(default_factory=list)  # fingerprints whose signatures are accepted
+    manifest: Literal[False] = False  # manifest.json stays readable (README: why)
+
+
 class Settings(_Section):
     project: ProjectConfig = Field(default_factory=ProjectConfig)
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     backup: BackupConfig = Field(default_factory=BackupConfig)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
+    restore: RestoreConfig = Field(default_factory=RestoreConfig)
+    restore_test: RestoreTestConfig = Field(default_factory=RestoreTestConfig)
+    encryption: EncryptionConfig | None = None
+    remote: RemoteConfig | None = None
     _source: str = PrivateAttr(default="defaults")
 
     @property
@@ -123,6 +157,14 @@ def load_settings(path: str | Path | None = None) -> Settings:
 
 
 def settings_from_dict(data: dict[str, object], *, source: str = "dict") -> Settings:
+    if data.get("remote") is not None and data.get("encryption") is None:
+        raise ConfigError(f"config {source}: [remote] without [encryption]: off-site copies must be encrypted",
+                          hint="add an [encryption] section with recipients (README: Encryption)")
+    enc = data.get("encryption")
+    if isinstance(enc, dict) and enc.get("manifest") is True:
+        raise ConfigError(f"config {source}: encryption.manifest = true is not offered: manifest.json stays "
+                          "readable (names, sizes and hashes, no contents)",
+                          hint="remove the key; README (Encryption) says why the manifest is not encrypted")
     try:
         s = Settings.model_validate(data)
     except ValidationError as e:
@@ -146,8 +188,48 @@ def settings_from_dict(data: dict[str, object], *, source: str = "dict") -> Sett
             raise ConfigError(f"config {source}: retention.{where}: every age is 0 and keep_last = 0: "
                               "this policy would remove every set",
                               hint=f"set retention.{where}.keep_last = 1 or give a kind an age above 0")
+    if s.encryption is not None:
+        _check_encryption(s.encryption, source, remote=data.get("remote") is not None)
+    if s.remote is not None:
+        _check_remote(s, source)
     s._source = source
     return s
+
+
+def _check_encryption(e: EncryptionConfig, source: str, *, remote: bool) -> None:
+    from erp_backup.adapters.crypto import normalize_fingerprint
+    from erp_backup.core.errors import CryptoError
+
+    for key, values in (("recipients", e.recipients), ("signers", e.signers),
+                        ("signing_key", [e.signing_key] if e.signing_key else [])):
+        for v in values:
+            try:
+                normalize_fingerprint(v)
+            except CryptoError as err:
+                raise ConfigError(f"config {source}: encryption.{key}: {err.message}", hint=err.hint) from err
+    if (e.local or remote) and not e.recipients:
+        raise ConfigError(f"config {source}: encryption.recipients is empty but "
+                          f"{'local sets' if e.local else 'off-site copies'} are to be encrypted",
+                          hint="list the full fingerprints of the keys to encrypt to")
+    if e.public_keys is not None and not e.public_keys.is_absolute():
+        raise ConfigError(f"config {source}: encryption.public_keys: must be an absolute path",
+                          hint="e.g. /etc/erp-backup/keys.asc")
+    if e.sign and not (e.signers or e.signing_key or e.block):
+        raise ConfigError(f"config {source}: [encryption] sign = true but no verification key is named",
+                          hint="set encryption.signers (or signing_key) to the signing key's fingerprint, "
+                          "or use a GPG keys block")
+    if e.recipients and e.public_keys is None and not e.block:
+        raise ConfigError(f"config {source}: [encryption] names recipients but no public_keys file and no block",
+                          hint="set encryption.public_keys to the armored keys file, or encryption.block")
+
+
+def _check_remote(s: Settings, source: str) -> None:
+    """``[remote] prefix``: a clean relative path (``[remote]`` without ``[encryption]`` is refused above)."""
+    prefix = s.remote.prefix if s.remote else ""
+    parts = prefix.strip("/").split("/")
+    if prefix.strip("/") and any(p in ("", ".", "..") for p in parts):
+        raise ConfigError(f"config {source}: remote.prefix: {prefix!r} is not a clean relative path",
+                          hint='e.g. prefix = "django_erp"')
 
 
 def read_dotenv(path: Path) -> dict[str, str]:
@@ -250,12 +332,28 @@ incremental_hours = 24
 differential_days = 30
 monthly_days = 365
 keep_last = 1
-"""
+
+# [encryption]            # GPG: encrypt and sign sets (README: Encryption). Required by [remote].
+# recipients = ["<40-hex fingerprint>"]        # keys to encrypt to (public keys only on this host)
+# public_keys = "/etc/erp-backup/keys.asc"     # their armored public keys (or from the block)
+# block = "erp-gpg"                            # erp-backup GPG keys block: keys, signing key, secrets
+# local = false                                # also encrypt local sets (files.tar.zst.gpg, ...)
+# sign = true                                  # SHA256SUMS.sig on every set; restore refuses unsigned sets
+# signing_key = "<fingerprint>"                # which key signs (default: the only one available)
+# signers = ["<fingerprint>"]                  # whose signatures verify/restore accept (default: signing_key)
+
+# [remote]                # off-site copies (README: Off-site copies); needs [encryption]
+# block = "erp-offsite"   # S3Bucket block or erp-backup FTP storage block (`erp-backup block s3|ftp`)
+# prefix = "django_erp"   # sets go to <prefix>/<set id>/
+# catch_up_days = 30      # sets finished this recently are sent if missing remotely (monthly: 366)
+{recovery}"""
 
 
 def render_config(root: Path, local_dir: Path, url: str | None) -> str:
     import json
 
     url_line = f"url = {json.dumps(url)}" if url else '# url = "sqlite:////srv/django_erp/db.sqlite3"'
+    from erp_backup.recovery_config import CONFIG_TEMPLATE as RECOVERY_TEMPLATE
+
     return CONFIG_TEMPLATE.format(root=root, exclude=json.dumps(DEFAULT_EXCLUDES), url_line=url_line,
-                                  local_dir=local_dir)
+                                  local_dir=local_dir, recovery=RECOVERY_TEMPLATE)

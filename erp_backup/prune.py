@@ -27,7 +27,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO
 
-from erp_backup import verdicts
+from erp_backup import remote_sets, verdicts
 from erp_backup.adapters.storage.base import RemoteObject, RemoteStore
 from erp_backup.adapters.storage.local import MANIFEST, PARTIAL, LocalRepository
 from erp_backup.backup import CommittedSet
@@ -234,7 +234,7 @@ def _group(objects: Iterable[RemoteObject]) -> tuple[dict[str, dict[str, RemoteO
     foreign: list[str] = []
     for o in objects:
         head, sep, rest = o.key.partition("/")
-        if sep and BackupId.is_valid(head) and all(p not in ("", ".", "..") for p in rest.split("/")):
+        if sep and BackupId.is_valid(head) and remote_sets.safe_name(rest):  # as `list --remote` sees it
             sets.setdefault(head, {})[rest] = o
         else:
             foreign.append(o.key)
@@ -315,12 +315,13 @@ def prune_remote(store: RemoteStore, settings: Settings, *, now: datetime | None
 
 
 def open_remote(settings: Settings) -> RemoteStore | None:
-    """The configured remote store, or None when there is no ``[remote]``.
+    """The configured remote store (``[remote]``: its block loaded from Prefect), or None when there
+    is no ``[remote]``."""
+    if settings.remote is None:
+        return None
+    from erp_backup.remote_store import open_store
 
-    The one seam to the off-site work (issue #8): it returns the store its ``[remote]`` config
-    describes once that is merged."""
-    del settings
-    return None
+    return open_store(settings)
 
 
 def _need_remote(settings: Settings) -> RemoteStore:

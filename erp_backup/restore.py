@@ -23,11 +23,13 @@ import os
 import stat
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import IO, TYPE_CHECKING
 
+from erp_backup import encryption
 from erp_backup import verify as verifier
 from erp_backup.adapters import archive
 from erp_backup.adapters.databases.base import adapter_for
@@ -44,7 +46,15 @@ from erp_backup.core.errors import (
 )
 from erp_backup.core.models import BackupId, EntryType, FileEntry, Manifest
 
+if TYPE_CHECKING:
+    from erp_backup.config import Settings
+
 IS_ROOT = os.geteuid() == 0
+DecryptorFor = Callable[[Manifest], Callable[[IO[bytes]], IO[bytes]] | None]
+
+
+def _plain(_m: Manifest) -> None:
+    return None
 
 
 @dataclass(frozen=True)
@@ -59,6 +69,8 @@ class RestoreRequest:
     yes: bool = False
     jobs: int = 1
     keep_setid: bool = False  # restore setuid/setgid bits as recorded (GNU tar keeps them as root too)
+    verify: str = "quick"  # how "the newest valid set" is checked (no backup_id/at): "quick" or "full"
+    allow_old: bool = False  # accept a newest valid set older than [restore] max_age
 
 
 @dataclass(frozen=True)
@@ -456,8 +468,8 @@ def check_set(repo: LocalRepository, m: Manifest, database_rel: str | None = Non
                          hint="pick another set (`erp-backup list`) or fetch the missing set from remote storage")
 
 
-def restore_files(repo: LocalRepository, m: Manifest, safe: SafeTarget, *, keep_setid: bool = False
-                  ) -> FilesRestored:
+def restore_files(repo: LocalRepository, m: Manifest, safe: SafeTarget, *, keep_setid: bool = False,
+                  decryptor_for: DecryptorFor = _plain) -> FilesRestored:
     """Write the set's snapshot (checked by ``check_set``) into ``safe``'s target (checked by
     ``preflight``: empty, or ``force``)."""
     rep = _Counts()
@@ -476,7 +488,7 @@ def restore_files(repo: LocalRepository, m: Manifest, safe: SafeTarget, *, keep_
         apath = repo.set_dir(holder) / art.name
         rep.sets_read.append(holder)
         where = f"{holder}/{art.name}"
-        with archive.open_decompressed(apath) as r:
+        with archive.open_decompressed(apath, decryptor=decryptor_for(hm)) as r:
             tar = archive.TarStream(r, where)
             for member in tar.members():
                 if member.name not in wanted:
@@ -562,7 +574,8 @@ def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
 
 
 def restore_database(repo: LocalRepository, m: Manifest, target_db: DatabaseUrl, *, replace: bool,
-                     jobs: int = 1, safe: SafeTarget | None = None, rel: str | None = None) -> dict[str, int]:
+                     jobs: int = 1, safe: SafeTarget | None = None, rel: str | None = None,
+                     decryptor_for: DecryptorFor = _plain) -> dict[str, int]:
     """Restore the set's dump into ``target_db`` (checked by ``preflight``: engine, live guard).
     With ``safe`` and ``rel``, ``target_db`` is a SQLite file inside the restore target: it is
     written there by the rules of the file restore (relative to directory descriptors, no link
@@ -571,7 +584,7 @@ def restore_database(repo: LocalRepository, m: Manifest, target_db: DatabaseUrl,
     if m.database is None or art is None:
         raise RestoreError(f"set {m.id} has no database dump", hint="pick another set")
     adapter = adapter_for(target_db)
-    chunks: Iterable[bytes] = archive.iter_decompressed(repo.set_dir(m.id) / art.name)
+    chunks: Iterable[bytes] = archive.iter_decompressed(repo.set_dir(m.id) / art.name, decryptor=decryptor_for(m))
     if safe is not None and rel is not None:
         counts = _restore_sqlite_in_target(adapter, chunks, safe, check_rel(rel), replace=replace)
     else:
@@ -651,10 +664,12 @@ _NEEDS_ALL = None
 _NEEDS_FILES = frozenset({"files"})
 
 
-def _pick_newest(repo: LocalRepository, at: datetime | None) -> tuple[Manifest, tuple[str, ...]]:
+def _pick_newest(repo: LocalRepository, at: datetime | None, level: str = "quick",
+                 settings: Settings | None = None) -> tuple[Manifest, tuple[str, ...]]:
     """The newest set finished at or before ``at`` (None: the newest) that a restore can read whole:
     intact manifests (``scan``), every set it needs present, and — the quick level — the artifacts
-    the restore reads matching their checksums (its own; the files archive of each set it needs).
+    the restore reads matching their checksums (its own; the files archive of each set it needs);
+    ``level="full"`` also verifies the set and its chain deeply (``verify.verify_sets``).
     Every newer set passed over is named, with why: in the error when none is left, else as notes."""
     found = repo.scan()
     if not found.committed and not found.damaged:
@@ -673,6 +688,10 @@ def _pick_newest(repo: LocalRepository, at: datetime | None) -> tuple[Manifest, 
             if checked[key] is not None:
                 bad = (member.id, checked[key])
                 break
+        if bad is None and level == "full":
+            deep = verifier.verify_sets(repo, [sel.chosen.id.value], level="full", settings=settings)[0]
+            if not deep.ok:
+                bad = (sel.chosen.id, deep.problems[0].removeprefix(f"{sel.chosen.id}: "))
         if bad is None:
             break
         invalid[bad[0]] = bad[1] or ""
@@ -697,18 +716,34 @@ def _same_database(a: DatabaseUrl, b: DatabaseUrl) -> bool:
     return a.same_database(b)
 
 
-def _pick_set(repo: LocalRepository, backup_id: str | None, at: datetime | None) -> tuple[Manifest, tuple[str, ...]]:
+def _pick_set(repo: LocalRepository, backup_id: str | None, at: datetime | None, level: str = "quick",
+              settings: Settings | None = None) -> tuple[Manifest, tuple[str, ...]]:
     """(the set to restore, notes for the operator: the newer sets skipped and why)."""
     if backup_id:
         return _pick_named(repo, backup_id), ()
-    return _pick_newest(repo, at)
+    return _pick_newest(repo, at, level, settings)
+
+
+def _check_age(m: Manifest, max_age_s: float | None, now: datetime | None) -> None:
+    """The newest valid set (no --backup/--at) must not be older than ``[restore] max_age``."""
+    if max_age_s is None:
+        return
+    from erp_backup.core.objectives import human
+
+    age = ((now or datetime.now(UTC)) - m.finished_at).total_seconds()
+    if age > max_age_s:
+        raise RestoreError(f"the newest valid set {m.id} finished {human(age)} ago, more than [restore] max_age "
+                           f"({human(max_age_s)})", hint="pass --allow-old to restore it anyway, or name a set "
+                           "with --backup ID (`erp-backup list`)")
 
 
 def preflight(repo: LocalRepository, req: RestoreRequest, *, live: DatabaseUrl | None,
-              target_db: DatabaseUrl | None = None) -> RestorePlan:
+              target_db: DatabaseUrl | None = None, settings: Settings | None = None,
+              max_age_s: float | None = None, now: datetime | None = None) -> RestorePlan:
     """Every check of a restore, before anything is written (and, from the CLI, before Prefect
     starts): something to restore into, the set, the target directory, the target database
-    (engine, no password in it, the live-database guard), the jobs."""
+    (engine, no password in it, the live-database guard), the jobs; with ``[encryption]`` the
+    signatures of the sets it reads and that they can be decrypted here (``settings``)."""
     if req.target_dir is None and not req.target_database and target_db is None:
         raise ConfigError("nothing to restore into", hint="give --target-dir and/or --target-database")
     if req.jobs < 1:
@@ -716,7 +751,11 @@ def preflight(repo: LocalRepository, req: RestoreRequest, *, live: DatabaseUrl |
     at = req.at
     if at is not None:  # a time without a zone (from the UI or the API) is UTC, as on the command line
         at = at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
-    m, notes = _pick_set(repo, req.backup_id, at)
+    if req.verify not in ("quick", "full"):
+        raise ConfigError(f"--verify {req.verify!r}: must be quick or full", hint="e.g. --verify full")
+    m, notes = _pick_set(repo, req.backup_id, at, req.verify, settings)
+    if not req.backup_id and at is None and not req.allow_old:
+        _check_age(m, max_age_s, now)
     target_dir = os.path.abspath(req.target_dir) if req.target_dir is not None else None
     if target_dir is not None:
         t = Path(target_dir)
@@ -748,6 +787,8 @@ def preflight(repo: LocalRepository, req: RestoreRequest, *, live: DatabaseUrl |
         if into_live and not req.yes:
             raise RestoreError(f"{target_db.redacted()} is the live database",
                                hint="pass --yes to overwrite the live database, or restore into another one")
+    encryption.check_restorable(settings, repo, m, files=target_dir is not None, database=target_db is not None,
+                                hash_artifacts=bool(req.backup_id))
     if target_db is None:
         target_text = None
     elif req.target_database:
@@ -782,13 +823,21 @@ def _inside(target_dir: str, path: str) -> str | None:
             return check_rel("/".join(below))
 
 
-def execute(repo: LocalRepository, plan: RestorePlan, target_db: DatabaseUrl | None) -> RestoreReport:
+def execute(repo: LocalRepository, plan: RestorePlan, target_db: DatabaseUrl | None, *,
+            settings: Settings | None = None) -> RestoreReport:
     """Restore what ``plan`` says; ``target_db`` is its database with credentials
     (``resolve_target_database``). If it fails, what it created in the target directory is
-    removed again, and the error says what it had already replaced there (``--force``)."""
+    removed again, and the error says what it had already replaced there (``--force``).
+    ``settings``: its ``[encryption]`` (signatures checked again, encrypted sets decrypted)."""
+    m = repo.read_manifest(BackupId(plan.set_id))
+    with encryption.restore_decryptor(settings, repo, m, files=plan.target_dir is not None) as decryptor_for:
+        return _execute(repo, plan, target_db, m, decryptor_for)
+
+
+def _execute(repo: LocalRepository, plan: RestorePlan, target_db: DatabaseUrl | None, m: Manifest,
+             decryptor_for: DecryptorFor) -> RestoreReport:
     t0 = time.monotonic()
     repo.clean_leftovers()  # scratch directories of killed runs
-    m = repo.read_manifest(BackupId(plan.set_id))
     rel = plan.database_rel if plan.target_dir is not None and target_db is not None else None
     if plan.target_dir is not None:
         check_set(repo, m, rel)
@@ -797,9 +846,10 @@ def execute(repo: LocalRepository, plan: RestorePlan, target_db: DatabaseUrl | N
     tables: dict[str, int] = {}
     try:
         if safe is not None:
-            files = restore_files(repo, m, safe, keep_setid=plan.keep_setid)
+            files = restore_files(repo, m, safe, keep_setid=plan.keep_setid, decryptor_for=decryptor_for)
         if target_db is not None:
-            tables = restore_database(repo, m, target_db, replace=plan.replace, jobs=plan.jobs, safe=safe, rel=rel)
+            tables = restore_database(repo, m, target_db, replace=plan.replace, jobs=plan.jobs, safe=safe, rel=rel,
+                                      decryptor_for=decryptor_for)
     except BaseException as e:
         note = safe.rollback() if safe is not None else ""
         if isinstance(e, BackupError):
@@ -840,11 +890,12 @@ def target_database_of(plan: RestorePlan, live: DatabaseUrl | None) -> DatabaseU
 
 def restore(repo: LocalRepository, *, target_dir: Path | None, backup_id: str | None = None,
             at: datetime | None = None, target_db: DatabaseUrl | None = None, live_db: DatabaseUrl | None = None,
-            force: bool = False, yes: bool = False, jobs: int = 1, keep_setid: bool = False) -> RestoreReport:
+            force: bool = False, yes: bool = False, jobs: int = 1, keep_setid: bool = False,
+            settings: Settings | None = None) -> RestoreReport:
     """Preflight, then restore: the engine without Prefect (tests, the demo's checks)."""
     req = RestoreRequest(target_dir=str(target_dir) if target_dir is not None else None, backup_id=backup_id,
                          at=at, target_database=None, force=force, yes=yes, jobs=jobs, keep_setid=keep_setid)
-    plan = preflight(repo, req, live=live_db, target_db=target_db)
+    plan = preflight(repo, req, live=live_db, target_db=target_db, settings=settings)
     if target_db is None and plan.target_database is not None:  # the SQLite file inside target_dir
         target_db = parse_database_url(plan.target_database, key="target_database")
-    return execute(repo, plan, target_db)
+    return execute(repo, plan, target_db, settings=settings)

@@ -10,9 +10,11 @@ full:  quick + decompression of every artifact to its end, the tar structure,
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any
 
 from erp_backup.adapters import archive
 from erp_backup.adapters.databases.base import adapter_for
@@ -20,8 +22,15 @@ from erp_backup.adapters.storage.local import MANIFEST, SUMS, LocalRepository
 from erp_backup.core import chain
 from erp_backup.core import manifest as mf
 from erp_backup.core.dburl import DatabaseUrl
-from erp_backup.core.errors import BackupError, IntegrityError
+from erp_backup.core.errors import BackupError, CryptoError, IntegrityError
 from erp_backup.core.models import Artifact, BackupId, EntryType, Manifest
+
+if TYPE_CHECKING:
+    from erp_backup.config import Settings
+    from erp_backup.encryption import Session
+
+Decryptor = Callable[[IO[bytes]], IO[bytes]] | None
+NO_KEY_LEVEL = "quick: encrypted, no private key on this host"
 
 
 @dataclass
@@ -102,9 +111,10 @@ def _check_artifact(set_dir: Path, sid: str, a: Artifact, sums: dict[str, str], 
             rep.problems.append(problem)
 
 
-def _check_artifacts(set_dir: Path, m: Manifest, rep: _Findings, *, hash_now: bool) -> None:
-    """Presence, size, SHA256SUMS agreement; with ``hash_now`` also the SHA-256 (quick level).
-    The full level hashes while it decompresses, in the same pass."""
+def _check_artifacts(set_dir: Path, m: Manifest, rep: _Findings, *, hash_now: bool,
+                     hash_roles: frozenset[str] = frozenset()) -> None:
+    """Presence, size, SHA256SUMS agreement; with ``hash_now`` (or for ``hash_roles``) also the
+    SHA-256 (quick level). The full level hashes while it decompresses, in the same pass."""
     sid = m.id.value
     sums = _read_sums(set_dir, sid, rep)
     if sums:
@@ -116,7 +126,7 @@ def _check_artifacts(set_dir: Path, m: Manifest, rep: _Findings, *, hash_now: bo
             rep.problems.append(f"{sid}/{SUMS} lists {name!r}, which is not an artifact of the set")
     for a in m.artifacts:
         before = len(rep.problems)
-        _check_artifact(set_dir, sid, a, sums, rep, hash_now=hash_now)
+        _check_artifact(set_dir, sid, a, sums, rep, hash_now=hash_now or a.role in hash_roles)
         if a.role == "database":
             rep.own_only.update(rep.problems[before:])
 
@@ -142,7 +152,7 @@ def _drain_and_check(r: archive.DecompressingReader, sid: str, name: str, expect
         rep.problems.append(problem)
 
 
-def _check_files_archive(set_dir: Path, m: Manifest, rep: _Findings) -> None:
+def _check_files_archive(set_dir: Path, m: Manifest, rep: _Findings, decryptor: Decryptor = None) -> None:
     sid = m.id.value
     art = m.artifact("files")
     held = {e.path: e for e in m.files if e.type is EntryType.FILE and e.holder == sid}
@@ -153,7 +163,7 @@ def _check_files_archive(set_dir: Path, m: Manifest, rep: _Findings) -> None:
     seen: set[str] = set()
     where = f"{sid}/{art.name}"
     try:
-        with archive.open_decompressed(set_dir / art.name) as r:
+        with archive.open_decompressed(set_dir / art.name, decryptor=decryptor) as r:
             tar = archive.TarStream(r, where)
             for member in tar.members():
                 e = held.get(member.name)
@@ -176,14 +186,14 @@ def _check_files_archive(set_dir: Path, m: Manifest, rep: _Findings) -> None:
                             f"e.g. {missing[0]}")
 
 
-def _check_database(set_dir: Path, m: Manifest, rep: _Findings) -> None:
+def _check_database(set_dir: Path, m: Manifest, rep: _Findings, decryptor: Decryptor = None) -> None:
     art = m.artifact("database")
     if m.database is None or art is None:
         return
     with LocalRepository(set_dir.parent).scratch("verify") as tmp:
         try:
             adapter = adapter_for(DatabaseUrl(m.database.engine, m.database.database))
-            with archive.open_decompressed(set_dir / art.name) as r:
+            with archive.open_decompressed(set_dir / art.name, decryptor=decryptor) as r:
                 problems = adapter.verify_dump(iter(lambda: r.read(archive.CHUNK), b""), m.database, Path(tmp))
                 _drain_and_check(r, m.id.value, art.name, art.sha256, rep)
         except BackupError as e:
@@ -193,16 +203,67 @@ def _check_database(set_dir: Path, m: Manifest, rep: _Findings) -> None:
     rep.own_only.update(found)
 
 
+@contextmanager
+def crypto_session(settings: Settings | None, *, restore: bool) -> Iterator[Session | None]:
+    """A GPG session when ``settings`` sign sets (signatures to check) or ``restore`` (encrypted
+    sets to decrypt); None without settings."""
+    if settings is None or (settings.encryption is None and not restore):
+        yield None
+        return
+    from erp_backup import encryption
+
+    with encryption.session(settings, signing=True, restore=restore) as s:
+        yield s
+
+
 def verify_dir(set_dir: Path, m: Manifest, *, level: str = "full", key_files: list[str] | None = None,
-               repo: LocalRepository | None = None) -> VerifyReport:
-    rep = _Findings(m.id.value, level)
+               repo: LocalRepository | None = None, settings: Settings | None = None,
+               crypto: Session | None = None, without_key: str = "quick",
+               files_read_back: bool = False) -> VerifyReport:
+    """Verify one set directory. With ``settings`` (or an open ``crypto`` session) and ``[encryption]
+    sign = true`` the signature of ``SHA256SUMS`` is checked first. An encrypted set needs the
+    private key for the full level; without it, ``without_key = "quick"`` verifies at the quick
+    level (``NO_KEY_LEVEL``; the backup host holds no private key), ``"raise"`` fails.
+
+    ``files_read_back``: the files archive was decompressed and parsed while it was written
+    (``adapters/archive/selfcheck.py``, the backup's own verification): the full level then only
+    checks its SHA-256 on disk instead of decompressing it and re-hashing every file again."""
     if level == "none":
+        return _Findings(m.id.value, level).freeze()
+    if crypto is None and settings is not None:
+        full_encrypted = level == "full" and any(a.encryption for a in m.artifacts)
+        with crypto_session(settings, restore=full_encrypted) as s:
+            return verify_dir(set_dir, m, level=level, key_files=key_files, repo=repo, crypto=s,
+                              without_key=without_key, files_read_back=files_read_back)
+    decryptor: Decryptor = None
+    if level == "full" and crypto is not None and any(a.encryption for a in m.artifacts):
+        if without_key == "quick" and not crypto.can_decrypt(m):
+            level = NO_KEY_LEVEL
+        else:
+            decryptor = crypto.decryptor(m, purpose="verify")
+    elif level == "full" and any(a.encryption for a in m.artifacts):
+        if without_key == "quick":
+            level = NO_KEY_LEVEL
+        else:
+            raise CryptoError(f"cannot verify {m.id}: it is encrypted and no GPG key is configured",
+                              hint="configure [encryption] (README: Encryption), or `erp-backup verify --quick`")
+    rep = _Findings(m.id.value, level)
+    if crypto is not None and crypto.config is not None and crypto.config.sign:
+        try:
+            crypto.check_signature(set_dir, m.id.value)
+        except BackupError as e:
+            rep.problems.append(str(e))
+            return rep.freeze()
+    read_back = files_read_back and level == "full"
+    _check_artifacts(set_dir, m, rep, hash_now=level != "full",
+                     hash_roles=frozenset({"files"}) if read_back else frozenset())
+    if level != "full" or rep.problems:
         return rep.freeze()
-    _check_artifacts(set_dir, m, rep, hash_now=level == "quick")
-    if level == "quick" or rep.problems:
-        return rep.freeze()
-    _check_files_archive(set_dir, m, rep)
-    _check_database(set_dir, m, rep)
+    if read_back:
+        rep.files_checked += sum(1 for e in m.files if e.type is EntryType.FILE and e.holder == m.id.value)
+    else:
+        _check_files_archive(set_dir, m, rep, decryptor)
+    _check_database(set_dir, m, rep, decryptor)
     index = {e.path for e in m.files}
     own = len(rep.problems)
     for k in key_files or []:
@@ -216,8 +277,8 @@ def verify_dir(set_dir: Path, m: Manifest, *, level: str = "full", key_files: li
     return rep.freeze()
 
 
-def _verify_own(repo: LocalRepository, set_id: str, level: str, key_files: list[str] | None
-                ) -> tuple[VerifyReport, tuple[BackupId, ...]]:
+def _verify_own(repo: LocalRepository, set_id: str, level: str, key_files: list[str] | None,
+                crypto: Session | None = None) -> tuple[VerifyReport, tuple[BackupId, ...]]:
     """The set by itself (not the sets it needs), and the sets its restore reads."""
     try:
         m = repo.read_manifest(BackupId(set_id))
@@ -225,7 +286,8 @@ def _verify_own(repo: LocalRepository, set_id: str, level: str, key_files: list[
         problem = f"{set_id}/{MANIFEST}: {e.message}" if repo.exists(BackupId(set_id)) \
             else f"{set_id}/{MANIFEST} is missing"
         return VerifyReport(set_id, level, (problem,), shared_problems=(problem,)), ()
-    rep = verify_dir(repo.set_dir(m.id), m, level=level, key_files=key_files, repo=repo)
+    rep = verify_dir(repo.set_dir(m.id), m, level=level, key_files=key_files, repo=repo, crypto=crypto,
+                     without_key="raise")
     inconsistent = chain.header_problem(m, set_id)
     if inconsistent is not None:
         problem = f"{set_id}/{MANIFEST}: {inconsistent}"
@@ -234,13 +296,35 @@ def _verify_own(repo: LocalRepository, set_id: str, level: str, key_files: list[
 
 
 def verify_committed(repo: LocalRepository, set_id: str, *, level: str = "full",
-                     key_files: list[str] | None = None) -> VerifyReport:
+                     key_files: list[str] | None = None, settings: Settings | None = None) -> VerifyReport:
     """One committed set and, through ``verify_sets``, every set its restore reads."""
-    return verify_sets(repo, [set_id], level=level, key_files=key_files)[0]
+    return verify_sets(repo, [set_id], level=level, key_files=key_files, settings=settings)[0]
 
 
 def verify_sets(repo: LocalRepository, set_ids: list[str], *, level: str = "full",
-                key_files: list[str] | None = None) -> list[VerifyReport]:
+                key_files: list[str] | None = None, settings: Settings | None = None) -> list[VerifyReport]:
+    """``_verify_sets`` in one GPG session (``settings``: signatures checked, encrypted sets
+    decrypted at the full level; an encrypted set without its private key fails in one line)."""
+    decrypt = level == "full" and settings is not None and (settings.encryption is not None
+                                                            or _any_encrypted(repo, set_ids))
+    ctx = crypto_session(settings, restore=decrypt) if settings is not None else nullcontext()
+    with ctx as session:
+        return _verify_sets(repo, set_ids, level=level, key_files=key_files, crypto=session)
+
+
+def _any_encrypted(repo: LocalRepository, set_ids: list[str]) -> bool:
+    for sid in set_ids:
+        try:
+            found = repo.inspect(BackupId(sid))
+        except BackupError:
+            continue
+        if isinstance(found, Manifest) and any(a.encryption for a in found.artifacts):
+            return True
+    return False
+
+
+def _verify_sets(repo: LocalRepository, set_ids: list[str], *, level: str, key_files: list[str] | None,
+                 crypto: Session | None) -> list[VerifyReport]:
     """A report per set of ``set_ids``. A set verifies only if every set its restore reads (its
     ``depends_on``) holds what it needs: a broken member is named ("needs X, which failed: ...").
     Each set is verified once per call, however many sets need it."""
@@ -248,7 +332,7 @@ def verify_sets(repo: LocalRepository, set_ids: list[str], *, level: str = "full
 
     def checked(sid: str) -> tuple[VerifyReport, tuple[BackupId, ...]]:
         if sid not in own:
-            own[sid] = _verify_own(repo, sid, level, key_files)
+            own[sid] = _verify_own(repo, sid, level, key_files, crypto)
         return own[sid]
 
     out = []

@@ -12,28 +12,17 @@ from prefect.states import State
 from prefect.utilities.annotations import quote
 
 from erp_backup.config import Settings, load_settings
-from erp_backup.core.errors import (
-    ChainError,
-    ConfigError,
-    IntegrityError,
-    LockError,
-    RestoreError,
-    SourceError,
-    ToolMissingError,
-)
+from erp_backup.retry import PERMANENT, is_transient
 
-# errors that a retry cannot fix: fail at once with the operator's message
-PERMANENT = (ConfigError, ChainError, SourceError, ToolMissingError, IntegrityError, RestoreError, LockError)
+__all__ = ["PERMANENT", "artifact_key", "as_stage", "retry_transient", "settings_for"]
 
 
 def retry_transient(task: Task[Any, Any], task_run: TaskRun, state: State[Any]) -> bool:
     """Retry a task only for errors a second attempt may fix (network, server restart, lock timeouts)."""
     try:
         state.result(raise_on_failure=True)
-    except PERMANENT:
-        return False
-    except Exception:
-        return True
+    except Exception as e:
+        return is_transient(e)  # the split the in-process CLI uses too (erp_backup.retry)
     return False
 
 

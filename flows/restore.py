@@ -15,24 +15,24 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from erp_backup import inplace, jobs
 from erp_backup import restore as restorer
 from erp_backup import verify as verifier
 from erp_backup.adapters.storage.local import LocalRepository
 from erp_backup.config import Settings
-from erp_backup.core.models import BackupId
+from erp_backup.core.errors import ConfigError
 from erp_backup.flows.common import artifact_key, retry_transient, settings_for
 
 
 @task(name="restore-preflight", cache_policy=NO_CACHE)
 def restore_preflight_task(settings: Settings, request: restorer.RestoreRequest) -> restorer.RestorePlan:
-    return restorer.preflight(LocalRepository(settings.storage.local_dir), request, live=settings.live_database())
+    return restorer.preflight(LocalRepository(settings.storage.local_dir), request, live=settings.live_database(),
+                              settings=settings, max_age_s=settings.restore.max_age)
 
 
 @task(name="restore-set", cache_policy=NO_CACHE)
 def restore_task(settings: Settings, plan: restorer.RestorePlan) -> restorer.RestoreReport:
-    live = settings.live_database()
-    return restorer.execute(LocalRepository(settings.storage.local_dir), plan,
-                            restorer.target_database_of(plan, live))
+    return jobs.execute_restore(settings, plan)
 
 
 def run_restore(s: Settings, plan: restorer.RestorePlan) -> dict[str, Any]:
@@ -49,18 +49,70 @@ def run_restore(s: Settings, plan: restorer.RestorePlan) -> dict[str, Any]:
     return row
 
 
+@task(name="in-place-plan", cache_policy=NO_CACHE)
+def in_place_plan_task(settings: Settings, request: inplace.InPlaceRequest) -> inplace.InPlacePlan:
+    return inplace.plan(settings, request)
+
+
+@task(name="in-place-restore", cache_policy=NO_CACHE)
+def in_place_task(settings: Settings, plan: inplace.InPlacePlan) -> inplace.InPlaceReport:
+    log = get_run_logger()
+    try:
+        return inplace.run(settings, plan, log=log.info)
+    except inplace.InPlaceFailed as e:
+        _steps_artifact(e.steps, f"In-place restore **FAILED**: {e.message}")
+        raise
+
+
+def _steps_artifact(steps: tuple[inplace.Step, ...], description: str) -> None:
+    create_table_artifact(key=artifact_key("erp-backup-restore-in-place"), table=[s.row() for s in steps],
+                          description=description)
+
+
+def run_in_place(s: Settings, plan: inplace.InPlacePlan) -> dict[str, Any]:
+    log = get_run_logger()
+    rep = in_place_task(s, plan)
+    for n in rep.notes:
+        log.warning(n)
+    _steps_artifact(rep.steps, f"In-place restore of **{rep.set_id}** into `{plan.root}`; safety copy "
+                    f"`{rep.safety_copy}` (kept until the next successful backup)")
+    return {**rep.row(), "steps": rep.rows()}
+
+
 @flow(name="erp-backup-restore", log_prints=True)
 def restore_flow(target_dir: str | None = None, backup_id: str | None = None, at: datetime | None = None,
                  target_database: str | None = None, force: bool = False, yes: bool = False, jobs: int = 1,
-                 keep_setid: bool = False, config: str | None = None) -> dict[str, Any]:
+                 keep_setid: bool = False, config: str | None = None, in_place: bool = False,
+                 files_only: bool = False, database_only: bool = False, verify: str | None = None,
+                 allow_old: bool = False) -> dict[str, Any]:
     """Restore a backup set (``backup_id``), the newest set finished at or before ``at``,
-    or the newest set, into ``target_dir`` and/or ``target_database``. Setuid/setgid bits recorded
-    in the set are dropped (a warning says how many) unless ``keep_setid``."""
+    or the newest valid set (``verify``: quick or full, default ``[restore] verify``; refused when older than
+    ``[restore] max_age``
+    unless ``allow_old``), into ``target_dir`` and/or ``target_database``. Setuid/setgid bits recorded
+    in the set are dropped (a warning says how many) unless ``keep_setid``.
+
+    ``in_place`` (with ``yes``): the emergency restore into the project root and the live database
+    (``files_only``/``database_only`` narrow it): stop commands, safety copy, restore, start, smoke;
+    on a failure the safety copy is put back and the services started again."""
     s = settings_for(config)
+    verify = verify or s.restore.verify
+    if in_place:
+        if target_dir or target_database:
+            raise ConfigError("in_place restores into the project root and the live database",
+                                       hint="leave target_dir and target_database empty")
+        req = inplace.InPlaceRequest(backup_id=backup_id, at=at, files=not database_only, database=not files_only,
+                                     yes=yes, verify=verify, allow_old=allow_old)
+        return run_in_place(s, in_place_plan_task(s, req))
     request = restorer.RestoreRequest(target_dir=target_dir, backup_id=backup_id, at=at,
                                       target_database=target_database, force=force, yes=yes, jobs=jobs,
-                                      keep_setid=keep_setid)
+                                      keep_setid=keep_setid, verify=verify, allow_old=allow_old)
     return run_restore(s, restore_preflight_task(s, request))
+
+
+@flow(name="erp-backup-restore", log_prints=True)
+def restore_in_place_checked_flow(settings: Settings, plan: inplace.InPlacePlan) -> dict[str, Any]:
+    """The CLI's in-place restore, with the plan its preflight made before Prefect started (never deployed)."""
+    return run_in_place(settings, plan)
 
 
 @flow(name="erp-backup-restore", log_prints=True)
@@ -70,11 +122,11 @@ def restore_checked_flow(settings: Settings, plan: restorer.RestorePlan) -> dict
     return run_restore(settings, plan)
 
 
-@task(name="verify-sets", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5,
+@task(name="verify-sets", cache_policy=NO_CACHE, retries=jobs.VERIFY_RETRIES,
+      retry_delay_seconds=list(jobs.VERIFY_DELAYS),
       retry_condition_fn=retry_transient)
 def verify_sets_task(settings: Settings, ids: list[str], level: str) -> list[verifier.VerifyReport]:
-    repo = LocalRepository(settings.storage.local_dir)
-    return verifier.verify_sets(repo, ids, level=level, key_files=settings.project.key_files)
+    return jobs.verify_sets(settings, ids, level)
 
 
 @flow(name="erp-backup-verify", log_prints=True)
@@ -94,28 +146,29 @@ def verify_checked_flow(settings: Settings, backup_ids: list[str] | None = None,
 def run_verify(s: Settings, backup_ids: list[str] | None, level: str) -> list[dict[str, Any]]:
     log = get_run_logger()
     repo = LocalRepository(s.storage.local_dir)
-    cleaned = repo.clean_leftovers()  # scratch directories of killed runs
-    if cleaned:
-        log.warning("removed leftovers of interrupted runs: %s", ", ".join(cleaned))
-    if backup_ids:
-        ids = [BackupId(i).value for i in backup_ids]
-    else:  # every set directory, damaged ones too: they fail, by name
-        ids = [i.value for i in repo.scan().ids]
-    reports = verify_sets_task(s, ids, level)
-    rows = []
-    for r in reports:
-        rows.append({"set": r.set_id, "level": r.level, "result": "passed" if r.ok else "FAILED",
-                     "problems": "; ".join(r.problems) or "-", "bytes checked": r.bytes_checked,
-                     "files checked": r.files_checked})
-        if r.ok:
-            log.info("%s: verification passed", r.set_id)
-        else:
-            for p in r.problems:
-                log.error("%s", p)
+    reports = verify_sets_task(s, jobs.verify_targets(repo, backup_ids, log), level)
+    rows = jobs.verify_rows(reports, log)
     if rows:
         create_table_artifact(key=artifact_key("erp-backup-verify"), table=rows,
                               description=f"Verification of {len(rows)} set(s) in `{repo.root}`")
-    bad = [r for r in reports if not r.ok]
-    if bad:  # carries the table: the CLI prints it before the error line
-        raise verifier.VerifyFailed(rows, bad)
+    jobs.raise_if_failed(rows, reports)
     return rows
+
+
+@task(name="put-back-safety-copy", cache_policy=NO_CACHE)
+def put_back_task(settings: Settings, path: str) -> tuple[inplace.Step, ...]:
+    log = get_run_logger()
+    copy = inplace.check_put_back(settings, path, yes=True)
+    try:
+        return inplace.put_back(settings, copy, log=log.info)
+    except inplace.InPlaceFailed as e:
+        _steps_artifact(e.steps, f"Put-back of `{path}` **FAILED**: {e.message}")
+        raise
+
+
+@flow(name="erp-backup-restore", log_prints=True)
+def put_back_checked_flow(settings: Settings, path: str) -> list[dict[str, Any]]:
+    """The CLI's ``restore --put-back DIR --yes``: an in-place restore's safety copy put back (never deployed)."""
+    steps = put_back_task(settings, path)
+    _steps_artifact(steps, f"Safety copy `{path}` put back")
+    return [s.row() for s in steps]

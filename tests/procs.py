@@ -134,3 +134,29 @@ def holders(target: str, candidates: list[int]) -> list[int]:
             except OSError:
                 continue
     return out
+
+
+def hang_command(marker: str) -> list[str]:
+    """A command (for a config's command list) that writes its pid to ``marker`` and sleeps."""
+    import sys
+
+    return [sys.executable, "-c", f"import os, time; open({marker!r}, 'w').write(str(os.getpid())); time.sleep(120)"]
+
+
+def kill_when_hanging(argv: list[str], marker: str, *, env: dict[str, str], cwd: str, timeout: float = 90) -> None:
+    """Start ``argv``; once the ``hang_command`` it runs has written ``marker``, SIGKILL it and the
+    hanging command (which runs in a session of its own)."""
+    import subprocess
+
+    p = subprocess.Popen(argv, env=env, cwd=cwd, start_new_session=True, stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    try:
+        while not (os.path.exists(marker) and open(marker).read()):
+            assert p.poll() is None, "the run ended before it reached the hanging command"
+            assert time.monotonic() < deadline, "the run never reached the hanging command"
+            time.sleep(0.1)
+    finally:
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()
+        if os.path.exists(marker) and open(marker).read():
+            os.kill(int(open(marker).read()), signal.SIGKILL)

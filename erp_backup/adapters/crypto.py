@@ -36,7 +36,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, cast
+from typing import IO, Self, cast
 
 from erp_backup.adapters import proc
 from erp_backup.core.errors import BackupError, CryptoError, ToolMissingError
@@ -358,6 +358,17 @@ class GpgHome:
             f.write(res.stdout)
         return sig
 
+    def sign_detached_bytes(self, data: bytes, *, signer: str | None = None, passphrase: str | None = None,
+                            name: str = "SHA256SUMS") -> bytes:
+        """``sign_detached`` of data held in memory (a remote copy's small ``SHA256SUMS``)."""
+        work = Path(tempfile.mkdtemp(prefix="sign-", dir=self.path if self.owned else None))
+        try:
+            p = work / name
+            p.write_bytes(data)
+            return self.sign_detached(p, signer=signer, passphrase=passphrase).read_bytes()
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
     def verify_detached(self, path: Path, sig_path: Path | None, trusted: Iterable[str]) -> str:
         """The signer's primary fingerprint if ``sig_path`` holds a good detached signature of
         ``path`` by a key in ``trusted`` (primary or signing-subkey fingerprints); else CryptoError
@@ -417,12 +428,61 @@ def _key_info(cur: dict[str, object]) -> KeyInfo:
                    uids=tuple(cast(list[str], cur["uids"])))
 
 
+HOME_PREFIX = "erpb-gpg-"
+_STALE = re.compile(re.escape(HOME_PREFIX) + r"(?P<pid>[0-9]+)-[A-Za-z0-9_]+")
+
+
+def _private_tmp() -> Path:
+    """Where run homes go: ``/dev/shm`` (memory: the imported secret keys never reach a disk, even
+    if the run is killed) when usable, else the temporary directory."""
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK | os.X_OK):
+        return shm
+    return Path(tempfile.gettempdir())
+
+
+def _pid_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def clean_stale_homes(root: Path) -> list[str]:
+    """Remove the run homes in ``root`` whose process is gone (killed: its ``finally`` never ran),
+    stopping their agents first. Returns their names."""
+    removed: list[str] = []
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return removed
+    for name in names:
+        m = _STALE.fullmatch(name)
+        path = root / name
+        if m is None or not _pid_gone(int(m.group("pid"))) or path.is_symlink() or not path.is_dir():
+            continue
+        try:
+            if path.stat().st_uid != os.geteuid():
+                continue
+        except OSError:
+            continue
+        GpgHome(path, owned=True).stop_agent()
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(name)
+    return removed
+
+
 @contextmanager
 def gpg_home(keys: KeyMaterial = KeyMaterial(), *, tmp_dir: Path | None = None) -> Iterator[GpgHome]:
     """A private temporary GNUPGHOME with ``keys`` imported; its agent stopped and the directory
     removed at the end, whatever happens."""
     _find_gpg()  # fail before anything is created
-    path = Path(tempfile.mkdtemp(prefix="erpb-gpg-", dir=tmp_dir))  # 0700
+    root = tmp_dir or _private_tmp()
+    clean_stale_homes(root)
+    path = Path(tempfile.mkdtemp(prefix=f"{HOME_PREFIX}{os.getpid()}-", dir=root))  # 0700
     home: GpgHome | None = None
     try:
         (path / "gpg-agent.conf").write_text(_AGENT_CONF)
@@ -585,12 +645,12 @@ class GpgDecryptor:
         return cast(IO[bytes], DecryptingReader(self.home, src, self._passphrase))
 
 
-class DecryptingReader:
-    def __init__(self, home: GpgHome, src: IO[bytes], passphrase: str | None, name: str | None = None) -> None:
-        self.name = name or os.path.basename(str(getattr(src, "name", "") or "")) or "the artifact"
-        self._has_passphrase = passphrase is not None
-        self._launch = _Launch(home.gpg, home.path, ["--no-auto-key-retrieve", "--decrypt", "--output", "-"],
-                               passphrase=passphrase, stdin=True, stdout=True, what="decrypt")
+class _PullFilter:
+    """gpg between a source and ``read()``: a feeder thread copies ``src`` into gpg's stdin
+    (stopping gpg if the source fails); ``close()`` kills gpg if it still runs."""
+
+    def __init__(self, home: GpgHome, args: list[str], src: IO[bytes], passphrase: str | None, what: str) -> None:
+        self._launch = _Launch(home.gpg, home.path, args, passphrase=passphrase, stdin=True, stdout=True, what=what)
         self._child = self._launch.child
         _grow_pipes(self._child.stdin, self._child.stdout)
         self._src = src
@@ -610,7 +670,7 @@ class DecryptingReader:
                 stdin.write(chunk)
         except (BrokenPipeError, ValueError):
             pass  # gpg stopped reading: its exit status says why
-        except BaseException as e:  # the source failed (network): stop gpg
+        except BaseException as e:  # the source failed (network, disk): stop gpg
             self._feed_error = e
             try:
                 if self._child.poll() is None:
@@ -622,6 +682,40 @@ class DecryptingReader:
                 stdin.close()
             except (BrokenPipeError, OSError):
                 pass
+
+    def _end(self) -> tuple[int, list[str], str]:
+        """gpg's outcome once its output is drained; the source's own error first."""
+        self._done = True
+        self._feeder.join()
+        rc, status, err = self._launch.finish()
+        if self._feed_error is not None:
+            raise self._feed_error
+        return rc, status, err
+
+    def close(self) -> None:
+        if not self._done:
+            self._done = True
+            try:
+                if self._child.poll() is None:
+                    os.kill(self._child.pid, 9)
+            except OSError:
+                pass
+            self._feeder.join(timeout=30)
+            self._child.kill()
+            self._launch.finish()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class DecryptingReader(_PullFilter):
+    def __init__(self, home: GpgHome, src: IO[bytes], passphrase: str | None, name: str | None = None) -> None:
+        self.name = name or os.path.basename(str(getattr(src, "name", "") or "")) or "the artifact"
+        self._has_passphrase = passphrase is not None
+        super().__init__(home, ["--no-auto-key-retrieve", "--decrypt", "--output", "-"], src, passphrase, "decrypt")
 
     def readable(self) -> bool:
         return True
@@ -640,31 +734,45 @@ class DecryptingReader:
         return b""
 
     def _finish(self) -> None:
-        self._done = True
-        self._feeder.join()
-        rc, status, err = self._launch.finish()
-        if self._feed_error is not None:
-            raise self._feed_error
+        rc, status, err = self._end()
         if rc != 0 or not _has(status, "DECRYPTION_OKAY") or _has(status, "BADMDC"):
             raise _decrypt_error(status, err, self.name, self._has_passphrase)
 
-    def close(self) -> None:
-        if not self._done:
-            self._done = True
-            try:
-                if self._child.poll() is None:
-                    os.kill(self._child.pid, 9)
-            except OSError:
-                pass
-            self._feeder.join(timeout=30)
-            self._child.kill()
-            self._launch.finish()
 
-    def __enter__(self) -> DecryptingReader:
-        return self
+class EncryptingReader(_PullFilter):
+    """Pull-mode encryption (an off-site copy of a plaintext artifact): ``read()`` returns gpg's
+    output, hashed and counted on the way (``hexdigest()``, ``size``: complete once ``read()``
+    returned b''). Reading to the end raises CryptoError if gpg did not finish the encryption."""
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __init__(self, home: GpgHome, recipients: Sequence[str], src: IO[bytes], name: str = "artifact") -> None:
+        import hashlib
+
+        self.name = name
+        self._hash = hashlib.sha256()
+        self.size = 0
+        args = ["--no-auto-key-locate", "--trust-model", "always", "--compress-algo", "none", "--encrypt"]
+        for r in recipients:
+            args += ["--recipient", r]
+        super().__init__(home, [*args, "--output", "-"], src, None, "encrypt")
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        if self._done:
+            return b""
+        data = self._child.stdout.read(CHUNK if n is None or n < 0 else n)
+        if data:
+            self._hash.update(data)
+            self.size += len(data)
+            return data
+        rc, status, err = self._end()
+        if rc != 0 or not _has(status, "END_ENCRYPTION"):
+            raise _encrypt_error(status, err, rc)
+        return b""
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
 
 
 def _decrypt_error(status: Sequence[str], err: str, name: str, had_passphrase: bool) -> CryptoError:

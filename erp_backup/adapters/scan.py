@@ -6,12 +6,12 @@ import fnmatch
 import os
 import re
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from erp_backup.core.errors import SourceError
-from erp_backup.core.models import EntryType, FileEntry
+from erp_backup.core.models import EntryType, FileEntry, shared_int
 
 
 @dataclass
@@ -63,11 +63,11 @@ def _entry(rel: str, st: os.stat_result, target: str | None = None) -> FileEntry
     return FileEntry(
         path=rel,
         type=typ,
-        mode=stat.S_IMODE(mode),
+        mode=shared_int(stat.S_IMODE(mode)),
         mtime_ns=st.st_mtime_ns,
         size=st.st_size if typ is EntryType.FILE else 0,
-        uid=st.st_uid,
-        gid=st.st_gid,
+        uid=shared_int(st.st_uid),
+        gid=shared_int(st.st_gid),
         ino=st.st_ino,
         target=target,
     )
@@ -85,10 +85,23 @@ def _kind_name(mode: int) -> str:
 
 def scan_tree(root: Path, include: Iterable[str] = (".",), exclude: Iterable[str] = (),
               auto_exclude: Iterable[Path] = ()) -> ScanResult:
-    """Every file, directory and symlink under ``root`` selected by the rules.
+    """Every file, directory and symlink under ``root`` selected by the rules, sorted by path.
 
     ``auto_exclude``: absolute paths left out whatever the rules say (the live
     SQLite database and its companions, the backup directory itself)."""
+    result = ScanResult(entries=[])
+    result.entries.extend(iter_tree(root, include, exclude, auto_exclude, result.skipped))
+    result.entries.sort(key=lambda e: e.path)
+    return result
+
+
+def iter_tree(root: Path, include: Iterable[str] = (".",), exclude: Iterable[str] = (),
+              auto_exclude: Iterable[Path] = (), skipped: list[tuple[str, str]] | None = None
+              ) -> Iterator[FileEntry]:
+    """``scan_tree``'s entries one at a time, in walk order (not sorted), as they are found: a
+    consumer that keeps only some of them (the change plan keeps the parent's entry for an
+    unchanged file) never holds the whole scan. What is skipped, and why, goes to ``skipped``.
+    The root is checked here, before the walk starts."""
     root = Path(root)
     try:
         st_root = os.stat(root)
@@ -113,26 +126,34 @@ def scan_tree(root: Path, include: Iterable[str] = (".",), exclude: Iterable[str
             continue
         extra.append(rel.as_posix())
     rules = Excluder(exclude, extra)
-    result = ScanResult(entries=[])
-    seen: set[str] = set()
+    return _walk_all(root, list(include), rules, [] if skipped is None else skipped)
 
-    def add(rel: str, st: os.stat_result, full: str) -> bool:
-        if rel in seen:
-            return False
+
+def _walk_all(root: Path, include: list[str], rules: Excluder, skipped: list[tuple[str, str]]
+              ) -> Iterator[FileEntry]:
+    # overlapping include paths could find a path twice; the whole tree (the default) cannot.
+    # ``walked``: directories already walked (an include's ancestor is listed, not walked: a later
+    # include that covers it still walks it)
+    whole = [PurePosixPath(i).as_posix().strip("/") for i in include] in ([""], ["."])
+    seen: set[str] | None = None if whole else set()
+    walked: set[str] | None = None if whole else set()
+
+    def entry(rel: str, st: os.stat_result, full: str) -> FileEntry | None:
+        if seen is not None:
+            if rel in seen:
+                return None
+            seen.add(rel)
         target = os.readlink(full) if stat.S_ISLNK(st.st_mode) else None
         e = _entry(rel, st, target)
         if e is None:
-            result.skipped.append((rel, f"{_kind_name(st.st_mode)} not backed up"))
-            return False
-        seen.add(rel)
-        result.entries.append(e)
-        return e.type is EntryType.DIR
+            skipped.append((rel, f"{_kind_name(st.st_mode)} not backed up"))
+        return e
 
-    def walk(rel_dir: str, full_dir: str) -> None:
+    def walk(rel_dir: str, full_dir: str) -> Iterator[FileEntry]:
         try:
             it = os.scandir(full_dir)
-        except OSError as e:
-            result.skipped.append((rel_dir or ".", f"directory not readable: {e.strerror}"))
+        except OSError as err:
+            skipped.append((rel_dir or ".", f"directory not readable: {err.strerror}"))
             return
         with it:
             children = sorted(it, key=lambda d: d.name)
@@ -142,16 +163,27 @@ def scan_tree(root: Path, include: Iterable[str] = (".",), exclude: Iterable[str
                 continue
             try:
                 st = d.stat(follow_symlinks=False)
-            except OSError as e:
-                result.skipped.append((rel, f"cannot stat: {e.strerror}"))
+            except OSError as err:
+                skipped.append((rel, f"cannot stat: {err.strerror}"))
                 continue
-            if add(rel, st, d.path):
-                walk(rel, d.path)
+            yield from visit(rel, st, d.path)
+
+    def visit(rel: str, st: os.stat_result, full: str) -> Iterator[FileEntry]:
+        found = entry(rel, st, full)
+        if found is not None:
+            yield found
+        if stat.S_ISDIR(st.st_mode) and (walked is None or rel not in walked):
+            if walked is not None:
+                walked.add(rel)
+            yield from walk(rel, full)
 
     for inc in include:
         inc_rel = PurePosixPath(inc).as_posix().strip("/")
         if inc_rel in ("", "."):
-            walk("", str(root))
+            if walked is None or "" not in walked:
+                if walked is not None:
+                    walked.add("")
+                yield from walk("", str(root))
             continue
         if ".." in PurePosixPath(inc_rel).parts:
             raise SourceError(f"include path {inc!r} leaves the project root",
@@ -160,16 +192,15 @@ def scan_tree(root: Path, include: Iterable[str] = (".",), exclude: Iterable[str
         try:
             st = os.lstat(full)
         except FileNotFoundError:
-            result.skipped.append((inc_rel, "included path does not exist"))
+            skipped.append((inc_rel, "included path does not exist"))
             continue
         # ancestors, so that a restore recreates their modes
         parts = PurePosixPath(inc_rel).parts
         for i in range(1, len(parts)):
             anc = "/".join(parts[:i])
-            add(anc, os.lstat(root / anc), str(root / anc))
+            a = entry(anc, os.lstat(root / anc), str(root / anc))
+            if a is not None:
+                yield a
         if rules.excluded(inc_rel, parts[-1]):
             continue
-        if add(inc_rel, st, str(full)):
-            walk(inc_rel, str(full))
-    result.entries.sort(key=lambda e: e.path)
-    return result
+        yield from visit(inc_rel, st, str(full))

@@ -13,7 +13,8 @@ from erp_backup.core.models import BackupId, BackupKind, EntryType, FileEntry, M
 
 def holders_of(files: Iterable[FileEntry], own: BackupId) -> tuple[BackupId, ...]:
     """The other sets whose archives hold bytes of this snapshot."""
-    return tuple(sorted({BackupId(e.holder) for e in files if e.holder and e.holder != own.value}))
+    holders = {e.holder for e in files} - {None, "", own.value}  # few distinct values: parse those only
+    return tuple(sorted(BackupId(h) for h in holders if h))
 
 
 @dataclass(frozen=True)

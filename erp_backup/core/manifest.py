@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import sys
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
@@ -25,6 +26,7 @@ from erp_backup.core.models import (
     EntryType,
     FileEntry,
     Manifest,
+    shared_int,
 )
 
 FORMAT = "erp-backup-set"
@@ -35,8 +37,15 @@ def _ts(dt: datetime) -> str:
     return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+_TS = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,6})?(?:Z|[+-]\d{2}:\d{2})")
+
+
 def parse_ts(text: str) -> datetime:
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    """An ISO 8601 time with a UTC offset (``Z`` or ``±hh:mm``), fractional seconds optional: this tool
+    writes ``…:SS.ffffffZ``; one written by hand or another tool may leave the fraction out."""
+    if not isinstance(text, str) or not _TS.fullmatch(text):
+        raise ValueError(f"time {text!r} is not like 2026-11-28T02:00:00Z")
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
 
 
 def entry_to_dict(e: FileEntry) -> dict[str, Any]:
@@ -49,15 +58,17 @@ def entry_to_dict(e: FileEntry) -> dict[str, Any]:
     return d
 
 
+_TYPES = {t.value: t for t in EntryType}
 def entry_from_dict(d: dict[str, Any]) -> FileEntry:
+    typ = _TYPES.get(d["type"]) if isinstance(d["type"], str) else None
     return FileEntry(
         path=d["path"],
-        type=EntryType(d["type"]),
-        mode=int(d["mode"], 8),
+        type=typ if typ is not None else EntryType(d["type"]),
+        mode=shared_int(int(d["mode"], 8)),
         mtime_ns=int(d["mtime_ns"]),
         size=int(d.get("size", 0)),
-        uid=int(d.get("uid", 0)),
-        gid=int(d.get("gid", 0)),
+        uid=shared_int(int(d.get("uid", 0))),
+        gid=shared_int(int(d.get("gid", 0))),
         ino=int(d.get("ino", 0)),
         sha256=d.get("sha256"),
         holder=sys.intern(d["holder"]) if d.get("holder") else None,
@@ -112,6 +123,7 @@ def _header(m: Manifest) -> dict[str, Any]:
         ],
         "deleted": list(m.deleted),
         "skipped": [{"path": p, "reason": r} for p, r in m.skipped],
+        **({"encryption": {"method": "gpg", "recipients": list(m.recipients)}} if m.recipients else {}),
     }
 
 
@@ -119,6 +131,8 @@ def _jstr(text: str) -> str:
     """A JSON string. File names that are not valid UTF-8 (decoded by the OS layer with
     surrogateescape) are written with ASCII escapes, so the manifest stays valid UTF-8
     and reads back to the very same name."""
+    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
+        return f'"{text}"'  # nothing to escape (most names): what json.dumps would write
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
@@ -146,9 +160,10 @@ def dump_lines(m: Manifest) -> Iterator[str]:
         yield head[:-2] + ',\n  "files": []\n}\n'
         return
     yield head[:-2] + ",\n" + FILES_MARKER + "\n"
-    last = len(m.files) - 1
-    for i, e in enumerate(m.files):
-        yield "    " + entry_line(e) + (",\n" if i < last else "\n")
+    files, n = m.files, len(m.files)
+    for start in range(0, n, _BATCH):  # a few thousand lines a piece: fewer, larger writes
+        piece = ",\n".join(["    " + entry_line(e) for e in files[start:start + _BATCH]])
+        yield piece + (",\n" if start + _BATCH < n else "\n")
     yield "  ]\n}\n"
 
 
@@ -225,10 +240,19 @@ def loads(text: str | bytes, *, where: str = "manifest.json") -> Manifest:
             deleted=tuple(d.get("deleted", [])),
             depends_on=tuple(BackupId(x) for x in d.get("depends_on", [])),
             skipped=tuple((s["path"], s["reason"]) for s in d.get("skipped", [])),
+            recipients=_recipients(d.get("encryption")),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise IntegrityError(f"{where} is incomplete or malformed ({e!r})",
                              hint="the set is damaged: verify it and restore from another set") from e
+
+
+def _recipients(enc: object) -> tuple[str, ...]:
+    if enc is None:
+        return ()
+    if not isinstance(enc, dict) or not isinstance(enc.get("recipients", []), list):
+        raise ValueError("encryption: not an object with a list of recipients")
+    return tuple(str(r) for r in enc.get("recipients", []))
 
 
 def load_lines(lines: Iterable[str], *, where: str = "manifest.json") -> Manifest:
@@ -249,22 +273,40 @@ def load_lines(lines: Iterable[str], *, where: str = "manifest.json") -> Manifes
     files: list[FileEntry] = []
     if marker.strip() != '"files": []':
         closed = False
+        batch: list[str] = []
         for line in it:
             text = line.strip()
             if text.startswith("{"):
                 if closed:
                     raise IntegrityError(f"{where}: entries after the end of the index", hint="the set is damaged")
-                try:
-                    files.append(entry_from_dict(json.loads(text.rstrip(","))))
-                except (ValueError, KeyError, TypeError) as e:
-                    raise IntegrityError(f"{where}: malformed index line ({e})", hint="the set is damaged") from e
+                batch.append(text.rstrip(","))
+                if len(batch) >= _BATCH:
+                    files += _entries(batch, where)
+                    batch = []
             elif text in ("]", "}", ""):
                 closed = True
             else:
                 raise IntegrityError(f"{where}: unexpected line in the index", hint="the set is damaged")
+        files += _entries(batch, where)
         if not closed:
             raise IntegrityError(f"{where}: the index is truncated", hint="the set is damaged")
     return dataclasses.replace(header, files=tuple(files))
+
+
+_BATCH = 2048  # index lines decoded per json.loads call (one C-level parse instead of one per line)
+
+
+def _entries(lines: list[str], where: str) -> list[FileEntry]:
+    """The entries of ``lines`` (one JSON object each), decoded in one ``json.loads`` call."""
+    if not lines:
+        return []
+    try:
+        decoded = json.loads("[" + ",".join(lines) + "]")
+        if len(decoded) != len(lines) or not all(isinstance(d, dict) for d in decoded):
+            raise ValueError("not one object per line")
+        return [entry_from_dict(d) for d in decoded]
+    except (ValueError, KeyError, TypeError) as e:
+        raise IntegrityError(f"{where}: malformed index line ({e})", hint="the set is damaged") from e
 
 
 def sha256sums(artifacts: tuple[Artifact, ...] | list[Artifact]) -> str:

@@ -89,6 +89,21 @@ class BackupId:
         return self.value
 
 
+# one int object per distinct mode/uid/gid value (a tree has a handful): ~80 bytes less per index entry
+_SHARED: dict[int, int] = {}
+_SHARED_MAX = 4096
+
+
+def shared_int(v: int) -> int:
+    """``v``, as the one int object kept for that value (for the few distinct modes, uids, gids)."""
+    found = _SHARED.get(v)
+    if found is not None:
+        return found
+    if len(_SHARED) < _SHARED_MAX:
+        _SHARED[v] = v
+    return v
+
+
 @dataclass(frozen=True, slots=True)
 class FileEntry:
     """One path of the snapshot index (relative, POSIX separators)."""
@@ -174,6 +189,8 @@ class Manifest:
     # stored so that a header-only read knows the chain)
     depends_on: tuple[BackupId, ...] = ()
     schema: int = SCHEMA_VERSION
+    # fingerprints of the keys the encrypted artifacts are encrypted to (never a secret)
+    recipients: tuple[str, ...] = ()
 
     def artifact(self, role: str) -> Artifact | None:
         for a in self.artifacts:

@@ -15,6 +15,8 @@ import psycopg2
 import pymysql
 import pytest
 
+from erp_backup.adapters.databases.mysql_confine import owner_role as my_owner_role
+from erp_backup.adapters.databases.postgres_confine import owner_role as pg_owner_role
 from erp_backup.core.dburl import DatabaseUrl, parse_database_url
 from erp_backup.core.models import DatabaseInfo
 
@@ -76,6 +78,7 @@ def pg_db(pg_server: None) -> Iterator[Callable[[str], DatabaseUrl]]:
     with conn.cursor() as cur:
         for name in names:
             cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            cur.execute(f'DROP ROLE IF EXISTS "{pg_owner_role(name)}"')  # made by a restore into it
     conn.close()
 
 
@@ -163,6 +166,7 @@ def my_db(my_server: None) -> Iterator[Callable[[str], DatabaseUrl]]:
     with my_connect() as conn, conn.cursor() as cur:
         for name in names:
             cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+            cur.execute(f"DROP ROLE IF EXISTS {my_owner_role(name)}")  # made by a restore into it
 
 
 @pytest.fixture
@@ -242,4 +246,10 @@ def assert_actionable(err: BaseException, *fragments: str, secrets: tuple[str, .
 
 
 # ---- off-site: moto_server S3 endpoint and GPG keys (tests/integration/offsite_fixtures.py) --------
-from tests.integration.offsite_fixtures import gpg_keys, moto_factory, moto_s3, moto_server  # noqa: E402, F401
+from tests.integration.offsite_fixtures import (  # noqa: E402, F401
+    ftp_server,
+    gpg_keys,
+    moto_factory,
+    moto_s3,
+    moto_server,
+)

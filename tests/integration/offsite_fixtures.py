@@ -211,3 +211,108 @@ def gpg_keys(tmp_path: Path) -> Iterator[GpgTestKeys]:
         yield keys
     finally:
         kill_agent(home)
+
+
+# ---- FTP(S) (pyftpdlib) --------------------------------------------------------------------------
+
+FTP_USER = "erpftp"
+FTP_PASSWORD = "ftp-Secret-Pass-8642"  # must never appear in argv, logs or messages
+
+
+def make_cert(directory: Path) -> tuple[Path, str]:
+    """A self-signed certificate for 127.0.0.1 (key and cert in one PEM file), and the cert's PEM."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "erp-backup test FTP")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(days=1))
+            .not_valid_after(now + dt.timedelta(days=2))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption()).decode()
+    path = directory / "ftp-cert.pem"
+    path.write_text(key_pem + cert_pem)
+    path.chmod(0o600)
+    return path, cert_pem
+
+
+@dataclass
+class FtpServer:
+    """A pyftpdlib server on 127.0.0.1:<free port> in a thread; ``tls``: FTPS required."""
+
+    root: Path
+    port: int
+    ca_pem: str
+    tls: bool
+    _server: Any = None
+    _thread: Any = None
+
+    def params(self, **kw: Any) -> Any:
+        from erp_backup.adapters.storage.ftp import FtpParams
+
+        base: dict[str, Any] = {"host": "127.0.0.1", "port": self.port, "user": FTP_USER, "password": FTP_PASSWORD,
+                                "directory": "/backups", "tls": self.tls, "ca_pem": self.ca_pem, "timeout_s": 10.0}
+        base.update(kw)
+        return FtpParams(**base)
+
+    def block(self, **kw: Any) -> Any:
+        from pydantic import SecretStr
+
+        from erp_backup.blocks.ftp import FtpStorage
+
+        p = self.params(**kw)
+        return FtpStorage(host=p.host, port=p.port, user=p.user, password=SecretStr(p.password),
+                          directory=p.directory, tls=p.tls, allow_plain=p.allow_plain, ca_certificate=p.ca_pem,
+                          timeout_s=p.timeout_s)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.close_all()
+            self._thread.join(timeout=10)
+            self._server = None
+
+
+def start_ftp(tmp: Path, *, tls: bool = True) -> FtpServer:
+    import threading
+
+    from pyftpdlib.authorizers import DummyAuthorizer
+    from pyftpdlib.handlers import FTPHandler, TLS_FTPHandler
+    from pyftpdlib.servers import FTPServer
+
+    root = tmp / "ftp-root"
+    (root / "backups").mkdir(parents=True, exist_ok=True)
+    auth = DummyAuthorizer()
+    auth.add_user(FTP_USER, FTP_PASSWORD, str(root), perm="elradfmwMT")
+    certfile, cert_pem = make_cert(tmp)
+    if tls:
+        handler = type("Handler", (TLS_FTPHandler,), {"certfile": str(certfile), "tls_control_required": True,
+                                                      "tls_data_required": True, "ssl_context": None})
+    else:
+        handler = type("Handler", (FTPHandler,), {})
+    handler.authorizer = auth
+    handler.passive_ports = None
+    port = free_port()
+    server = FTPServer(("127.0.0.1", port), handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"timeout": 0.2}, daemon=True)
+    thread.start()
+    return FtpServer(root, port, cert_pem, tls, server, thread)
+
+
+@pytest.fixture
+def ftp_server(tmp_path: Path) -> Iterator[FtpServer]:
+    """A real FTPS server (TLS required for control and data) with one user, rooted in tmp_path."""
+    server = start_ftp(tmp_path)
+    yield server
+    server.stop()

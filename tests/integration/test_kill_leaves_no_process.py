@@ -70,6 +70,7 @@ class Run:
         self.out = out_dir / f"{label}.out"
         self.err = out_dir / f"{label}.err"
         env = cli_env(PREFECT_HOME=str(home), ERP_BACKUP_RUN_TOKEN=self.token,
+                      ERP_BACKUP_RUNNER="flow",  # without a server the CLI runs in-process: force the flow
                       PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180")  # 20 s is short on a busy machine
         with self.out.open("wb") as out, self.err.open("wb") as err:
             self.proc = subprocess.Popen([*CLI, "--config", str(config), "backup", "full"], env=env, cwd=REPO,

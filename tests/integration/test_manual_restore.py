@@ -26,7 +26,7 @@ EXCLUDES = ["*.pyc", "__pycache__", "venv", ".venv", "node_modules", "staticfile
 
 def readme_prune_script() -> str:
     text = (ROOT / "README.md").read_text()
-    m = re.search(r"python3 - /restore/erp manifest.json <<'EOF'\n(.*?)\nEOF\n", text, re.S)
+    m = re.search(r"python3 - \"\$DEST\" manifest.json <<'EOF'\n(.*?)\nEOF\n", text, re.S)
     assert m, "README lost its manual-restore script"
     return m.group(1)
 

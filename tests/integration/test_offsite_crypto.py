@@ -356,6 +356,10 @@ def test_passphrases_never_in_argv_environment_or_logs(gpg_keys: GpgTestKeys, en
         pids = [cast(crypto.DecryptingReader, reader).pid, *agents]
         assert agents, f"no gpg-agent found for {home.path}"
         for pid in pids:
+            # the source pauses before gpg may have finished its exec (its cmdline reads empty then)
+            deadline = time.monotonic() + 10
+            while not Path(f"/proc/{pid}/cmdline").read_bytes() and time.monotonic() < deadline:
+                time.sleep(0.05)
             seen[f"{pid} cmdline"] = Path(f"/proc/{pid}/cmdline").read_bytes()
             seen[f"{pid} environ"] = Path(f"/proc/{pid}/environ").read_bytes()
         src.resume.set()

@@ -21,7 +21,9 @@ from pathlib import Path
 import pytest
 
 from erp_backup.adapters.databases.mysql import MysqlAdapter
+from erp_backup.adapters.databases.mysql_confine import owner_role as my_owner_role
 from erp_backup.adapters.databases.postgres import PostgresAdapter
+from erp_backup.adapters.databases.postgres_confine import owner_role as pg_owner_role
 from tests.integration.conftest import SECRET
 
 pytestmark = pytest.mark.integration
@@ -151,11 +153,13 @@ def test_no_password_on_disk_or_on_a_command_line_while_dumping_and_restoring(
             assert seen == [], f"the MySQL restore started a client: {seen}"
         look()
     finally:
-        drop = (request.getfixturevalue("my_sql")(None, f"DROP DATABASE IF EXISTS `{target.name}`")
-                if engine == "mysql" else
-                request.getfixturevalue("pg_sql")(replace(target, name="postgres"),
-                                                  f'DROP DATABASE IF EXISTS "{target.name}" WITH (FORCE)'))
-        del drop
+        if engine == "mysql":
+            request.getfixturevalue("my_sql")(None, f"DROP DATABASE IF EXISTS `{target.name}`")
+            request.getfixturevalue("my_sql")(None, f"DROP ROLE IF EXISTS {my_owner_role(target.name)}")
+        else:
+            pg_sql = request.getfixturevalue("pg_sql")
+            pg_sql(replace(target, name="postgres"), f'DROP DATABASE IF EXISTS "{target.name}" WITH (FORCE)')
+            pg_sql(replace(target, name="postgres"), f'DROP ROLE IF EXISTS "{pg_owner_role(target.name)}"')
 
 
 KILLED_DUMP = """

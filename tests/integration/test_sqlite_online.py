@@ -144,3 +144,32 @@ def test_backup_during_writes_restores_a_consistent_database(tmp_path: Path, liv
         # the files restored with it are the project's files, without the live database files
         files = tree_state(target, exclude=(), skip={"db.sqlite3"})
         assert files == tree_state(root, skip={"db.sqlite3", "db.sqlite3-wal", "db.sqlite3-shm"})
+
+
+@pytest.mark.parametrize("journal", ["DELETE", "WAL"])
+def test_a_locked_database_fails_the_dump_after_the_configured_timeout(journal: str, tmp_path: Path) -> None:
+    """Before: Python's backup API retried a locked source forever and the backup hung."""
+    from erp_backup.core.errors import DatabaseError
+    from tests.integration.conftest import assert_actionable
+
+    root = make_small_project(tmp_path / "erp")
+    s = make_settings(tmp_path, root=root)
+    s = s.model_copy(update={"database": s.database.model_copy(update={"timeout_s": 2.0})})
+    db = Path(s.live_database().name)  # type: ignore[union-attr]
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute(f"PRAGMA journal_mode={journal}")
+    if journal == "WAL":  # a WAL reader waits only for a connection in exclusive locking mode
+        holder.execute("PRAGMA locking_mode=EXCLUSIVE")
+    holder.execute("BEGIN EXCLUSIVE")  # a writer in the middle of a commit: readers wait
+    holder.execute("UPDATE customers SET name = name WHERE id = 1")
+    try:
+        start = time.monotonic()
+        with pytest.raises(DatabaseError) as e:
+            run_backup(s, BackupKind.FULL, now=T0)
+        assert time.monotonic() - start < 30
+        assert_actionable(e.value, f"SQLite database {db} stayed locked", "2 s", "timeout_s")
+        assert LocalRepository(s.storage.local_dir).scan().ids == []  # no set, nothing half-made
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert run_backup(s, BackupKind.FULL, now=T0 + timedelta(minutes=1)).manifest.id.value.endswith("-full")

@@ -20,7 +20,7 @@ from erp_backup.core import manifest as mf
 from erp_backup.core.models import Artifact, BackupId, BackupKind, DatabaseInfo
 from erp_backup.pipeline import run_backup
 from erp_backup.verify import VerifyReport, verify_committed
-from tests.conftest import flip_byte, make_settings, make_small_project, run_cli, write_config
+from tests.conftest import cli_env, flip_byte, make_settings, make_small_project, run_cli, write_config
 
 pytestmark = pytest.mark.integration
 T0 = datetime(2026, 11, 28, 2, 0, tzinfo=UTC)
@@ -187,10 +187,13 @@ def test_a_manifest_naming_an_unknown_engine_is_a_problem_not_a_crash(repo_with)
 # ----------------------------------------------------------------------------- the CLI (one Prefect run)
 
 
-def test_cli_verify_fails_naming_the_set_and_the_file(repo_with) -> None:
+# in this process; the Prefect flow variant (temporary server, ~15 s) is the restore's below, and the
+# filter on Prefect's loggers is tested in tests/unit/test_cli_quiet.py
+@pytest.mark.parametrize("runner", ["plain"])
+def test_cli_verify_fails_naming_the_set_and_the_file(runner: str, repo_with) -> None:
     repo, (good, bad), config = repo_with(2)
     flip_byte(repo.set_dir(bad) / FILES, 100)
-    res = run_cli("--config", str(config), "verify", timeout=300)
+    res = run_cli("--config", str(config), "verify", timeout=300, env=cli_env(ERP_BACKUP_RUNNER=runner))
     assert res.returncode != 0
     lines = res.stderr.strip().splitlines()
     errors = [ln for ln in lines if ln.startswith("erp-backup: error:")]
@@ -198,3 +201,21 @@ def test_cli_verify_fails_naming_the_set_and_the_file(repo_with) -> None:
     assert f"verification of {bad} failed" in errors[0] and f"{bad}/{FILES}" in errors[0]
     assert good not in errors[0]
     assert f"{good}: verification passed" in res.stdout + res.stderr  # the other set was checked too
+    # the operator sees the table, then one error line: no traceback, no repeated failure list
+    assert "Traceback" not in res.stderr and "Encountered exception" not in res.stderr, res.stderr[-3000:]
+    assert res.stderr.count(f"{bad}/{FILES}") == 1, res.stderr[-3000:]
+    assert res.stdout.count(f"{bad}/{FILES}") == 1 and "FAILED" in res.stdout, res.stdout
+
+
+@pytest.mark.parametrize("runner", ["plain", "flow"])
+def test_cli_failed_restore_prints_one_error_line_and_no_traceback(runner: str, repo_with, tmp_path: Path) -> None:
+    repo, (sid,), config = repo_with(1)
+    flip_byte(repo.set_dir(sid) / FILES, 100)
+    target = tmp_path / "restored"
+    res = run_cli("--config", str(config), "restore", "--backup", sid, "--target-dir", str(target), timeout=300,
+                  env=cli_env(ERP_BACKUP_RUNNER=runner))
+    assert res.returncode == 1
+    lines = res.stderr.strip().splitlines()
+    assert lines[-1].startswith("erp-backup: error: ") and "corrupt" in lines[-1], res.stderr[-3000:]
+    assert "Traceback" not in res.stderr and "Encountered exception" not in res.stderr, res.stderr[-3000:]
+    assert res.stderr.count("corrupt") == 1, res.stderr[-3000:]

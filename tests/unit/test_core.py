@@ -129,6 +129,35 @@ def test_manifest_rejects_other_schema_and_garbage() -> None:
         mf.loads("{}")
 
 
+@pytest.mark.parametrize(("written", "expected"), [
+    ("2026-11-28T02:00:00Z", datetime(2026, 11, 28, 2, 0, 0, tzinfo=UTC)),
+    ("2026-11-28T02:00:00.5Z", datetime(2026, 11, 28, 2, 0, 0, 500000, tzinfo=UTC)),
+    ("2026-11-28T02:00:00.123456Z", datetime(2026, 11, 28, 2, 0, 0, 123456, tzinfo=UTC)),
+    ("2026-11-28T03:00:00+01:00", datetime(2026, 11, 28, 2, 0, 0, tzinfo=UTC)),
+    ("2026-11-28T02:00:00+00:00", datetime(2026, 11, 28, 2, 0, 0, tzinfo=UTC)),
+])
+def test_manifest_times_without_fraction_or_with_an_offset_parse(written: str, expected: datetime) -> None:
+    d = json.loads(mf.dumps(make_manifest()))
+    d["finished_at"] = d["started_at"] = written
+    m = mf.loads(json.dumps(d))
+    assert m.finished_at == expected and m.started_at == expected
+    assert m.finished_at.tzinfo is UTC
+
+
+@pytest.mark.parametrize("written", ["2026-11-28T02:00:00", "2026-11-28", "2026-11-28 02:00:00Z", "yesterday",
+                                     "2026-11-28T02:00:00.1234567Z", "", "2026-13-28T02:00:00Z", 1764295200])
+def test_manifest_times_without_offset_or_malformed_are_refused(written: object) -> None:
+    d = json.loads(mf.dumps(make_manifest()))
+    d["finished_at"] = written
+    with pytest.raises(IntegrityError, match="malformed"):
+        mf.loads(json.dumps(d))
+
+
+@given(st.datetimes(min_value=datetime(1970, 1, 1), timezones=st.just(UTC)))
+def test_manifest_time_roundtrip(t: datetime) -> None:
+    assert mf.parse_ts(mf._ts(t)) == t
+
+
 def test_sha256sums_is_sha256sum_format() -> None:
     arts = [Artifact("z", "files", 1, "f" * 64), Artifact("a", "database", 1, "0" * 64)]
     text = mf.sha256sums(arts)

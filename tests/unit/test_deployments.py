@@ -45,3 +45,12 @@ def test_backup_deployments_run_one_at_a_time() -> None:
     for d in load()["deployments"]:
         if "backup" in d.get("tags", []):
             assert d["concurrency_limit"]["limit"] == 1
+
+
+def test_restore_test_is_deployed_monthly() -> None:
+    (d,) = [d for d in load()["deployments"] if d["name"] == "restore-test"]
+    assert d["entrypoint"] == "flows/restore_test.py:restore_test_flow"
+    (s,) = d["schedules"]
+    it = CronSim(s["cron"], datetime(2027, 1, 15, tzinfo=UTC))
+    assert [(r.month, r.day) for r in (next(it), next(it))] == [(2, 1), (3, 1)]
+    CronSchedule(cron=s["cron"], timezone=s["timezone"])

@@ -220,3 +220,32 @@ def test_mode_changes_of_dump_tools_are_followed() -> None:
         (b"INSERT INTO t VALUES ('SET sql_mode=1')", (False, False)),
     ]:
         assert t.after(Statement(sql, 1)) == mode, sql
+
+
+# ---- DEFINER clauses are rewritten to the owner role (restore runs confined) -----------------------
+
+from erp_backup.adapters.databases.mysql_script import confine_definers  # noqa: E402
+
+
+@pytest.mark.parametrize("sql", [
+    b"/*!50003 CREATE*/ /*!50017 DEFINER=`root`@`localhost`*/ /*!50003 TRIGGER tr AFTER INSERT ON t "
+    b"FOR EACH ROW SET @a=1 */",
+    b"CREATE DEFINER=`ro``ot`@`%` PROCEDURE `p`() SELECT 1",
+    b"CREATE DEFINER = 'root'@'localhost' FUNCTION f() RETURNS int RETURN 1",
+    b"/*!50001 CREATE ALGORITHM=UNDEFINED */ /*!50013 DEFINER=`erp`@`10.0.0.%` SQL SECURITY DEFINER */",
+    b"CREATE definer=root@localhost EVENT e ON SCHEDULE EVERY 1 DAY DO SELECT 1",
+    b"CREATE DEFINER=`some_role` VIEW v AS SELECT 1",
+    b"CREATE DEFINER=CURRENT_USER() VIEW v AS SELECT 1",
+])
+def test_every_definer_clause_becomes_current_role(sql: bytes) -> None:
+    out = confine_definers(sql)
+    assert out.count(b"DEFINER=CURRENT_ROLE") == 1
+    assert b"root" not in out and b"erp" not in out and b"some_role" not in out
+
+
+@given(st.text(alphabet="DEFINR=`'@ rot\\x", max_size=30))
+@settings(max_examples=300)
+def test_strings_and_comments_are_data(inner: str) -> None:
+    text = inner.replace("'", "''").replace("\\", "\\\\").encode()
+    for sql in (b"INSERT INTO t VALUES ('" + text + b"')", b"SELECT 1 /* " + inner.replace("*/", "").encode() + b" */"):
+        assert confine_definers(sql) == sql

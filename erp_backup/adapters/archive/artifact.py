@@ -48,7 +48,11 @@ class HashingFile:
     def write(self, data: bytes | bytearray | memoryview) -> int:
         self._hash.update(data)
         try:
-            n = self._fh.write(data)
+            view = memoryview(data)
+            done = 0
+            while done < len(view):  # an unbuffered write may write less than asked
+                done += self._fh.write(view[done:]) or 0
+            n = done
         except OSError as e:
             raise StorageError(f"writing {self.path.name} failed: {e.strerror}",
                                hint="free space in the backup directory, then run the backup again") from e
@@ -81,14 +85,39 @@ class WrittenArtifact:
     raw_size: int
 
 
-class ArtifactWriter:
-    """``write(raw)`` -> zstd (threads) -> [encryptor] -> hashing file."""
+class Inspector(Protocol):
+    """Sees the compressed bytes on their way to the encryptor or the file (``selfcheck``)."""
 
-    def __init__(self, path: Path, *, level: int = 3, threads: int = -1, encryptor: Encryptor | None = None):
+    def feed(self, data: bytes | bytearray | memoryview) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class _Tee:
+    def __init__(self, target: IO[bytes], inspector: Inspector) -> None:
+        self._target = target
+        self._inspector = inspector
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        self._inspector.feed(data)
+        return self._target.write(data)
+
+    def flush(self) -> None:
+        self._target.flush()
+
+
+class ArtifactWriter:
+    """``write(raw)`` -> zstd (threads) -> [inspector] -> [encryptor] -> hashing file."""
+
+    def __init__(self, path: Path, *, level: int = 3, threads: int = -1, encryptor: Encryptor | None = None,
+                 inspector: Inspector | None = None):
         self.path = path
         self._file = HashingFile(path)
         self._enc_stream: IO[bytes] | None = encryptor.wrap(cast(IO[bytes], self._file)) if encryptor else None
         target = self._enc_stream or cast(IO[bytes], self._file)
+        self._inspector = inspector
+        if inspector is not None:
+            target = cast(IO[bytes], _Tee(target, inspector))
         cctx = zstandard.ZstdCompressor(level=level, threads=threads, write_checksum=True)
         self._z = cctx.stream_writer(target, write_size=CHUNK, closefd=False)
         self.raw_size = 0
@@ -111,6 +140,8 @@ class ArtifactWriter:
             self._z.close()
         except Exception:
             pass
+        if self._inspector is not None:
+            self._inspector.close()
         if self._enc_stream is not None:
             try:
                 getattr(self._enc_stream, "abort", self._enc_stream.close)()

@@ -24,6 +24,22 @@ def iter_decompressed(path: Path | IO[bytes], *, decryptor: Callable[[IO[bytes]]
             yield chunk
 
 
+def read_exact(read: Callable[[int], bytes], n: int) -> bytes:
+    """``n`` bytes from ``read`` (fewer only at the end of the stream)."""
+    first = read(n)
+    if len(first) == n or not first:
+        return first
+    parts = [first]
+    got = len(first)
+    while got < n:
+        more = read(n - got)
+        if not more:
+            break
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)
+
+
 class DecompressingReader:
     """Decompressing reader. A background thread reads, hashes (the artifact's SHA-256, so a
     verification needs one pass only) and decompresses ahead, so that decompression overlaps
@@ -106,18 +122,7 @@ class DecompressingReader:
         return out
 
     def read_exact(self, n: int) -> bytes:
-        first = self.read(n)
-        if len(first) == n or not first:
-            return first
-        parts = [first]
-        got = len(first)
-        while got < n:
-            more = self.read(n - got)
-            if not more:
-                break
-            parts.append(more)
-            got += len(more)
-        return b"".join(parts)
+        return read_exact(self.read, n)
 
     def hexdigest(self) -> str:
         """SHA-256 of the artifact file; complete once read() returned b''."""

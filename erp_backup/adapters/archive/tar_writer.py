@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TypeAlias
 
 from erp_backup.adapters.archive.artifact import CHUNK
-from erp_backup.core.models import EntryType, FileEntry
+from erp_backup.core.models import EntryType, FileEntry, shared_int
 
 BLOCK = tarfile.BLOCKSIZE
 Sink: TypeAlias = Callable[[bytes | bytearray | memoryview], object]
@@ -218,8 +218,9 @@ def write_tar(root: Path, entries: Iterable[FileEntry], out: Sink, holder: str) 
                 w.write(bytes(BLOCK - rem))
             bytes_in += size
             done.append(FileEntry(
-                path=e.path, type=EntryType.FILE, mode=stat.S_IMODE(st.st_mode), mtime_ns=st.st_mtime_ns,
-                size=size, uid=st.st_uid, gid=st.st_gid, ino=ino, sha256=h.hexdigest(), holder=holder))
+                path=e.path, type=EntryType.FILE, mode=shared_int(stat.S_IMODE(st.st_mode)), mtime_ns=st.st_mtime_ns,
+                size=size, uid=shared_int(st.st_uid), gid=shared_int(st.st_gid), ino=ino, sha256=h.hexdigest(),
+                holder=holder))
         finally:
             os.close(fd)
     w.write(bytes(BLOCK * 2))  # end-of-archive marker

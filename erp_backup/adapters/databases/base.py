@@ -54,7 +54,7 @@ def adapter_for(url: DatabaseUrl, *, timeout: float | None = None) -> DatabaseAd
     if url.engine == "sqlite":
         from erp_backup.adapters.databases.sqlite import SqliteAdapter
 
-        return SqliteAdapter(url)
+        return SqliteAdapter(url, timeout=timeout)
     if url.engine == "postgresql":
         from erp_backup.adapters.databases.postgres import PostgresAdapter
 

@@ -47,7 +47,9 @@ MariaDB's ``/*M!999999\\- enable the sandbox mode */`` line only protects an hon
 statements are split while streaming (``mysql_script``: quotes, comments, ``DELIMITER`` for
 triggers and routines, the session's ``NO_BACKSLASH_ESCAPES``/``ANSI_QUOTES``) and executed
 through our own server connection (``LOAD DATA LOCAL`` off, one statement per query); a dump
-holding a client command is refused at that statement, and by the verification. By hand, a
+holding a client command is refused at that statement, and by the verification. That connection
+logs in as a temporary account with the rights of the target database only, and ``DEFINER``
+clauses become ``CURRENT_ROLE``, the database's owner role (``mysql_confine``). By hand, a
 trusted dump still restores with ``zstd -d < db.mysql.sql.zst | mariadb --sandbox
 --database=<new db>``.
 """
@@ -78,11 +80,13 @@ from erp_backup.adapters.databases.common import (
     reraise_background,
     secret_fd,
 )
+from erp_backup.adapters.databases.mysql_confine import confined_login
 from erp_backup.adapters.databases.mysql_script import (
     DumpRejected,
     SessionModeTracker,
     StatementSplitter,
     check_confined,
+    confine_definers,
     splitter_statements,
 )
 from erp_backup.core.dburl import DatabaseUrl
@@ -124,6 +128,10 @@ ER_LOCK_WAIT_TIMEOUT = 1205
 CR_CONN_HOST_ERROR = 2003
 CR_UNKNOWN_HOST = 2005
 CR_SERVER_LOST = 2013
+ER_COLUMNACCESS_DENIED = 1143
+ER_PROCACCESS_DENIED = 1370
+_DENIED = (ER_DBACCESS_DENIED, ER_TABLEACCESS_DENIED, ER_SPECIFIC_ACCESS_DENIED, ER_COLUMNACCESS_DENIED,
+           ER_PROCACCESS_DENIED)
 
 
 class MysqlAdapter:
@@ -259,9 +267,11 @@ class MysqlAdapter:
         if target.engine != "mysql":
             raise RestoreError(f"cannot restore a MySQL dump into a {target.engine} database",
                                hint="give a mysql:// target URL")
-        _prepare_target(target, replace=replace, timeout=self.timeout)
-        with _connect(target, self.timeout, database=target.name, restore=True) as conn:
-            _execute_dump(conn, chunks, target, self.timeout)
+        # the dump runs as a temporary account with the rights of the target database only
+        with _connect(target, self.timeout, database=None) as admin, confined_login(admin, target) as login:
+            _prepare_target(target, replace=replace, timeout=self.timeout)
+            with _connect(login.url, self.timeout, database=target.name, restore=True) as conn:
+                _execute_dump(conn, chunks, target, self.timeout, definer=login.definer)
         return self.row_counts(target)
 
     # ---- row counts ---------------------------------------------------------------------------
@@ -557,7 +567,7 @@ def _session_mode(conn: pymysql.connections.Connection) -> dict[str, bool]:
 
 
 def _execute_dump(conn: pymysql.connections.Connection, chunks: Iterable[bytes], target: DatabaseUrl,
-                  timeout: float | None) -> None:
+                  timeout: float | None, definer: bytes = b"CURRENT_USER") -> None:
     """Execute every statement of the dump in order, stopping at the first error. The splitter reads
     strings with the session's SQL mode as the server reports it after each statement, as the
     clients do; it never yields a client command (DumpRejected)."""
@@ -570,14 +580,13 @@ def _execute_dump(conn: pymysql.connections.Connection, chunks: Iterable[bytes],
                 raise RestoreError(f"restore into database '{target.name}' timed out at line {st.line} of "
                                    "the dump", hint="raise the timeout in the config or look at why the server "
                                    "is slow; the database is left partly restored")
-            check_confined(st)  # nothing that reaches past the target database (files, accounts, globals)
+            check_confined(st)  # a first line; the account it runs as can reach nothing else anyway
             try:
                 with conn.cursor(pymysql.cursors.SSCursor) as cur:  # unbuffered: results are drained, not kept
-                    cur.execute(st.sql)
+                    cur.execute(confine_definers(st.sql, definer))
             except (pymysql.err.Error, RuntimeError) as e:
                 raise RestoreError(f"restore into database '{target.name}' failed: {_statement_error(e, st.line)}",
-                                   hint="the database is left partly restored: fix the cause, then restore "
-                                   "again with --force") from None
+                                   hint=_restore_hint(e)) from None
             splitter.set_mode(**_session_mode(conn))
     except DumpRejected as e:
         raise RestoreError(f"refusing to restore the rest of the dump into database '{target.name}': it holds "
@@ -585,6 +594,14 @@ def _execute_dump(conn: pymysql.connections.Connection, chunks: Iterable[bytes],
                            hint="the backup set is damaged or was tampered with: the statements before "
                            "it ran, nothing from it on; restore from another set (the database is left "
                            "partly restored)") from None
+
+
+def _restore_hint(e: BaseException) -> str:
+    if _code(e) in _DENIED:
+        return ("the dump reaches past the target database (restore runs with the rights of that database "
+                "only): the set is damaged or was tampered with; restore from another set (the database is "
+                "left partly restored)")
+    return "the database is left partly restored: fix the cause, then restore again with --force"
 
 
 def _statement_error(e: BaseException, line: int) -> str:

@@ -508,8 +508,8 @@ def splitter_statements(sp: StatementSplitter, chunks: Iterable[bytes]) -> Itera
 # ---- identifiers and plain comments blanked out; executable comments (/*!50001 ... */) are read,
 # ---- since the server runs them.
 _BLANK = re.compile(rb"'(?:[^'\\]|\\.|'')*'|\"(?:[^\"\\]|\\.|\"\")*\"|`(?:[^`]|``)*`"
-                    rb"|/\*(?!!)(?:.|\n)*?\*/|(?:--[ \t]|#)[^\n]*", re.S)
-_OPENER = re.compile(rb"/\*!\d*|\*/")
+                    rb"|/\*(?!!|M!)(?:.|\n)*?\*/|(?:--[ \t]|#)[^\n]*", re.S)
+_OPENER = re.compile(rb"/\*M?!\d*|\*/")
 _LEADING = re.compile(
     rb"\s*(?:use\b|grant\b|revoke\b|load\s+(?:data|xml|index)\b|(?:create|drop|alter|rename)\s+(?:or\s+replace\s+)?"
     rb"(?:user|role|database|schema|server|tablespace|logfile)\b|(?:install|uninstall)\s+(?:plugin|soname|component)\b"
@@ -531,3 +531,28 @@ def check_confined(st: Statement) -> None:
     if m:
         raise DumpRejected(f"a statement that reaches beyond the restored database ('{_show(m.group().strip())}')",
                            st.line)
+
+
+# ---- DEFINER clauses: a stored object (trigger, view, routine, event) runs with its definer's rights
+# ---- later, whoever fires it. The restore rewrites every DEFINER clause to CURRENT_ROLE, the role
+# ---- that owns the target database and nothing else (mysql_confine); a clause this misses names
+# ---- another account, which the restoring account may not set (no SUPER/SET USER): refused by the
+# ---- server, never run with that account's rights.
+_QUOTED = rb"`(?:[^`]|``)*`|'(?:[^'\\]|\\.|'')*'|\"(?:[^\"\\]|\\.|\"\")*\""
+_ACCOUNT_PART = rb"(?:" + _QUOTED + rb"|[\w$.%:-]+)"
+_DEFINER_SCAN = re.compile(
+    rb"(?P<skip>" + _QUOTED + rb"|/\*(?!!|M!)(?:.|\n)*?\*/|(?:--[ \t]|#)[^\n]*)"
+    rb"|(?<![\w$])(?P<definer>DEFINER\s*=\s*(?:CURRENT_(?:USER|ROLE)(?:\s*\(\s*\))?"
+    rb"|" + _ACCOUNT_PART + rb"(?:\s*@\s*" + _ACCOUNT_PART + rb")?))", re.S | re.I)
+
+
+def confine_definers(sql: bytes, definer: bytes = b"CURRENT_ROLE") -> bytes:
+    """``sql`` with every ``DEFINER = …`` clause (outside strings and plain comments, inside
+    executable comments too) replaced by ``DEFINER=<definer>``."""
+    if b"definer" not in sql.lower():
+        return sql
+
+    def swap(m: re.Match[bytes]) -> bytes:
+        return b"DEFINER=" + definer if m.group("definer") else m.group(0)
+
+    return _DEFINER_SCAN.sub(swap, sql)

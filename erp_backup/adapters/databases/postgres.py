@@ -14,6 +14,9 @@ By hand
 ``zstd -d < db.postgresql.pgdump.zst | pg_restore --exit-on-error --no-owner
 --no-acl -d <new database>`` (``--exit-on-error``: otherwise errors pass silently).
 
+Restore: ``pg_restore`` logs in as a temporary role and works as the target database's owner role
+(``--role``), with the rights of that database only (``postgres_confine``).
+
 Secrets: the password goes to libpq through ``PGPASSWORD`` in the child's
 environment (never argv) and to psycopg2 as a keyword argument; every message
 is scrubbed of it.
@@ -44,6 +47,7 @@ from erp_backup.adapters.databases.common import (
     reraise_background,
     version_tuple,
 )
+from erp_backup.adapters.databases.postgres_confine import confined_role
 from erp_backup.core.dburl import DatabaseUrl
 from erp_backup.core.errors import ConfigError, DatabaseError, RestoreError
 from erp_backup.core.models import DatabaseInfo
@@ -211,19 +215,27 @@ class PostgresAdapter:
             raise RestoreError(f"cannot restore a PostgreSQL dump into a {target.engine} database",
                                hint="give a postgresql:// target URL")
         proc.which("pg_restore")
-        _prepare_target(target, replace=replace, timeout=self.timeout)
-        argv = ["pg_restore", "--exit-on-error", "--no-owner", "--no-acl", "--no-password",
-                *_conn_args(target), f"--dbname={_conninfo(target.name)}"]
+        admin = _admin_connection(target, self.timeout)
         try:
-            if jobs > 1:
-                self._restore_parallel(argv, chunks, target, workdir, jobs)
-            else:
-                proc.stream_in(argv, chunks, env_extra=_env(target), secrets=_secrets(target),
-                               timeout=self.timeout, what="pg_restore")
-        except proc.ProcError as e:
-            raise RestoreError(f"pg_restore into database '{target.name}' failed: {_cause(e, target)}",
-                               hint="the database is left partly restored: fix the cause, then restore "
-                               "again with --force") from e
+            admin.autocommit = True
+            # the dump runs as a temporary role with the rights of the target database only
+            with confined_role(admin, target, lambda db: _open(target, self.timeout, dbname=db)) as confined:
+                _prepare_target(target, replace=replace, timeout=self.timeout, owner=confined.owner)
+                login = confined.login
+                role = [f"--role={confined.owner}"] if confined.owner else []
+                argv = ["pg_restore", "--exit-on-error", "--no-owner", "--no-acl", "--no-password", *role,
+                        *_conn_args(login), f"--dbname={_conninfo(target.name)}"]
+                try:
+                    if jobs > 1:
+                        self._restore_parallel(argv, chunks, login, workdir, jobs)
+                    else:
+                        proc.stream_in(argv, chunks, env_extra=_env(login), secrets=_secrets(login),
+                                       timeout=self.timeout, what="pg_restore")
+                except proc.ProcError as e:
+                    raise RestoreError(f"pg_restore into database '{target.name}' failed: {_cause(e, login)}",
+                                       hint=_restore_hint(e.stderr_tail)) from e
+        finally:
+            _close(admin)
         return self.row_counts(target)
 
     def _restore_parallel(self, argv: list[str], chunks: Iterable[bytes], target: DatabaseUrl,
@@ -310,9 +322,21 @@ def _open(url: DatabaseUrl, timeout: float | None,
         if key in _LIBPQ_ENV:
             kwargs[key] = value
     try:
-        return psycopg2.connect(**kwargs)
+        conn = psycopg2.connect(**kwargs)
     except psycopg2.Error as e:
         raise _connect_error(e, url, dbname or url.name) from None
+    try:
+        # every session of ours reads pg_catalog only, whatever search_path the database's owner (or a
+        # restored dump, as that owner) made its default: no operator or function planted in another
+        # schema runs as the user we connect as. A statement, not a startup option: PgBouncer refuses those
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_catalog.set_config('search_path', 'pg_catalog', false)")
+        conn.autocommit = False
+    except psycopg2.Error as e:
+        _close(conn)
+        raise _connect_error(e, url, dbname or url.name) from None
+    return conn
 
 
 @contextmanager
@@ -472,9 +496,25 @@ def _count(conn: psycopg2.extensions.connection, tables: list[tuple[str, str]],
 # ---- restore target ------------------------------------------------------------------------------
 
 
-def _prepare_target(target: DatabaseUrl, *, replace: bool, timeout: float | None) -> None:
-    """Create ``target`` (from template0); an existing database must hold no table unless
-    ``replace``, which drops (WITH (FORCE)) and recreates it."""
+def _restore_hint(stderr: str) -> str:
+    low = stderr.lower()
+    if "pg_hba.conf" in low or "authentication failed" in low:
+        return ("the restore logs in as a temporary role erpb_restore_… with a password: let pg_hba.conf accept "
+                "such roles by password (scram-sha-256) for the configured host or socket (README: Databases)")
+    if any(w in low for w in ("permission denied", "must be superuser", "must be owner", "must be member",
+                              "must have privileges", "must have admin option", "must be able to set role")):
+        return ("the dump reaches past the target database (restore runs as a role with the rights of that "
+                "database only): the set is damaged or was tampered with, restore from another set; an "
+                "extension that needs a superuser must be created in the empty target database first "
+                "(the database is left partly restored)")
+    return "the database is left partly restored: fix the cause, then restore again with --force"
+
+
+def _prepare_target(target: DatabaseUrl, *, replace: bool, timeout: float | None, owner: str | None) -> None:
+    """Create ``target`` (from template0) owned by ``owner`` (None: the user we connect as); an existing
+    database must hold no table unless ``replace``, which drops (WITH (FORCE)) and recreates it; an empty
+    one is handed to ``owner``."""
+    owned = sql.SQL(" OWNER {}").format(sql.Identifier(owner)) if owner else sql.SQL("")
     admin = _admin_connection(target, timeout)
     try:
         admin.autocommit = True
@@ -489,10 +529,12 @@ def _prepare_target(target: DatabaseUrl, *, replace: bool, timeout: float | None
                         f"target database '{target.name}' already exists and holds {tables} table(s)",
                         hint="restore into a new database name, or pass --force to drop and recreate it")
                 if not tables:
+                    if owner:
+                        cur.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(ident, sql.Identifier(owner)))
                     return
                 log.warning("dropping database %s to replace it", target.name)
                 cur.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(ident))
-            cur.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(ident))
+            cur.execute(sql.SQL("CREATE DATABASE {}{} TEMPLATE template0").format(ident, owned))
     except psycopg2.Error as e:
         raise RestoreError(f"cannot create target database '{target.name}': {one_line(str(e))}",
                            hint="the restore user needs CREATEDB (and ownership to replace a "

@@ -14,7 +14,8 @@ import os
 import secrets
 import sqlite3
 import stat
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from urllib.parse import quote
 
@@ -26,6 +27,7 @@ from erp_backup.core.models import DatabaseInfo
 CHUNK = 1 << 20
 MAGIC = b"SQLite format 3\x00"
 COMPANIONS = ("-wal", "-shm", "-journal")
+SQLITE_DONE = 101
 
 
 def _quote(name: str) -> str:
@@ -48,10 +50,12 @@ class SqliteAdapter:
     artifact_name = "db.sqlite.sqlite3.zst"
     counts_consistent = True  # one snapshot for the dump and the counts
 
-    def __init__(self, url: DatabaseUrl, *, busy_timeout_s: float = 60.0) -> None:
+    def __init__(self, url: DatabaseUrl, *, busy_timeout_s: float = 60.0, timeout: float | None = None) -> None:
         self.url = url
         self.path = Path(url.name)
-        self.busy_timeout_s = busy_timeout_s
+        # how long a dump waits for a writer that holds the database locked: the configured
+        # [database] timeout_s when given (adapter_for), else busy_timeout_s
+        self.busy_timeout_s = timeout if timeout else busy_timeout_s
 
     def check_available(self) -> None:
         if not self.path.exists():
@@ -80,8 +84,9 @@ class SqliteAdapter:
         try:
             dst = sqlite3.connect(copy)
             try:
-                # pages=-1: one step; SQLite restarts the copy if the source changes meanwhile
-                src.backup(dst, pages=-1)
+                # pages=-1: one step; SQLite restarts the copy if the source changes meanwhile. Python
+                # retries a locked source forever (every 250 ms): the deadline ends that
+                src.backup(dst, pages=-1, progress=_deadline(self.busy_timeout_s, self.path))
                 problem = integrity(dst)
                 if problem != "ok":
                     raise DatabaseError(f"SQLite integrity check of the copy failed: {problem}",
@@ -220,6 +225,21 @@ class SqliteAdapter:
             return table_counts(conn)
         finally:
             conn.close()
+
+
+def _deadline(seconds: float, path: Path) -> Callable[[int, int, int], None]:
+    """A ``backup(progress=…)`` callback that stops a copy still blocked (source locked or changing
+    under it) after ``seconds``."""
+    end = time.monotonic() + seconds
+
+    def progress(status: int, remaining: int, total: int) -> None:
+        if status != SQLITE_DONE and time.monotonic() > end:
+            raise DatabaseError(f"SQLite database {path} stayed locked (or kept changing under the copy) for "
+                                f"{seconds:g} s",
+                                hint="find the process that holds it (fuser or lsof on the file) and run the "
+                                "backup again, or raise [database] timeout_s")
+
+    return progress
 
 
 def _ino(dir_fd: int, name: str) -> int | None:

@@ -1,0 +1,376 @@
+"""Emergency restore in place, on a real tree and a real database (SQLite, PostgreSQL).
+
+Stop/start/smoke commands are real processes that append their name to a file; failures are real:
+a smoke check that exits non-zero, a database dump in the set damaged on disk (the restore fails
+after it has dropped the live PostgreSQL database and written the files)."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from erp_backup import inplace, safety
+from erp_backup.config import Settings
+from erp_backup.core.dburl import DatabaseUrl
+from erp_backup.core.errors import RestoreError
+from erp_backup.core.models import BackupKind
+from erp_backup.pipeline import run_backup
+from erp_backup.recovery_config import RestoreConfig
+from tests.conftest import (
+    CLI,
+    cli_env,
+    diff_states,
+    flip_byte,
+    make_settings,
+    make_small_project,
+    make_sqlite,
+    run_cli,
+    tree_state,
+    write_config,
+    write_file,
+)
+from tests.integration import test_encrypted_sets
+
+pytestmark = pytest.mark.integration
+RECORD = [sys.executable, "-c", "import sys; open(sys.argv[1], 'a').write(sys.argv[2] + '\\n')"]
+
+
+def recorder(log: Path, name: str) -> list[str]:
+    return [*RECORD, str(log), name]
+
+
+def with_restore(s: Settings, **kw: Any) -> Settings:
+    return s.model_copy(update={"restore": RestoreConfig(**kw)})
+
+
+def commands(log: Path, smoke: list[list[str]] | None = None) -> dict[str, Any]:
+    return {"stop": [recorder(log, "stop web"), recorder(log, "stop worker")],
+            "start": [recorder(log, "start worker"), recorder(log, "start web")],
+            "smoke": smoke if smoke is not None else [recorder(log, "smoke")], "command_timeout": 30}
+
+
+def sqlite_rows(db: Path) -> list[tuple[object, ...]]:
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute("SELECT id, name FROM customers ORDER BY id").fetchall()
+    finally:
+        conn.close()
+
+
+def sqlite_exec(db: Path, statement: str) -> None:
+    conn = sqlite3.connect(db)
+    try:
+        conn.execute(statement)
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def mutate(root: Path) -> None:
+    write_file(root / "app/models.py", "class Changed: pass\n")  # replaced by the restore
+    write_file(root / "app/new.py", "print('new')\n")  # deleted by the restore
+    (root / "docs/README.md").unlink()  # brought back
+    os.chmod(root / "manage.py", 0o700)  # mode put back
+    os.chown(root / "app/data.bin", 4321, 4321)  # owner put back (the tests run as root)
+    (root / "venv").mkdir(exist_ok=True)
+    write_file(root / "venv/keep.py", "excluded: never touched\n")
+
+
+SKIP = {"db.sqlite3", "db.sqlite3-wal", "db.sqlite3-shm"}
+
+
+def backed_up_then_changed(tmp_path: Path, restore_cfg: dict[str, Any] | None = None
+                           ) -> tuple[Settings, Path, Path]:
+    """A project with its SQLite database inside, a full backup, then files and a row changed."""
+    root = make_small_project(tmp_path / "erp")
+    db = make_sqlite(root / "db.sqlite3")
+    s = make_settings(tmp_path, root=root, db=db)
+    if restore_cfg is not None:
+        s = with_restore(s, **restore_cfg)
+    run_backup(s, BackupKind.FULL)
+    mutate(root)
+    sqlite_exec(db, "INSERT INTO customers(name) VALUES ('after the backup')")
+    return s, root, db
+
+
+def test_in_place_restores_files_and_sqlite_database_and_runs_commands_in_order(tmp_path: Path) -> None:
+    root = make_small_project(tmp_path / "erp")
+    db = make_sqlite(root / "db.sqlite3")
+    log = tmp_path / "commands.log"
+    s = with_restore(make_settings(tmp_path, root=root, db=db), **commands(log))
+    run_backup(s, BackupKind.FULL)
+    want_tree = tree_state(root, skip={"db.sqlite3", "db.sqlite3-wal", "db.sqlite3-shm"})
+    want_rows = sqlite_rows(db)
+    mutate(root)
+    sqlite_exec(db, "DELETE FROM customers WHERE id > 10")
+    before_tree = tree_state(root, skip={"db.sqlite3", "db.sqlite3-wal", "db.sqlite3-shm"})
+    before_rows = sqlite_rows(db)
+
+    plan = inplace.plan(s, inplace.InPlaceRequest(yes=True))
+    rep = inplace.run(s, plan, log=lambda _m: None)
+
+    assert log.read_text().splitlines() == ["stop web", "stop worker", "start worker", "start web", "smoke"]
+    assert diff_states(want_tree, tree_state(root, skip={"db.sqlite3", "db.sqlite3-wal", "db.sqlite3-shm"})) == []
+    assert sqlite_rows(db) == want_rows
+    assert (root / "venv/keep.py").read_text() == "excluded: never touched\n"
+    names = [st.name for st in rep.steps]
+    assert names[0] == "plan" and "safety copy" in names and "restore files" in names
+    assert "restore database" in names and all(st.duration_s >= 0 for st in rep.steps)
+    # the safety copy holds exactly what was overwritten or deleted, as it was
+    copy = safety.load(Path(rep.safety_copy))
+    assert copy.state == "completed"
+    assert oct(os.stat(copy.path).st_mode & 0o777) == "0o700"
+    saved = {e.path for e in copy.saved}
+    assert saved == {"app/models.py", "app/new.py", "manage.py", "app/data.bin"}
+    assert (copy.files_dir / "app/models.py").read_text() == "class Changed: pass\n"
+    assert (copy.files_dir / "app/new.py").read_text() == "print('new')\n"
+    assert before_tree["app/models.py"][1:] == next(
+        (e.mode, e.uid, e.gid) for e in copy.saved if e.path == "app/models.py") + before_tree["app/models.py"][4:]
+    saved_db = tmp_path / "saved.sqlite3"
+    saved_db.write_bytes(copy.dump_path.read_bytes())
+    assert sqlite_rows(saved_db) == before_rows
+    # the next successful backup removes it
+    run_backup(s, BackupKind.INCREMENTAL)
+    assert not copy.path.exists()
+
+
+def test_failed_smoke_check_puts_everything_back_and_starts_services(tmp_path: Path) -> None:
+    log = tmp_path / "commands.log"
+    failing = [*RECORD[:2], "import sys; open(sys.argv[1], 'a').write('smoke\\n'); sys.exit(3)", str(log)]
+    s, root, db = backed_up_then_changed(tmp_path, commands(log, smoke=[failing]))
+    skip = SKIP
+    before_tree, before_rows = tree_state(root, skip=skip), sqlite_rows(db)
+
+    with pytest.raises(inplace.InPlaceFailed) as err:
+        inplace.run(s, inplace.plan(s, inplace.InPlaceRequest(yes=True)), log=lambda _m: None)
+
+    assert "failed at step 'smoke:" in err.value.message and "put back" in err.value.message
+    assert diff_states(before_tree, tree_state(root, skip=skip)) == []
+    assert sqlite_rows(db) == before_rows
+    assert log.read_text().splitlines() == ["stop web", "stop worker", "start worker", "start web", "smoke",
+                                            "stop web", "stop worker", "start worker", "start web"]
+    names = [st.name for st in err.value.steps]
+    assert "rollback: put back files" in names and "rollback: put back database" in names
+    (copy,) = safety.copies(s.storage.local_dir)
+    assert safety.state_of(copy) == "rolled-back"
+
+
+def test_refuses_without_yes_and_stops_nothing(tmp_path: Path) -> None:
+    root = make_small_project(tmp_path / "erp")
+    log = tmp_path / "commands.log"
+    s = with_restore(make_settings(tmp_path, root=root), **commands(log))
+    run_backup(s, BackupKind.FULL)
+    with pytest.raises(RestoreError, match="--yes"):
+        inplace.plan(s, inplace.InPlaceRequest())
+    cfg = write_config(tmp_path / "c.toml", s)
+    res = run_cli("--config", str(cfg), "restore", "--in-place")
+    assert res.returncode != 0 and "pass --yes" in res.stderr.strip().splitlines()[-1]
+    res = run_cli("--config", str(cfg), "restore", "--in-place", "--yes", "--target-dir", str(tmp_path / "x"))
+    assert res.returncode == 2 and "--target-dir does not go with it" in res.stderr
+    assert not log.exists()
+
+
+def test_old_newest_set_needs_allow_old(tmp_path: Path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    root = make_small_project(tmp_path / "erp")
+    s = make_settings(tmp_path, root=root)
+    run_backup(s, BackupKind.FULL, now=datetime.now(UTC) - timedelta(days=3))
+    with pytest.raises(RestoreError, match="max_age") as err:
+        inplace.plan(s, inplace.InPlaceRequest(yes=True))
+    assert "--allow-old" in str(err.value)
+    plan = inplace.plan(s, inplace.InPlaceRequest(yes=True, allow_old=True))
+    assert plan.restore.set_id.endswith("-full")
+
+
+@pytest.fixture
+def pg_project(tmp_path: Path, pg_db: Callable[..., DatabaseUrl], pg_sql: Callable[..., Any]
+               ) -> tuple[Settings, DatabaseUrl, Path]:
+    live = pg_db("live")
+    pg_sql(live, "CREATE TABLE orders (id serial PRIMARY KEY, item text)")
+    pg_sql(live, "INSERT INTO orders(item) SELECT 'item ' || g FROM generate_series(1, 200) g")
+    root = make_small_project(tmp_path / "erp")
+    log = tmp_path / "commands.log"
+    s = with_restore(make_settings(tmp_path, root=root, db=f"postgresql://postgres@127.0.0.1:5432/{live.name}"),
+                     **commands(log))
+    return s, live, log
+
+
+def test_postgres_in_place_and_a_failed_database_restore_rolls_back(
+        pg_project: tuple[Settings, DatabaseUrl, Path], pg_sql: Callable[..., Any], tmp_path: Path) -> None:
+    s, live, log = pg_project
+    root = s.project.root
+    first = run_backup(s, BackupKind.FULL)
+    want_tree = tree_state(root)
+    pg_sql(live, "DELETE FROM orders WHERE id > 50")
+    mutate(root)
+    rep = inplace.run(s, inplace.plan(s, inplace.InPlaceRequest(yes=True)), log=lambda _m: None)
+    assert pg_sql(live, "SELECT count(*) FROM orders") == [(200,)]
+    assert diff_states({k: v for k, v in want_tree.items()}, tree_state(root)) == []
+    assert safety.load(Path(rep.safety_copy)).database is not None
+
+    # now the live state differs again, and the set's dump is damaged on disk: the restore drops the
+    # live database, pg_restore fails, and the safety copy's dump must bring it back
+    pg_sql(live, "INSERT INTO orders(item) VALUES ('only live')")
+    mutate(root)
+    before_tree = tree_state(root)
+    dump = first.path / "db.postgresql.pgdump.zst"
+    flip_byte(dump, dump.stat().st_size // 2)
+    log.unlink()
+    with pytest.raises(inplace.InPlaceFailed) as err:
+        inplace.run(s, inplace.plan(s, inplace.InPlaceRequest(yes=True, backup_id=first.manifest.id.value)),
+                    log=lambda _m: None)
+    assert "failed at step 'restore database'" in err.value.message
+    assert pg_sql(live, "SELECT count(*) FROM orders") == [(201,)]
+    assert pg_sql(live, "SELECT item FROM orders WHERE item = 'only live'") == [("only live",)]
+    assert diff_states(before_tree, tree_state(root)) == []
+    assert log.read_text().splitlines() == ["stop web", "stop worker", "start worker", "start web"]
+
+
+def test_cli_in_place_files_only(tmp_path: Path) -> None:
+    import subprocess
+
+    root = make_small_project(tmp_path / "erp")
+    db = make_sqlite(tmp_path / "live.sqlite3")
+    s = make_settings(tmp_path, root=root, db=db)
+    run_backup(s, BackupKind.FULL)
+    want = tree_state(root)
+    mutate(root)
+    sqlite_exec(db, "DELETE FROM customers")
+    cfg = write_config(tmp_path / "c.toml", s)
+    res = subprocess.run([*CLI, "--config", str(cfg), "restore", "--in-place", "--files-only", "--yes"],
+                         capture_output=True, text=True, timeout=300, env=cli_env())
+    assert res.returncode == 0, res.stderr
+    assert "restore files" in res.stdout and "safety copy" in res.stdout
+    assert diff_states(want, tree_state(root)) == []
+    assert sqlite_rows(db) == []  # --files-only left the database alone
+
+
+def test_failed_stop_changes_nothing_and_starts_again(tmp_path: Path) -> None:
+    root = make_small_project(tmp_path / "erp")
+    log = tmp_path / "commands.log"
+    cmds = commands(log)
+    cmds["stop"] = [recorder(log, "stop web"), ["no-such-service-manager-xyz", "stop"]]
+    s = with_restore(make_settings(tmp_path, root=root), **cmds)
+    run_backup(s, BackupKind.FULL)
+    mutate(root)
+    before = tree_state(root)
+    with pytest.raises(inplace.InPlaceFailed) as err:
+        inplace.run(s, inplace.plan(s, inplace.InPlaceRequest(yes=True)), log=lambda _m: None)
+    assert "failed at step 'stop: no-such-service-manager-xyz stop'" in err.value.message
+    assert "nothing had been changed and the start commands were run" in err.value.message
+    assert " — " not in err.value.message  # one line: the cause's own hint is not repeated inside it
+    assert diff_states(before, tree_state(root)) == []
+    assert log.read_text().splitlines() == ["stop web", "start worker", "start web"]
+
+
+KILL_ME = """
+import sys
+from erp_backup.config import load_settings
+from erp_backup import inplace
+s = load_settings(sys.argv[1])
+inplace.run(s, inplace.plan(s, inplace.InPlaceRequest(yes=True)))
+"""
+
+
+def test_killed_in_place_restore_is_flagged_and_put_back(tmp_path: Path) -> None:
+    import json
+
+    from erp_backup import status
+    from tests.conftest import REPO
+    from tests.procs import hang_command, kill_when_hanging
+
+    s, root, db = backed_up_then_changed(tmp_path)
+    skip = SKIP
+    before_tree, before_rows = tree_state(root, skip=skip), sqlite_rows(db)
+    marker = str(tmp_path / "smoke.pid")
+    cfg = write_config(tmp_path / "c.toml", s)
+    with open(cfg, "a") as f:
+        f.write(f"[restore]\nsmoke = [{json.dumps(hang_command(marker))}]\n")
+    kill_when_hanging([sys.executable, "-c", KILL_ME, str(cfg)], marker, env=cli_env(), cwd=str(REPO))
+    assert diff_states(before_tree, tree_state(root, skip=skip)) != []  # killed half-way: restored state
+    doc = status.collect(s)
+    (flag,) = [x for x in doc["problems"] if x["check"] == "in_place_restore"]
+    assert flag["severity"] == "critical" and "--put-back" in flag["message"]
+    (copy,) = safety.copies(s.storage.local_dir)
+    run_backup(s, BackupKind.INCREMENTAL)  # a backup meanwhile keeps it
+    assert copy.exists()
+    res = run_cli("--config", str(cfg), "restore", "--put-back", str(copy))
+    assert res.returncode != 0 and "--yes" in res.stderr
+    steps = inplace.put_back(s, inplace.check_put_back(s, str(copy), yes=True), log=lambda _m: None)
+    assert [st.name for st in steps] == ["put back files", "put back database"]
+    assert diff_states(before_tree, tree_state(root, skip=skip)) == []
+    assert sqlite_rows(db) == before_rows
+    assert safety.state_of(copy) == "put-back"
+    assert not [x for x in status.collect(s)["problems"] if x["check"] == "in_place_restore"]
+
+
+host = test_encrypted_sets.host  # the keyrings fixture: backup host (signing key), restore host (private key)
+
+
+def test_in_place_restore_of_encrypted_signed_sets(tmp_path: Path, gpg_keys: Any, host: Any) -> None:
+    """[encryption] local = true: the sets on disk are GPG-encrypted and signed; the in-place
+    restore checks the signature before anything is stopped and decrypts while it writes."""
+    root = make_small_project(tmp_path / "erp")
+    log = tmp_path / "commands.log"
+    s = test_encrypted_sets.enc_settings(tmp_path, gpg_keys, local=True, root=root)
+    s = with_restore(s, **commands(log))
+    host.backup()
+    full = run_backup(s, BackupKind.FULL)
+    assert any(a.name.endswith(".gpg") for a in full.manifest.artifacts)
+    want = tree_state(root)
+    mutate(root)
+    host.restore()
+    rep = inplace.run(s, inplace.plan(s, inplace.InPlaceRequest(yes=True, files=True, database=False)),
+                      log=lambda _m: None)
+    assert diff_states(want, tree_state(root)) == [] and rep.files_written >= 3
+    assert log.read_text().splitlines() == ["stop web", "stop worker", "start worker", "start web", "smoke"]
+
+
+def test_in_place_through_a_linked_root(tmp_path: Path) -> None:
+    """[project] root = /srv/app/current -> releases/3: restored where the link points, the link kept."""
+    real = make_small_project(tmp_path / "releases" / "3")
+    link = tmp_path / "current"
+    os.symlink(real, link)
+    s = make_settings(tmp_path, root=link)
+    run_backup(s, BackupKind.FULL)
+    want = tree_state(real)
+    mutate(real)
+    inplace.run(s, inplace.plan(s, inplace.InPlaceRequest(yes=True)), log=lambda _m: None)
+    assert os.path.islink(link) and diff_states(want, tree_state(real)) == []
+
+
+def test_put_back_refuses_what_is_not_a_safety_copy(tmp_path: Path) -> None:
+    s = make_settings(tmp_path, root=make_small_project(tmp_path / "erp"))
+    run_backup(s, BackupKind.FULL)
+    cfg = write_config(tmp_path / "c.toml", s)
+    for path in ("/etc", str(s.storage.local_dir), str(s.storage.local_dir / ".safety-x")):
+        res = run_cli("--config", str(cfg), "restore", "--put-back", path, "--yes")
+        assert res.returncode != 0
+        last = res.stderr.strip().splitlines()[-1]
+        assert last.startswith("erp-backup: error:") and ("not a safety copy" in last or "cannot read" in last), last
+    assert os.path.isdir("/etc")
+
+
+def test_deployed_restore_flow_in_place(tmp_path: Path) -> None:
+    """The restore deployment's parameters (what the UI form sends): config path, in_place, yes."""
+    import subprocess
+
+    s = make_settings(tmp_path, root=make_small_project(tmp_path / "erp"))
+    run_backup(s, BackupKind.FULL)
+    want = tree_state(s.project.root)
+    mutate(s.project.root)
+    cfg = write_config(tmp_path / "c.toml", s)
+    code = ("import sys, json; from erp_backup.flows.restore import restore_flow; "
+            "print(json.dumps(restore_flow(config=sys.argv[1], in_place=True, yes=True, files_only=True)))")
+    res = subprocess.run([sys.executable, "-c", code, str(cfg)], capture_output=True, text=True, timeout=300,
+                         env=cli_env())
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert '"in place": "yes"' in res.stdout.strip().splitlines()[-1]
+    assert diff_states(want, tree_state(s.project.root)) == []
