@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from erp_backup import prune as pruning
+from erp_backup import remote_sets as remote_listing
 from erp_backup import verdicts
 from erp_backup import verify as verifier
 from erp_backup.adapters.storage.local import MANIFEST, SUMS, LocalRepository
@@ -40,10 +41,12 @@ from tests.conftest import (
     write_config,
     write_file,
 )
+from tests.integration import test_encrypted_sets
 from tests.integration.offsite_fixtures import S3Env
 from tests.integration.test_faults import small_disk  # noqa: F401  (a real 2 MiB tmpfs)
 
 pytestmark = pytest.mark.integration
+host = test_encrypted_sets.host  # the keyrings fixture: backup host (signing key), restore host
 REPO = Path(__file__).resolve().parents[2]
 T0 = datetime(2026, 3, 1, 2, 0, tzinfo=UTC)
 
@@ -556,3 +559,43 @@ def test_prune_works_on_a_full_disk_and_frees_it_for_the_next_backup(
     assert len(rep.removed) >= 2
     (small_disk / "filler").unlink()
     run_backup(s, BackupJob.FULL, now=T0 + timedelta(days=10, hours=1))
+
+
+# ----------------------------------------------------------------------------- with the real upload (issue #8)
+
+
+def test_remote_prune_of_encrypted_sets_the_upload_sent_and_remote_verification_feeds_it(
+        tmp_path: Path, moto_s3: S3Env, gpg_keys: Any, host: Any) -> None:
+    from erp_backup import upload
+    from erp_backup.core.models import BackupKind
+    from erp_backup.remote_store import store_for
+    from erp_backup.remote_verify import verify_remote
+    from tests.integration.test_offsite_remote import backup, remote_settings
+
+    s = remote_settings(tmp_path, gpg_keys)
+    assert s.remote is not None
+    host.backup()
+    store = store_for(moto_s3.bucket, s.remote)
+    sent = []
+    for day in (0, 1, 2, 40, 41):
+        at = T0 + timedelta(days=day)
+        sid = backup(s, BackupKind.FULL, at)
+        assert upload.push(s, store, now=at, newest=sid).uploaded == (sid.value,)
+        sent.append(sid.value)
+    now = T0 + timedelta(days=41, hours=1)
+    plan, sets, _ = pruning.plan_remote(store, s, now=now)
+    assert not plan.unreadable and any(n.endswith(".gpg") for n in sets[sent[0]])  # encrypted off-site
+    assert [i.value for i in plan.order] == sent[2::-1]  # older than 30 days, newest first
+    rep = pruning.prune_remote(store, s, now=now)
+    assert rep.removed == tuple(sent[2::-1]) and remote_listing.scan(store).complete == [BackupId(i) for i in sent[3:]]
+    assert all(r.ok for r in verify_remote(s, store))
+
+    # the newest remote copy damaged: remote verification records it, retention stops counting it
+    key = next(f"{sent[4]}/{n}" for n in sets[sent[4]] if n.startswith("files"))
+    store.put_stream(key, open(tmp_path / "keys.asc", "rb"))
+    assert not {r.set_id: r for r in verify_remote(s, store)}[sent[4]].ok
+    assert verdicts.failed(s.storage.local_dir, "remote").keys() == {BackupId(sent[4])}
+    assert verdicts.failed(s.storage.local_dir) == {}, "the local copy is not in question"
+    later = {r.id: r for r in pruning.plan_remote(store, s, now=T0 + timedelta(days=75))[0].rows()}
+    assert later[sent[3]].reason.startswith("newest valid full: never removed")
+    assert "(last verification failed)" in later[sent[4]].reason
