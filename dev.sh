@@ -17,6 +17,7 @@ system_tools() {
     command -v pg_dump >/dev/null || need_apt+=(postgresql-client)
     command -v mariadb-dump >/dev/null || need_apt+=(mariadb-client)
     command -v pg_ctlcluster >/dev/null || need_apt+=(postgresql)
+    command -v chromium >/dev/null || need_apt+=(chromium)  # the e2e UI screenshots
     [ -x /usr/sbin/mariadbd ] || need_apt+=(mariadb-server)
   fi
   if [ ${#need_apt[@]} -gt 0 ]; then

@@ -399,12 +399,13 @@ def _release_safety_copies(root: Path) -> None:
 
 def report(plan: BackupPlan, committed: CommittedSet, warnings: tuple[str, ...],
            timings: dict[str, float]) -> BackupReport:
-    """The summary row and the size check against the last 10 sets of the same kind (a monthly
-    archive is a full and is compared with the fulls)."""
+    """The summary row and the size check against the last ``[monitoring] size_history`` sets of the
+    same kind (a monthly archive is a full and is compared with the fulls)."""
     m = committed.manifest
     dur = max(m.stats.duration_s, 1e-6)
     row: dict[str, object] = {
         "id": m.id.value,
+        "status": "committed",
         "kind": m.kind.value + (" (monthly)" if m.is_monthly else ""),
         "parent": m.parent.value if m.parent else "",
         "files scanned": m.stats.files_scanned,
@@ -412,12 +413,14 @@ def report(plan: BackupPlan, committed: CommittedSet, warnings: tuple[str, ...],
         "files deleted": m.stats.files_deleted,
         "bytes in": m.stats.bytes_in,
         "bytes out": m.stats.bytes_out,
+        "database rows": sum(m.database.tables.values()) if m.database else 0,
         "duration s": round(dur, 2),
         "throughput MB/s": round(m.stats.bytes_in / dur / 1e6, 1),
         "verification": "skipped" if committed.verify.level == "none" else "passed"
         + ("" if committed.verify.level in ("full", "quick") else f" ({committed.verify.level})"),
     }
-    history = [h.size_bytes for h in plan.repo.headers() if h.kind is m.kind and h.id != m.id][-10:]
-    verdict = size_anomaly(m.size_bytes, history)
+    mon = plan.settings.monitoring
+    history = [h.size_bytes for h in plan.repo.headers() if h.kind is m.kind and h.id != m.id][-mon.size_history:]
+    verdict = size_anomaly(m.size_bytes, history, factor=mon.size_factor, min_history=mon.size_min_history)
     row["size check"] = verdict.reason
     return BackupReport(row, verdict, warnings, dict(timings))

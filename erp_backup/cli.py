@@ -312,10 +312,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
     now = _parse_time(args.now, "--now") if args.now else None
     pruning.check_request(s, where, dry_run=args.dry_run, now=now)  # before Prefect starts
     from erp_backup import runner
-    from erp_backup.flows.prune import prune_checked_flow
 
-    rows = runner.run(prune_checked_flow, pruning.plain_prune, settings=s, where=where, dry_run=args.dry_run,
-                      now=now)
+    flow = runner.lazy("erp_backup.flows.prune", "prune_checked_flow")  # Prefect imported only if it runs
+    rows = runner.run(flow, pruning.plain_prune, settings=s, where=where, dry_run=args.dry_run, now=now)
     if args.json:
         for r in rows:
             print(json.dumps(r))
@@ -326,6 +325,16 @@ def cmd_prune(args: argparse.Namespace) -> int:
         print("no backup sets")
     removed = sum(1 for r in rows if r["action"] == "remove")
     print(f"{'dry run: would remove' if args.dry_run else 'removed'} {removed}, kept {len(rows) - removed}")
+    return 0
+
+
+def cmd_setup(args: argparse.Namespace) -> int:
+    from erp_backup.prefect_setup import setup_from_args
+
+    rep = setup_from_args(args.notify, args.timezone, args.late_incremental, args.late_full, args.automations)
+    print_table(list(rep.rows))
+    for w in rep.warnings:
+        print(f"warning: {w}", file=sys.stderr)
     return 0
 
 
@@ -418,6 +427,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--now", help="ISO time to judge ages at (with --dry-run): what will a prune then remove?")
     sp.add_argument("--json", action="store_true", help='one JSON object per set: {"id","where","action","reason"}')
     sp.set_defaults(func=cmd_prune)
+    sp = sub.add_parser("setup", help="prepare the Prefect server (PREFECT_API_URL): work pool, concurrency "
+                        "limit, block types, notification block, automations; idempotent")
+    sp.add_argument("--notify", action="append", metavar="URL",
+                    help="Apprise URL of an alert target (repeat for several; replaces the stored ones): "
+                    "mailto://, dingtalk://, wecombot://, feishu://, slack://, twilio://, json://; "
+                    "env:NAME reads them from $NAME (keeps tokens out of the process list); "
+                    "default $ERP_BACKUP_NOTIFY, else the stored ones")
+    sp.add_argument("--timezone", help="timezone of the schedules (default: the stored one, else Asia/Shanghai)")
+    sp.add_argument("--late-incremental", metavar="DURATION",
+                    help="alert when no incremental completed for this long (default 75m)")
+    sp.add_argument("--late-full", metavar="DURATION", help="alert when no full completed for this long (default 26h)")
+    sp.add_argument("--automations", metavar="FILE", help="automations YAML (default deployments/automations.yaml)")
+    sp.set_defaults(func=cmd_setup)
 
     sp = sub.add_parser("demo", help="sample ERP: full, incremental, differential, restore each, check")
     sp.add_argument("--dir", help="work directory (default: a new temporary directory)")

@@ -46,7 +46,7 @@ class BackupConfig(_Section):
     missing_parent: Literal["fail", "full"] = "fail"
     verify: Literal["full", "quick", "none"] = "full"
     lock_wait_s: float = Field(3600, ge=0)
-    task_retries: int = Field(2, ge=0, le=10)  # for stages safe to repeat (scan, dump, archive, verify)
+    task_retries: int = Field(2, ge=0, le=10)  # for stages safe to repeat (preflight, scan, dump, archive, verify)
     retry_delay_s: list[float] = Field(default_factory=lambda: [10.0, 60.0])
 
 
@@ -73,6 +73,18 @@ class RetentionConfig(_Section):
     leftover_grace_hours: float = Field(24, ge=0, le=876000, allow_inf_nan=False)
     local: RetentionPolicyConfig = Field(default_factory=RetentionPolicyConfig)
     remote: RemotePolicyConfig = Field(default_factory=RemotePolicyConfig)
+
+class MonitoringConfig(_Section):
+    # node_exporter textfile collector file (written atomically after backups, verifies, restore tests)
+    textfile: Path | None = None
+    pushgateway: str | None = None  # e.g. http://pushgateway:9091 (also pushed there when set)
+    push_job: str = "erp-backup"
+    # size anomaly: a set more than size_factor times larger (or smaller) than the median of the
+    # previous size_history sets of its kind, once size_min_history of them exist
+    size_factor: float = Field(3.0, gt=1)
+    size_history: int = Field(10, ge=1)
+    size_min_history: int = Field(3, ge=1)
+    progress_interval_s: float = Field(5.0, gt=0)  # how often a long dump/archive moves the progress artifact
 
 
 class RemoteConfig(_Section):
@@ -110,6 +122,7 @@ class Settings(_Section):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     backup: BackupConfig = Field(default_factory=BackupConfig)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
+    monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
     restore: RestoreConfig = Field(default_factory=RestoreConfig)
     restore_test: RestoreTestConfig = Field(default_factory=RestoreTestConfig)
     encryption: EncryptionConfig | None = None
@@ -309,7 +322,7 @@ threads = 0               # compression threads; 0 = all cores
 missing_parent = "fail"   # incremental/differential with no full: "fail" or "full" (promote to a full)
 verify = "full"           # after each backup: "full" (decompress + content), "quick" (checksums), "none"
 lock_wait_s = 3600        # how long a backup waits for another one to finish
-task_retries = 2          # retries of the stages safe to repeat (scan, dump, archive, verify)
+task_retries = 2          # retries of the stages safe to repeat (preflight, scan, dump, archive, verify)
 retry_delay_s = [10, 60]  # seconds before each retry
 
 [retention]
@@ -332,6 +345,14 @@ incremental_hours = 24
 differential_days = 30
 monthly_days = 365
 keep_last = 1
+
+[monitoring]
+# textfile = "/var/lib/prometheus/node-exporter/erp_backup.prom"  # Prometheus metrics (node_exporter)
+# pushgateway = "http://127.0.0.1:9091"                            # also push them there
+size_factor = 3.0         # size anomaly: more than 3x larger or smaller than the median of ...
+size_history = 10         # ... the previous 10 sets of the same kind, ...
+size_min_history = 3      # ... once at least 3 exist
+progress_interval_s = 5   # how often a long dump/archive moves the run's progress artifact
 
 # [encryption]            # GPG: encrypt and sign sets (README: Encryption). Required by [remote].
 # recipients = ["<40-hex fingerprint>"]        # keys to encrypt to (public keys only on this host)

@@ -14,12 +14,14 @@ from collections.abc import Callable
 from typing import Any, TypeAlias, TypeVar
 
 from erp_backup import backup as engine
+from erp_backup import monitoring
 from erp_backup import restore as restorer
 from erp_backup import verify as verifier
 from erp_backup.adapters.storage.local import LocalRepository
 from erp_backup.backup import Preflight
 from erp_backup.cli_quiet import DETAIL
 from erp_backup.config import Settings
+from erp_backup.core.errors import BackupError
 from erp_backup.core.models import BackupId, BackupJob
 from erp_backup.pipeline import PLAIN_STAGES, Stages, run_pipeline
 from erp_backup.retry import retrying
@@ -173,6 +175,10 @@ def verify_job(settings: Settings, backup_ids: list[str] | None = None, level: s
     check = retrying(verify_sets, retries=VERIFY_RETRIES, delays=VERIFY_DELAYS, name="verify", log=log)
     reports = check(settings, ids, level)
     rows = verify_rows(reports, log)
+    try:  # Prometheus verify_ok per kind ([monitoring]); never fails the verification itself
+        monitoring.publish_verify(settings, reports)
+    except (BackupError, OSError) as e:
+        log.warning("metrics not written: %s", e)
     raise_if_failed(rows, reports)
     return rows
 

@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 from typing import TypeVar
 
 from erp_backup import backup as stages
+from erp_backup import monitoring
 from erp_backup import prune as pruning
 from erp_backup import upload as uploading
 from erp_backup.adapters.storage.local import LocalRepository
@@ -82,7 +83,7 @@ PLAIN_STAGES = Stages(
     commit=stages.commit,
     upload=uploading.upload_stage,
     prune=pruning.prune_stage,
-    report=stages.report,
+    report=monitoring.plain_report,  # the engine's report + Prometheus metrics ([monitoring])
 )
 
 

@@ -2,7 +2,7 @@
 
 Thin wiring: each stage of ``erp_backup.backup`` is one task, and the order is
 ``erp_backup.pipeline.run_pipeline``'s (the same function tests and benchmarks
-run with the plain stages). Stages that are safe to repeat (scan, dump, archive,
+run with the plain stages). Stages that are safe to repeat (preflight, scan, dump, archive,
 verify) retry on transient errors; prepare, seal and commit do not. The
 repository lock is held for the whole run, so two backups never write the same
 repository at once (the second waits up to ``[backup] lock_wait_s``, then fails
@@ -32,6 +32,7 @@ from erp_backup.backup import (
 )
 from erp_backup.config import Settings
 from erp_backup.core.models import BackupJob, BackupKind
+from erp_backup.flows import ops
 from erp_backup.flows.common import artifact_key, as_stage, retry_transient, settings_for
 from erp_backup.pipeline import Stages, run_pipeline
 from erp_backup.prune import PruneResult, prune_stage, rows_of
@@ -39,7 +40,7 @@ from erp_backup.upload import UploadResult, upload_stage
 from erp_backup.verify import VerifyReport
 
 
-@task(name="preflight", cache_policy=NO_CACHE)
+@task(name="preflight", cache_policy=NO_CACHE, retry_condition_fn=retry_transient)
 def preflight_task(settings: Settings, kind: BackupKind, tags: tuple[str, ...]) -> Preflight:
     checked = engine.preflight(settings, kind, tags)
     get_run_logger().info("preflight passed: %s", checked)
@@ -178,6 +179,8 @@ def report_task(plan: BackupPlan, committed: CommittedSet, warnings: tuple[str, 
                    payload={**row, "reason": rep.size.reason, "baseline_bytes": rep.size.baseline,
                             "ratio": rep.size.ratio})
     log.info("backup %s done in %.1f s: %s", m.id, m.stats.duration_s, row)
+    ops.publish_backup_metrics(plan.settings, m, verified=committed.verify.level != "none")
+    ops.publish_catalog(plan.settings)
     return rep
 
 
@@ -186,7 +189,7 @@ def task_stages(settings: Settings) -> Stages:
     retry: dict[str, Any] = {"retries": settings.backup.task_retries,
                              "retry_delay_seconds": list(settings.backup.retry_delay_s)}
     return Stages(
-        preflight=as_stage(preflight_task),
+        preflight=as_stage(preflight_task.with_options(**retry)),  # writes nothing: a restarting database
         prepare=as_stage(prepare_task),
         scan=as_stage(scan_task.with_options(**retry)),
         dump=as_stage(dump_task.with_options(**retry)),
@@ -201,7 +204,9 @@ def task_stages(settings: Settings) -> Stages:
 
 
 def run_backup_flow(job: BackupJob, settings: Settings, checked: Preflight | None) -> dict[str, Any]:
-    result = run_pipeline(settings, job, task_stages(settings), checked=checked)
+    with ops.backup_slot(settings, job.value):  # one backup at a time across deployments (setup's limit)
+        stages = ops.with_progress(task_stages(settings), job.value, settings.monitoring.progress_interval_s)
+        result = run_pipeline(settings, job, stages, checked=checked)
     return {**result.report.row, "timings": result.timings}
 
 

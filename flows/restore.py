@@ -21,6 +21,7 @@ from erp_backup import verify as verifier
 from erp_backup.adapters.storage.local import LocalRepository
 from erp_backup.config import Settings
 from erp_backup.core.errors import ConfigError
+from erp_backup.flows import ops
 from erp_backup.flows.common import artifact_key, retry_transient, settings_for
 
 
@@ -151,6 +152,8 @@ def run_verify(s: Settings, backup_ids: list[str] | None, level: str) -> list[di
     if rows:
         create_table_artifact(key=artifact_key("erp-backup-verify"), table=rows,
                               description=f"Verification of {len(rows)} set(s) in `{repo.root}`")
+    ops.publish_verify_metrics(s, reports)
+    ops.publish_catalog(s)
     jobs.raise_if_failed(rows, reports)
     return rows
 

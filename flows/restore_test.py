@@ -15,6 +15,7 @@ from prefect.cache_policies import NO_CACHE
 
 from erp_backup import restore_test as tester
 from erp_backup.config import Settings
+from erp_backup.flows import ops
 from erp_backup.flows.common import artifact_key, settings_for
 
 
@@ -40,7 +41,7 @@ def run_restore_test(settings: Settings, backup_id: str | None, from_remote: boo
             from prefect.events import emit_event
 
             sid = result.set or "none"
-            # the shape issue #11's automations and flows/ops.py:report_restore_test use
+            # the shape issue #11's automations use (deployments/automations.yaml)
             emit_event(event="erp-backup.restore-test.failed",
                        resource={"prefect.resource.id": f"erp-backup.restore-test.{sid}",
                                  "prefect.resource.name": sid},
@@ -51,6 +52,9 @@ def run_restore_test(settings: Settings, backup_id: str | None, from_remote: boo
                                 "max_gap_s": result.max_gap_seconds, "problems": list(result.problems)})
         except Exception as e:  # an event is a courtesy: the failed run alerts anyway
             log.warning("could not emit the restore-test event: %s", e)
+    if result.set is not None:  # metrics and catalog (issue #11): a test that restored something
+        ops.publish_restore_test_metrics(settings, result.rto_seconds, result.rpo_seconds)
+    ops.publish_catalog(settings)
     tester.raise_if_failed(result)
     return result.to_json()
 

@@ -64,10 +64,13 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prefect
     home = tmp_path_factory.mktemp("prefect-home")
     port = free_port()
     env = base_env(home)
+    # links in alert messages ({{ flow_run|ui_url }}) need the server to know where its UI is,
+    # and the UI where its API is (it assumes port 4200 otherwise)
+    server_env = {**env, "PREFECT_UI_URL": f"http://127.0.0.1:{port}", "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api"}
     log = open(home / "server.log", "wb")
     proc = subprocess.Popen(
         [str(VENV_BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env=server_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}/api"
     deadline = time.monotonic() + 90

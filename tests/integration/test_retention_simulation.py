@@ -3,7 +3,8 @@
 What is simulated, exactly:
 
 - The schedule is read from prefect.yaml (cron expressions and time zone of the ``full``,
-  ``incremental``, ``differential`` and ``monthly`` deployments) and expanded with ``cronsim``
+  ``incremental``, ``differential`` and ``monthly`` deployments; the zone template means the
+  default, Asia/Shanghai, as ``prefect_setup.schedule_zone`` reads it) and expanded with ``cronsim``
   over 400 days from 2027-03-01 local time (February 29, 2028 is crossed): the daily 02:00 full,
   the Sunday 01:00 differential and the last-day-of-month 01:00 monthly archive run **every
   time** (470 runs). Hourly incrementals run **every hour of the 26 hours before each hourly
@@ -57,6 +58,7 @@ from erp_backup.adapters.storage.s3 import S3Store
 from erp_backup.core import chain
 from erp_backup.core.models import BackupJob, Manifest
 from erp_backup.pipeline import run_backup
+from erp_backup.prefect_setup import schedule_zone
 from erp_backup.restore import restore
 from tests.conftest import diff_states, make_settings, make_small_project, tree_state, write_file
 from tests.integration.offsite_fixtures import S3Env
@@ -78,7 +80,7 @@ def schedule() -> tuple[ZoneInfo, dict[BackupJob, str]]:
     crons = {job: deps[job.value]["schedules"][0] for job in BackupJob}
     zones = {c["timezone"] for c in crons.values()}
     assert len(zones) == 1, zones
-    return ZoneInfo(zones.pop()), {job: c["cron"] for job, c in crons.items()}
+    return schedule_zone(zones.pop()), {job: c["cron"] for job, c in crons.items()}
 
 
 @dataclass
