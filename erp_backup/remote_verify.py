@@ -118,9 +118,17 @@ def verify_remote(settings: Settings, store: RemoteStore, ids: Iterable[str] | N
 
 def _record(settings: Settings, reports: list[VerifyReport]) -> None:
     """The outcome beside the local sets (``<id>.remote-verified.json``: remote retention reads it).
-    Best effort: the local directory may be gone (a disaster) or read-only."""
-    from erp_backup import verdicts
+    Best effort: the local directory may be gone (a disaster) or read-only. Each outcome also gets
+    its line in the verification log ([verify] log), level ``remote-<level>``."""
+    import logging
 
+    from erp_backup import verdicts, verify_log
+
+    v = settings.verify
+    warn = verify_log.append(v.log, [verify_log.VerifyLine(r.set_id, f"remote-{r.level}", r.ok, "; ".join(r.problems))
+                                     for r in reports], max_bytes=v.log_max_bytes, keep=v.log_keep)
+    if warn:
+        logging.getLogger("erp_backup.run").warning("%s", warn)
     for r in reports:
         try:
             verdicts.record(settings.storage.local_dir, r.set_id, ok=r.ok, level=r.level, problems=r.problems,

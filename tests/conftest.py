@@ -56,6 +56,7 @@ def make_settings(tmp_path: Path, *, root: Path | None = None, db: Path | str | 
         "backup": {"verify": verify, "lock_wait_s": lock_wait_s, "missing_parent": missing_parent,
                    "retry_delay_s": [0], "task_retries": 0, **backup},
         "retention": {"after_backup": False} if retention is None else retention,
+        "verify": {"log": str(tmp_path / "log" / "verify.log")},  # never the machine's /var/log
     }
     if include is not None:
         data["project"]["include"] = include
@@ -84,6 +85,8 @@ def write_config(path: Path, settings: Settings) -> Path:
         "[retention]",
         f"after_backup = {_toml(s.retention.after_backup)}",
         f"leftover_grace_hours = {s.retention.leftover_grace_hours}",
+        "[verify]",
+        f"log = {_toml(str(s.verify.log))}",
     ]
     for where, pol in (("local", s.retention.local), ("remote", s.retention.remote)):
         lines += [f"[retention.{where}]", *(f"{k} = {v}" for k, v in pol.model_dump().items())]
