@@ -184,3 +184,13 @@ def publish_verify(settings: Settings, reports: Iterable[VerifyReport]) -> bool:
     kinds = {m.id.value: set_label(m) for m in LocalRepository(settings.storage.local_dir).headers()}
     return publish_metrics(settings, metrics.verify_update(
         [(kinds.get(r.set_id) or BackupId(r.set_id).kind.value, r.ok) for r in reports]))
+
+
+def publish_restore_test_quietly(settings: Settings, rto_s: float, rpo_s: float | None) -> str | None:
+    """The restore test's RTO/RPO gauges; the problem as text instead of an error (a restore test's
+    verdict must not depend on the metrics file)."""
+    try:
+        publish_metrics(settings, metrics.restore_test_update(rto_s, rpo_s))
+    except (BackupError, OSError) as e:
+        return f"metrics not written: {e}"
+    return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from datetime import datetime
 from typing import Any
 
@@ -131,7 +132,14 @@ def cmd_restore_test(args: argparse.Namespace) -> int:
     from erp_backup.flows.restore_test import restore_test_checked_flow
 
     def plain(settings: Any, backup_id: str | None, from_remote: bool | None) -> dict[str, Any]:
-        return tester.raise_if_failed(tester.run_restore_test(settings, backup_id, from_remote=from_remote)).to_json()
+        result = tester.run_restore_test(settings, backup_id, from_remote=from_remote)
+        if result.set is not None:  # Prometheus RTO/RPO gauges ([monitoring]), as the flow does
+            from erp_backup.monitoring import publish_restore_test_quietly
+
+            problem = publish_restore_test_quietly(settings, result.rto_seconds, result.rpo_seconds)
+            if problem:
+                print(f"warning: {problem}", file=sys.stderr)
+        return tester.raise_if_failed(result).to_json()
 
     try:
         doc = runner.run(restore_test_checked_flow, plain, settings=s, backup_id=args.backup, from_remote=from_remote)

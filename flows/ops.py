@@ -25,7 +25,6 @@ from prefect.artifacts import (
 from prefect.concurrency.sync import concurrency
 
 from erp_backup import monitoring
-from erp_backup.adapters import metrics
 from erp_backup.adapters.storage.local import LocalRepository
 from erp_backup.backup import BackupPlan, ScanResult
 from erp_backup.config import Settings
@@ -180,6 +179,7 @@ def publish_verify_metrics(settings: Settings, reports: list[VerifyReport]) -> N
 
 def publish_restore_test_metrics(settings: Settings, rto_s: float, rpo_s: float | None) -> None:
     """For the restore-test flow: RTO (and RPO) of the test just run."""
-    quietly("Prometheus metrics",
-            lambda: monitoring.publish_metrics(settings, metrics.restore_test_update(rto_s, rpo_s)))
+    problem = monitoring.publish_restore_test_quietly(settings, rto_s, rpo_s)
+    if problem:
+        get_run_logger().warning("%s", problem)
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -220,3 +221,28 @@ def test_plain_verify_publishes_verify_ok_per_kind(tmp_path: Path) -> None:
         verify_job(s, None, "quick")
     assert dict((x[0]["set_kind"], x[1]) for x in parse(prom)["erp_backup_verify_ok"]) == {
         "full": 1.0, "incremental": 0.0}
+
+
+def test_plain_restore_test_publishes_rto_and_rpo(tmp_path: Path) -> None:
+    """`erp-backup restore-test` without a Prefect server (the plain path) writes the restore-test
+    gauges, like the flow; a missed target still fails the command."""
+    from erp_backup.demo import make_project
+    from tests.conftest import cli_env, run_cli
+
+    root = tmp_path / "erp"
+    db = make_project(root)
+    prom = tmp_path / "m.prom"
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[project]\nroot = "{root}"\n[database]\nurl = "sqlite:///{db}"\n'
+                   f'[storage]\nlocal_dir = "{tmp_path / "bk"}"\n[monitoring]\ntextfile = "{prom}"\n'
+                   '[restore_test]\nrpo_target = "1s"\n')
+    env = cli_env(ERP_BACKUP_RUNNER="plain")
+    assert run_cli("--config", str(cfg), "backup", "full", env=env).returncode == 0
+    time.sleep(1.2)
+    r = run_cli("--config", str(cfg), "restore-test", env=env)
+    assert r.returncode != 0 and "RPO" in r.stderr.splitlines()[-1]
+    got = parse(prom)
+    [(_, rto)] = got["erp_backup_restore_test_rto_seconds"]
+    [(_, rpo)] = got["erp_backup_restore_test_rpo_seconds"]
+    assert rto > 0 and rpo >= 1.0
+    assert got["erp_backup_last_success_timestamp_seconds"][0][0] == {"kind": "full"}  # the backup's, kept
