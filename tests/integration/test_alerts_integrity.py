@@ -4,6 +4,7 @@ and the set verifies again once its modes are put right. Real backups, the real 
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -33,6 +34,10 @@ def test_a_set_readable_by_others_fails_verify_as_a_permission_problem(tmp_path:
     assert "0644" in r.stdout + r.stderr and "0755" in r.stdout + r.stderr
     log_line = s.verify.log.read_text().splitlines()[-1]
     assert f"set={sid}" in log_line and "outcome=FAILED" in log_line and "readable by group or others" in log_line
+    from erp_backup import verdicts
+
+    # the content is intact: its recorded verdict stays "passed" (restore and retention still trust it)
+    assert json.loads(verdicts.record_path(s.storage.local_dir, sid).read_text())["result"] == "passed"
     problems = alerts.exposed_files(set_dir)
     assert {alerts.classify(p) for p in problems} == {"permission"}
 
