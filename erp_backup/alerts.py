@@ -170,7 +170,16 @@ def emit_cli_refusal(set_id: str | None, err: BaseException, source: str = "rest
     try:
         from prefect.settings import PREFECT_API_URL
 
-        if not PREFECT_API_URL.value():
+        url = PREFECT_API_URL.value()
+        if not url:
+            return False
+        import httpx
+
+        try:  # a dead server: no event, and no seconds of Prefect's retry noise before the error line
+            httpx.get(f"{str(url).rstrip('/')}/health", timeout=2).raise_for_status()
+        except httpx.HTTPError as e:
+            log.warning("the integrity alert for %s was not sent: the Prefect API at %s did not answer (%s)",
+                        set_id, url, type(e).__name__)
             return False
         sent = emit_for_error(set_id, err, source)
         if sent:

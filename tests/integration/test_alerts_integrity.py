@@ -44,3 +44,27 @@ def test_a_set_readable_by_others_fails_verify_as_a_permission_problem(tmp_path:
     os.chmod(set_dir / "files.tar.zst", 0o600)
     os.chmod(set_dir, 0o700)
     assert run_cli("--config", str(cfg), "verify", "--quick", sid).returncode == 0
+
+
+def test_a_refused_restore_with_the_prefect_api_down_says_so_in_one_line_and_fails_at_once(tmp_path: Path) -> None:
+    """The CLI's restore refuses a damaged set before Prefect starts; the integrity alert cannot reach
+    a dead API: one warning line, no retries, and the refusal is still the last line."""
+    import time
+
+    from tests.conftest import cli_env
+    from tests.integration.offsite_fixtures import free_port
+
+    s = make_settings(tmp_path, root=make_small_project(tmp_path / "erp"))
+    sid = run_backup(s, BackupKind.FULL).manifest.id.value
+    cfg = write_config(tmp_path / "c.toml", s)
+    with open(s.storage.local_dir / sid / "SHA256SUMS", "a") as f:
+        f.write("tampered\n")
+    target = tmp_path / "out"
+    t0 = time.monotonic()
+    r = run_cli("--config", str(cfg), "restore", "--backup", sid, "--target-dir", str(target),
+                env=cli_env(PREFECT_API_URL=f"http://127.0.0.1:{free_port()}/api"))
+    assert r.returncode != 0 and time.monotonic() - t0 < 15 and not target.exists()
+    lines = r.stderr.strip().splitlines()
+    assert lines[-1].startswith("erp-backup: error: ") and "damaged" in lines[-1], lines
+    assert any("integrity alert" in x and "did not answer" in x for x in lines), lines
+    assert "EventsWorker" not in r.stderr
