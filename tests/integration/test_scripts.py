@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from erp_backup import verify_log
 from erp_backup.core.models import BackupKind
 from erp_backup.demo import make_project
 from erp_backup.pipeline import run_backup
-from tests.conftest import CLI, REPO, cli_env, flip_byte, make_settings, write_config
+from tests.conftest import CLI, REPO, cli_env, flip_byte, make_settings, tree_state, write_config
 
 pytestmark = pytest.mark.integration
 SCRIPTS = REPO / "scripts"
@@ -85,3 +86,51 @@ def test_verify_backup_sh_logs_one_line_per_set_and_fails_on_a_corrupted_one(tmp
     new = [verify_log.parse_line(x) for x in s.verify.log.read_text().splitlines()][2:]
     assert [(x["set"], x["level"], x["outcome"]) for x in new] == [(incr, "quick", "FAILED")]
     assert full in new[0]["problem"]  # the broken member of its chain is named
+
+
+def _restore_project(tmp_path: Path) -> tuple[Path, Path, Path, Path]:
+    """A project with its SQLite database inside, a full backup, hooks that record themselves;
+    then the live tree and database broken. (root, db, config, hook log)"""
+    import json
+    import sys
+
+    from tests.conftest import make_small_project, make_sqlite, write_file
+
+    root = make_small_project(tmp_path / "erp")
+    db = make_sqlite(root / "db.sqlite3")
+    s = make_settings(tmp_path, root=root, db=db)
+    log = tmp_path / "hooks.log"
+    rec = [sys.executable, "-c", "import sys; open(sys.argv[1], 'a').write(sys.argv[2] + '\\n')", str(log)]
+    cfg = write_config(tmp_path / "c.toml", s)
+    cfg.write_text(cfg.read_text() + "[restore]\n" + "".join(
+        f"{k} = {json.dumps([[*rec, k]])}\n" for k in ("stop", "start", "smoke")) + 'max_age = "off"\n')
+    run_backup(s, BackupKind.FULL)
+    write_file(root / "app/models.py", "broken\n")
+    (root / "docs/README.md").unlink()
+    conn = sqlite3.connect(db)
+    conn.execute("DELETE FROM customers")
+    conn.commit()
+    conn.close()
+    return root, db, cfg, log
+
+
+def test_restore_sh_no_on_stdin_changes_nothing(tmp_path: Path) -> None:
+    root, db, cfg, log = _restore_project(tmp_path)
+    before = tree_state(root)
+    r = script("restore.sh", config=cfg, stdin="y\nno\n")  # the failure confirmed, the restore refused
+    assert r.returncode == 1 and "nothing changed" in r.stdout, r.stdout + r.stderr
+    assert "step 3/3" in r.stdout  # it got as far as the destructive question
+    assert tree_state(root) == before and not log.exists()  # no hook ran, no file changed
+    r = script("restore.sh", config=cfg, stdin="")  # no answer at all: no
+    assert r.returncode == 1 and tree_state(root) == before
+
+
+def test_restore_sh_yes_brings_back_the_latest_valid_set_with_the_hooks_in_order(tmp_path: Path) -> None:
+    root, db, cfg, log = _restore_project(tmp_path)
+    r = script("restore.sh", "--yes", config=cfg)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (root / "docs/README.md").exists() and (root / "app/models.py").read_text() != "broken\n"
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT count(*) FROM customers").fetchone()[0] > 0
+    conn.close()
+    assert log.read_text().splitlines() == ["stop", "start", "smoke"]
