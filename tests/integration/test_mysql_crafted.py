@@ -248,3 +248,38 @@ def test_verification_is_not_fooled_by_sql_mode_tricks(shape: str, my_db, workdi
     with pytest.raises(RestoreError):
         MysqlAdapter(dst).restore(iter([dump]), info_for(dst.name), dst, replace=False, workdir=workdir)
     assert not marker.exists()
+
+
+# table options that make the server write the table's files in a directory the dump names: no FILE
+# privilege needed, so the confined account could (a review had t.ibd, x.MYD and x.MYI created in /tmp)
+DIRECTORIES = {
+    "innodb data directory": b"CREATE TABLE d (id INT) ENGINE=InnoDB DATA DIRECTORY='{d}';\n",
+    "myisam data and index directory": (b"CREATE TABLE d (id INT) ENGINE=MyISAM DATA DIRECTORY='{d}' "
+                                        b"INDEX DIRECTORY='{d}';\n"),
+    "in an executable comment": b"CREATE TABLE d (id INT) ENGINE=MyISAM /*!50100 DATA DIRECTORY = '{d}' */;\n",
+    "split by a comment": b"CREATE TABLE d (id INT) ENGINE=MyISAM INDEX/* x */DIRECTORY '{d}';\n",
+    "partition": (b"CREATE TABLE d (id INT) ENGINE=InnoDB PARTITION BY HASH (id) "
+                  b"(PARTITION p0 DATA DIRECTORY = '{d}');\n"),
+}
+
+
+@pytest.mark.parametrize("shape", sorted(DIRECTORIES))
+def test_a_dump_cannot_place_table_files_outside_the_data_directory(shape: str, my_db, workdir: Path) -> None:
+    import shutil
+    import tempfile
+
+    # a directory the server can write (as /tmp or /var/tmp are): the restore must not write there
+    outside = Path(tempfile.mkdtemp(prefix="erp-backup-datadir-", dir="/tmp"))
+    try:
+        outside.chmod(0o777)
+        dump = crafted(DIRECTORIES[shape].replace(b"{d}", str(outside).encode()))
+        dst = my_db("dst", create=False)
+        adapter = MysqlAdapter(dst)
+        with pytest.raises(RestoreError) as e:
+            adapter.restore(iter([dump]), info_for(dst.name), dst, replace=False, workdir=workdir)
+        assert_actionable(e.value, "refusing to restore", "reaches beyond the restored database")
+        assert [p.name for p in outside.rglob("*")] == []
+        problems = adapter.verify_dump(iter([dump]), info_for(dst.name), workdir)
+        assert len(problems) == 1 and "reaches beyond the restored database" in problems[0], problems
+    finally:
+        shutil.rmtree(outside, ignore_errors=True)

@@ -517,14 +517,19 @@ _LEADING = re.compile(
     rb"|set\s+(?:global|persist|persist_only|password|role|default\s+role)\b|handler\b|binlog\b)", re.I)
 _ANYWHERE = re.compile(
     rb"\binto\s+(?:outfile|dumpfile)\b|\bload_file\s*\(|@@global\s*\.|\bset\s+(?:global|persist)\b"
-    rb"|\bload\s+(?:data|xml)\b|\bsys_exec\b|\bsys_eval\b", re.I)
+    rb"|\bload\s+(?:data|xml)\b|\bsys_exec\b|\bsys_eval\b"
+    # a table (or partition) whose files the server writes in any directory it can write: no FILE
+    # privilege needed (a review had a crafted dump create t.ibd, x.MYD and x.MYI under /tmp)
+    rb"|\b(?:data|index)\s+directory\b", re.I)
 
 
 def check_confined(st: Statement) -> None:
     """Raise DumpRejected if ``st`` would act beyond the database it is restored into: server files
-    (INTO OUTFILE, LOAD DATA, LOAD_FILE), accounts and privileges, global settings, plugins, other
-    databases (USE, CREATE/DROP DATABASE). mariadb-dump and mysqldump of one database (as this tool
-    runs them, without --databases) write none of these."""
+    (INTO OUTFILE, LOAD DATA, LOAD_FILE, a table's DATA/INDEX DIRECTORY), accounts and privileges,
+    global settings, plugins, other databases (USE, CREATE/DROP DATABASE). mariadb-dump and
+    mysqldump of one database (as this tool runs them, without --databases) write none of these,
+    except DATA DIRECTORY for a table created with one (refused too: its files would land outside
+    the server's data directory, wherever the dump says)."""
     text = _BLANK.sub(b" ", st.sql)
     text = _OPENER.sub(b" ", text)
     m = _LEADING.match(text) or _ANYWHERE.search(text)
