@@ -19,8 +19,13 @@ Nothing unencrypted leaves the host (``[encryption]`` is required):
   the remote ``manifest.json``; the remote manifest is the local one (same set id, same snapshot
   index) with the encrypted artifacts (name, size, SHA-256, ``encryption: gpg``) and the
   recipients' fingerprints; with ``sign = true`` ``SHA256SUMS.sig`` signs it;
-* an already encrypted local set (``[encryption] local = true``) is sent as it is (its signature
-  too; one is made if signing is configured and the set has none).
+* an already encrypted local set (``[encryption] local = true``) is sent as it is, its signature too.
+
+With ``sign = true`` the local set must carry a good signature by a verification key, and its
+manifest must match the signed ``SHA256SUMS`` (read once: the bytes checked are the bytes used),
+before anything is sent: the signature the upload puts on a remote copy vouches for bytes that were
+signed here before. A set someone else put into the local directory (unsigned, or signed by another
+key) is never sent with this host's signature (CryptoError/IntegrityError, nothing sent).
 
 The remote copy is a set in the local layout: downloaded into an empty directory it is restored by
 the same code (``erp_backup.restore``).
@@ -30,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -37,7 +43,7 @@ from typing import IO, cast
 
 from erp_backup import encryption
 from erp_backup.adapters.archive.artifact import CHUNK
-from erp_backup.adapters.storage.local import MANIFEST, SUMS, LocalRepository
+from erp_backup.adapters.storage.local import MANIFEST, MAX_SUMS, SUMS, LocalRepository
 from erp_backup.config import Settings
 from erp_backup.core import manifest as mf
 from erp_backup.core.errors import ConfigError, IntegrityError, StorageError
@@ -69,6 +75,7 @@ class SetCopy:
     set_id: BackupId
     manifest: Manifest
     session: encryption.Session | None = None  # set when the local set is plaintext (encrypted here)
+    signed: list[tuple[str, bytes]] | None = None  # the local trailer as checked (sign = true)
     _stack: ExitStack = field(default_factory=ExitStack)
     _sent: list[Artifact] = field(default_factory=list)
 
@@ -109,11 +116,9 @@ class SetCopy:
             raise StorageError(f"trailer of {self.set_id} asked before every artifact was sent",
                                hint="a bug: report it")
         if self.session is None:
-            out = [(n, (d / n).read_bytes()) for n in TRAILER if (d / n).is_file()]
-            if encryption.signs(self.settings) and not (d / SIG).is_file():
-                with encryption.session(self.settings, signing=True) as s:
-                    out.insert(1, (SIG, s.sign_bytes((d / SUMS).read_bytes())))
-            return out
+            if self.signed is not None:
+                return list(self.signed)  # the bytes whose signature was checked
+            return [(n, (d / n).read_bytes()) for n in TRAILER if (d / n).is_file()]
         remote = dataclasses.replace(self.manifest, artifacts=tuple(self._sent),
                                      recipients=encryption.recipients(self.settings))
         text = mf.dumps(remote).encode("utf-8")
@@ -132,7 +137,11 @@ def remote_copy(settings: Settings, repo: LocalRepository, set_id: BackupId) -> 
     if settings.encryption is None:
         raise ConfigError("off-site copies must be encrypted and there is no [encryption] section",
                           hint="add [encryption] with recipients (README: Encryption)")
-    m = repo.read_manifest(set_id)
+    signed = None
+    if encryption.signs(settings):
+        m, signed = _signed_local(settings, repo, set_id)
+    else:
+        m = repo.read_manifest(set_id)
     plain = [a.name for a in m.artifacts if not a.encryption]
     with ExitStack() as stack:
         session = None
@@ -141,6 +150,65 @@ def remote_copy(settings: Settings, repo: LocalRepository, set_id: BackupId) -> 
                 raise IntegrityError(f"set {set_id} has encrypted and plaintext artifacts",
                                      hint="verify the set; it is not what erp-backup writes")
             session = stack.enter_context(encryption.session(settings, signing=encryption.signs(settings)))
-        copy = SetCopy(settings, repo, set_id, m, session)
+        copy = SetCopy(settings, repo, set_id, m, session, signed)
         with copy._stack:
             yield copy
+
+
+def _read_small(path: os.PathLike[str] | str, limit: int, sid: BackupId) -> bytes:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        raise IntegrityError(f"local set {sid}: cannot read {os.path.basename(path)}: {e.strerror}",
+                             hint=f"verify the local set: `erp-backup verify {sid}`") from e
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise IntegrityError(f"local set {sid}: {os.path.basename(path)} is larger than {limit} bytes",
+                             hint="it is not one this tool wrote: do not send it")
+    return data
+
+
+def _lines(data: bytes) -> Iterator[str]:
+    start = 0
+    while start < len(data):
+        end = data.find(b"\n", start)
+        end = len(data) if end < 0 else end + 1
+        yield data[start:end].decode("utf-8")
+        start = end
+
+
+def _signed_local(settings: Settings, repo: LocalRepository, set_id: BackupId
+                  ) -> tuple[Manifest, list[tuple[str, bytes]]]:
+    """The local set's manifest, checked (``sign = true``): ``SHA256SUMS`` carries a good signature by a
+    verification key, the manifest's bytes match it, and so do the artifacts the manifest names; with
+    the trailer (``SHA256SUMS``, its signature, ``manifest.json``) as those very bytes."""
+    d = repo.set_dir(set_id)
+    sums = _read_small(d / SUMS, MAX_SUMS, set_id)
+    sig = _read_small(d / SIG, 1 << 16, set_id) if os.path.lexists(d / SIG) else None
+    with encryption.session(settings, signing=True) as s:
+        s.check_signature_bytes(sums, sig, set_id.value)
+    hint = f"do not send it: `erp-backup verify {set_id}`; it may not come from this backup host"
+    try:
+        listed = mf.parse_sha256sums(sums.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise IntegrityError(f"local set {set_id}: {SUMS} is not text", hint=hint) from e
+    where = f"{set_id}/{MANIFEST}"
+    try:
+        fd = os.open(d / MANIFEST, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as f:
+            text = f.read()
+    except OSError as e:
+        raise IntegrityError(f"local set {set_id}: cannot read {MANIFEST}: {e.strerror}", hint=hint) from e
+    if hashlib.sha256(text).hexdigest() != listed.get(MANIFEST):
+        raise IntegrityError(f"local set {set_id}: {MANIFEST} does not match its signed {SUMS}", hint=hint)
+    try:
+        m = mf.load_lines(_lines(text), where=where)
+    except (IntegrityError, UnicodeDecodeError):
+        m = mf.loads(text, where=where)
+    if m.id != set_id:
+        raise IntegrityError(f"local set {set_id}: {MANIFEST} describes set {m.id}", hint=hint)
+    if {a.name: a.sha256 for a in m.artifacts} != {n: h for n, h in listed.items() if n != MANIFEST}:
+        raise IntegrityError(f"local set {set_id}: {SUMS} and {MANIFEST} disagree on the artifacts", hint=hint)
+    trailer = [(SUMS, sums), *([(SIG, sig)] if sig is not None else []), (MANIFEST, text)]
+    return m, trailer

@@ -242,6 +242,8 @@ def push(settings: Settings, store: RemoteStore, *, wanted: Iterable[BackupId] |
     kept = getattr(getattr(settings, "retention", None), "remote", None)  # [retention.remote], if configured
     ids, warnings = to_send(remote, local, complete, now=now or datetime.now(UTC), wanted=wanted,
                             newest=newest, kept=kept)
+    if wanted is None:
+        ids = _signed_only(settings, repo, ids, newest, {m.id: m for m in local}, warnings)
     uploaded: list[str] = []
     total = 0
     for sid in ids:
@@ -264,6 +266,39 @@ def push(settings: Settings, store: RemoteStore, *, wanted: Iterable[BackupId] |
         warnings.append(f"{len(listing.foreign)} object(s) in {store.describe()} belong to no backup set and were "
                         f"left alone, e.g. {listing.foreign[0]!r}")
     return UploadResult(store.describe(), tuple(uploaded), total, tuple(warnings))
+
+
+def _signed_only(settings: Settings, repo: LocalRepository, ids: list[BackupId], newest: BackupId | None,
+                 by_id: dict[BackupId, Manifest], warnings: list[str]) -> list[BackupId]:
+    """Catch-up with ``sign = true``: the sets without a good signature by a verification key (made
+    before signing was configured, or put into the local directory by someone else) are not sent,
+    nor the sets that build on them, with a warning naming them; the upload signs nothing it did not
+    sign before. ``newest`` (this run's own set) is never dropped here: ``send_set`` refuses it."""
+    from erp_backup import encryption
+
+    if not encryption.signs(settings) or not ids:
+        return ids
+    bad: dict[BackupId, str] = {}
+    with encryption.session(settings, signing=True) as s:
+        for sid in ids:
+            if sid == newest:
+                continue
+            try:
+                s.check_signature(repo.set_dir(sid), sid.value)
+            except BackupError as e:
+                bad[sid] = e.message.removeprefix(f"set {sid}: ")
+    late = []
+    for sid in ids:
+        m = by_id.get(sid)
+        dep = next((d for d in m.depends_on if d in bad), None) if m is not None and sid not in bad else None
+        if dep is not None and sid == newest:
+            late.append(f"set {sid} builds on {dep}, which was not sent: its remote copy cannot be restored "
+                        "(the next full backup starts a chain that can)")
+        elif dep is not None:
+            bad[sid] = f"it builds on {dep}, which is not sent"
+    warnings.extend(f"set {sid} was not sent: {why}" for sid, why in bad.items())
+    warnings.extend(late)
+    return [sid for sid in ids if sid not in bad]
 
 
 def upload_stage(settings: Settings, committed: CommittedSet) -> UploadResult | None:
