@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -43,7 +42,7 @@ from typing import IO, cast
 
 from erp_backup import encryption
 from erp_backup.adapters.archive.artifact import CHUNK
-from erp_backup.adapters.storage.local import MANIFEST, MAX_SUMS, SUMS, LocalRepository
+from erp_backup.adapters.storage.local import MANIFEST, SUMS, LocalRepository
 from erp_backup.config import Settings
 from erp_backup.core import manifest as mf
 from erp_backup.core.errors import ConfigError, IntegrityError, StorageError
@@ -139,7 +138,7 @@ def remote_copy(settings: Settings, repo: LocalRepository, set_id: BackupId) -> 
                           hint="add [encryption] with recipients (README: Encryption)")
     signed = None
     if encryption.signs(settings):
-        m, signed = _signed_local(settings, repo, set_id)
+        m, signed = encryption.signed_manifest(settings, repo, set_id)
     else:
         m = repo.read_manifest(set_id)
     plain = [a.name for a in m.artifacts if not a.encryption]
@@ -154,61 +153,3 @@ def remote_copy(settings: Settings, repo: LocalRepository, set_id: BackupId) -> 
         with copy._stack:
             yield copy
 
-
-def _read_small(path: os.PathLike[str] | str, limit: int, sid: BackupId) -> bytes:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError as e:
-        raise IntegrityError(f"local set {sid}: cannot read {os.path.basename(path)}: {e.strerror}",
-                             hint=f"verify the local set: `erp-backup verify {sid}`") from e
-    with os.fdopen(fd, "rb") as f:
-        data = f.read(limit + 1)
-    if len(data) > limit:
-        raise IntegrityError(f"local set {sid}: {os.path.basename(path)} is larger than {limit} bytes",
-                             hint="it is not one this tool wrote: do not send it")
-    return data
-
-
-def _lines(data: bytes) -> Iterator[str]:
-    start = 0
-    while start < len(data):
-        end = data.find(b"\n", start)
-        end = len(data) if end < 0 else end + 1
-        yield data[start:end].decode("utf-8")
-        start = end
-
-
-def _signed_local(settings: Settings, repo: LocalRepository, set_id: BackupId
-                  ) -> tuple[Manifest, list[tuple[str, bytes]]]:
-    """The local set's manifest, checked (``sign = true``): ``SHA256SUMS`` carries a good signature by a
-    verification key, the manifest's bytes match it, and so do the artifacts the manifest names; with
-    the trailer (``SHA256SUMS``, its signature, ``manifest.json``) as those very bytes."""
-    d = repo.set_dir(set_id)
-    sums = _read_small(d / SUMS, MAX_SUMS, set_id)
-    sig = _read_small(d / SIG, 1 << 16, set_id) if os.path.lexists(d / SIG) else None
-    with encryption.session(settings, signing=True) as s:
-        s.check_signature_bytes(sums, sig, set_id.value)
-    hint = f"do not send it: `erp-backup verify {set_id}`; it may not come from this backup host"
-    try:
-        listed = mf.parse_sha256sums(sums.decode("utf-8"))
-    except UnicodeDecodeError as e:
-        raise IntegrityError(f"local set {set_id}: {SUMS} is not text", hint=hint) from e
-    where = f"{set_id}/{MANIFEST}"
-    try:
-        fd = os.open(d / MANIFEST, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        with os.fdopen(fd, "rb") as f:
-            text = f.read()
-    except OSError as e:
-        raise IntegrityError(f"local set {set_id}: cannot read {MANIFEST}: {e.strerror}", hint=hint) from e
-    if hashlib.sha256(text).hexdigest() != listed.get(MANIFEST):
-        raise IntegrityError(f"local set {set_id}: {MANIFEST} does not match its signed {SUMS}", hint=hint)
-    try:
-        m = mf.load_lines(_lines(text), where=where)
-    except (IntegrityError, UnicodeDecodeError):
-        m = mf.loads(text, where=where)
-    if m.id != set_id:
-        raise IntegrityError(f"local set {set_id}: {MANIFEST} describes set {m.id}", hint=hint)
-    if {a.name: a.sha256 for a in m.artifacts} != {n: h for n, h in listed.items() if n != MANIFEST}:
-        raise IntegrityError(f"local set {set_id}: {SUMS} and {MANIFEST} disagree on the artifacts", hint=hint)
-    trailer = [(SUMS, sums), *([(SIG, sig)] if sig is not None else []), (MANIFEST, text)]
-    return m, trailer

@@ -829,7 +829,13 @@ def execute(repo: LocalRepository, plan: RestorePlan, target_db: DatabaseUrl | N
     (``resolve_target_database``). If it fails, what it created in the target directory is
     removed again, and the error says what it had already replaced there (``--force``).
     ``settings``: its ``[encryption]`` (signatures checked again, encrypted sets decrypted)."""
-    m = repo.read_manifest(BackupId(plan.set_id))
+    sid = BackupId(plan.set_id)
+    if settings is not None and encryption.signs(settings):
+        # read once and checked against the signed SHA256SUMS: a manifest swapped since the preflight
+        # (a flow run starts seconds later) is refused, not restored (a review's finding)
+        m, _ = encryption.signed_manifest(settings, repo, sid)
+    else:
+        m = repo.read_manifest(sid)
     with encryption.restore_decryptor(settings, repo, m, files=plan.target_dir is not None) as decryptor_for:
         return _execute(repo, plan, target_db, m, decryptor_for)
 
