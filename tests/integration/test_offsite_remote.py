@@ -528,3 +528,32 @@ def test_a_set_someone_put_into_the_local_directory_is_never_sent_with_our_signa
         upload.push(s, store, wanted=[evil])
     assert_actionable(e.value, f"upload of set {evil}", "sign")
     assert evil.value not in remote_sets.scan(store).objects
+
+
+@pytest.mark.parametrize("planted", ["stub manifest", "another set's signed copy"])
+def test_objects_planted_under_the_new_sets_id_do_not_make_its_upload_a_no_op(
+        planted: str, tmp_path: Path, moto_s3: S3Env, gpg_keys: GpgTestKeys, host: Host) -> None:
+    """Set ids are start times: easy to guess. A review planted <id>/manifest.json before the backup
+    of that id ran: the upload took the set for complete and sent nothing, run after run."""
+    import io
+
+    s = remote_settings(tmp_path, gpg_keys)
+    assert s.remote is not None
+    host.backup()
+    store = store_for(moto_s3.bucket, s.remote)
+    full = backup(s, BackupKind.FULL, T0)
+    upload.push(s, store, now=T0, newest=full)
+    incr = backup(s, BackupKind.INCREMENTAL, T0 + timedelta(hours=1))
+    if planted == "stub manifest":
+        store.put_stream(f"{incr}/SHA256SUMS", io.BytesIO(b"0" * 64 + b"  manifest.json\n"))
+        store.put_stream(f"{incr}/manifest.json", io.BytesIO(b"{}"))
+    else:  # the full's signed objects, copied under the incremental's id
+        for o in store.list(f"{full}/"):
+            with store.get_stream(o.key) as body:
+                store.put_stream(f"{incr}/{o.key.split('/', 1)[1]}", io.BytesIO(body.read()))
+    assert incr in remote_sets.scan(store).complete
+    res = upload.push(s, store, now=T0 + timedelta(hours=1), newest=incr)
+    assert res.uploaded == (incr.value,), res
+    assert [w for w in res.warnings if incr.value in w and "sent again" in w], res.warnings
+    reports = verify_remote(s, store, [incr.value])
+    assert reports[0].ok, reports[0].problems
