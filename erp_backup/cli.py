@@ -501,7 +501,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cli_quiet.install()  # a failed job: its table, then one error line (no traceback, no repeats)
     try:
-        reaper.guard(args.command)  # before anything is spawned: a killed run leaves no process behind
+        # before anything is spawned: a killed run leaves no process behind
+        reaper.guard(args.command, remote=bool(getattr(args, "remote", False)))
         return int(args.func(args) or 0)
     except BackupError as e:
         _FINAL.append(str(e))

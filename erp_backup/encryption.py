@@ -22,6 +22,7 @@ signature is missing, bad or made by another key, before anything is read from i
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -30,10 +31,11 @@ from pathlib import Path
 from typing import IO, Any
 
 from erp_backup.adapters import crypto, proc
-from erp_backup.adapters.storage.local import SUMS, LocalRepository
+from erp_backup.adapters.storage.local import MANIFEST, MAX_SUMS, SUMS, LocalRepository
 from erp_backup.config import EncryptionConfig, Settings
+from erp_backup.core import manifest as mf
 from erp_backup.core.errors import BackupError, ConfigError, CryptoError, IntegrityError
-from erp_backup.core.models import Manifest
+from erp_backup.core.models import BackupId, Manifest
 
 ENV_PASSPHRASE = "ERP_BACKUP_GPG_PASSPHRASE"
 ENV_SIGNING_PASSPHRASE = "ERP_BACKUP_GPG_SIGNING_PASSPHRASE"
@@ -425,3 +427,64 @@ def check_remote_signature(settings: Settings, sums: bytes, sig: bytes | None, s
         return None
     with session(settings, signing=True) as s:
         return s.check_signature_bytes(sums, sig, sid)
+
+
+def _read_small(path: os.PathLike[str] | str, limit: int, sid: BackupId) -> bytes:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        raise IntegrityError(f"set {sid}: cannot read {os.path.basename(path)}: {e.strerror}",
+                             hint=f"verify the local set: `erp-backup verify {sid}`") from e
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise IntegrityError(f"set {sid}: {os.path.basename(path)} is larger than {limit} bytes",
+                             hint="it is not one this tool wrote: do not use it")
+    return data
+
+
+def _lines(data: bytes) -> Iterator[str]:
+    start = 0
+    while start < len(data):
+        end = data.find(b"\n", start)
+        end = len(data) if end < 0 else end + 1
+        yield data[start:end].decode("utf-8")
+        start = end
+
+
+def signed_manifest(settings: Settings, repo: LocalRepository, set_id: BackupId
+                    ) -> tuple[Manifest, list[tuple[str, bytes]]]:
+    """A local set's whole manifest, checked (``sign = true``): ``SHA256SUMS`` carries a good signature
+    by a verification key, the manifest's bytes match it, and so do the artifacts the manifest names.
+    Each file is read once: the bytes checked are the bytes used (a file swapped after an earlier
+    check is never taken on trust). With the trailer (``SHA256SUMS``, its signature, ``manifest.json``)
+    as those very bytes, for an upload. CryptoError/IntegrityError naming the set otherwise."""
+    d = repo.set_dir(set_id)
+    sums = _read_small(d / SUMS, MAX_SUMS, set_id)
+    sig = _read_small(d / SIG, 1 << 16, set_id) if os.path.lexists(d / SIG) else None
+    with session(settings, signing=True) as s:
+        s.check_signature_bytes(sums, sig, set_id.value)
+    hint = f"do not use it: `erp-backup verify {set_id}`; it may not come from this backup host"
+    try:
+        listed = mf.parse_sha256sums(sums.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise IntegrityError(f"set {set_id}: {SUMS} is not text", hint=hint) from e
+    where = f"{set_id}/{MANIFEST}"
+    try:
+        fd = os.open(d / MANIFEST, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as f:
+            text = f.read()
+    except OSError as e:
+        raise IntegrityError(f"set {set_id}: cannot read {MANIFEST}: {e.strerror}", hint=hint) from e
+    if hashlib.sha256(text).hexdigest() != listed.get(MANIFEST):
+        raise IntegrityError(f"set {set_id}: {MANIFEST} does not match its signed {SUMS}", hint=hint)
+    try:
+        m = mf.load_lines(_lines(text), where=where)
+    except (IntegrityError, UnicodeDecodeError):
+        m = mf.loads(text, where=where)
+    if m.id != set_id:
+        raise IntegrityError(f"set {set_id}: {MANIFEST} describes set {m.id}", hint=hint)
+    if {a.name: a.sha256 for a in m.artifacts} != {n: h for n, h in listed.items() if n != MANIFEST}:
+        raise IntegrityError(f"set {set_id}: {SUMS} and {MANIFEST} disagree on the artifacts", hint=hint)
+    trailer = [(SUMS, sums), *([(SIG, sig)] if sig is not None else []), (MANIFEST, text)]
+    return m, trailer

@@ -240,7 +240,7 @@ def run(settings: Settings, plan: InPlacePlan, *, log: Log = print, now: datetim
         log(f"another erp-backup run holds the lock on {repo.root}: waiting for it (up to "
             f"{settings.backup.lock_wait_s:.0f} s, [backup] lock_wait_s) before anything is stopped")
     with repo.lock(settings.backup.lock_wait_s, purpose="in-place restore"), contextlib.ExitStack() as stack:
-        m = repo.read_manifest(BackupId(rplan.set_id))
+        m = restorer.manifest_to_restore(repo, BackupId(rplan.set_id), settings)
         # signatures checked again and a GPG session for encrypted sets, before anything is stopped
         decryptor_for = stack.enter_context(encryption.restore_decryptor(settings, repo, m, files=plan.files))
         rel = rplan.database_rel if plan.files and live is not None else None

@@ -1,7 +1,7 @@
 """Leave no process behind: when a run dies, however (SIGKILL, the OOM killer, a crash), every
 process it started dies with it.
 
-``guard()`` runs at the start of each command that starts Prefect, before anything is spawned:
+``guard()`` runs at the start of each command that may start a process, before anything is spawned:
 
 1. A fresh run token goes into ``os.environ[ERP_BACKUP_RUN_TOKEN]``, so every process started from
    here on carries it in ``/proc/PID/environ``: Prefect's temporary API server (uvicorn; it copies
@@ -33,7 +33,11 @@ import sys
 from erp_backup.core.errors import BackupError
 
 RUN_TOKEN_ENV = "ERP_BACKUP_RUN_TOKEN"
-COMMANDS = frozenset({"backup", "verify", "restore", "demo", "prune"})  # the commands that start Prefect
+# the commands that may start processes: Prefect's temporary server (a flow run, or a block loaded
+# without a server configured), database clients, gpg and its agent (a review found restore-test's
+# temporary server and upload's gpg-agent alive after a SIGKILL); ``list`` only with --remote
+# (it loads the remote block); not init, show, status
+COMMANDS = frozenset({"backup", "verify", "restore", "demo", "restore-test", "upload", "block", "setup", "prune"})
 GRACE_S = 2.0  # SIGTERM -> SIGKILL
 
 WATCHDOG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_watchdog.py")  # a standalone script
@@ -130,6 +134,7 @@ def start(*, grace_s: float = GRACE_S) -> Watchdog | None:
     return _active
 
 
-def guard(command: str | None) -> Watchdog | None:
-    """``start()`` for the commands that start Prefect (``COMMANDS``); nothing for the others."""
-    return start() if command in COMMANDS else None
+def guard(command: str | None, *, remote: bool = False) -> Watchdog | None:
+    """``start()`` for the commands that may start processes (``COMMANDS``, and ``list --remote``);
+    nothing for the others."""
+    return start() if command in COMMANDS or (command == "list" and remote) else None

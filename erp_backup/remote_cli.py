@@ -193,7 +193,10 @@ def cmd_blocks(args: argparse.Namespace) -> int:
     make = create_s3_block if args.block_kind == "s3" else create_ftp_block
     try:
         print(make(args))
-    except ValueError as e:  # Prefect: a block of that name exists
+    except ValueError as e:  # Prefect: a block of that name exists, or the name is not one it takes
+        if "already" in str(e).lower():
+            raise ConfigError(f"cannot save block {args.name!r}: a block of that name exists",
+                              hint="pass --overwrite to replace it, or choose another name") from e
         raise ConfigError(f"cannot save block {args.name!r}: {str(e).splitlines()[0]}",
-                          hint="pass --overwrite to replace it, or choose another name") from e
+                          hint="check the block name (lowercase letters, digits and dashes)") from e
     return 0

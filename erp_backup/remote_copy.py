@@ -19,8 +19,13 @@ Nothing unencrypted leaves the host (``[encryption]`` is required):
   the remote ``manifest.json``; the remote manifest is the local one (same set id, same snapshot
   index) with the encrypted artifacts (name, size, SHA-256, ``encryption: gpg``) and the
   recipients' fingerprints; with ``sign = true`` ``SHA256SUMS.sig`` signs it;
-* an already encrypted local set (``[encryption] local = true``) is sent as it is (its signature
-  too; one is made if signing is configured and the set has none).
+* an already encrypted local set (``[encryption] local = true``) is sent as it is, its signature too.
+
+With ``sign = true`` the local set must carry a good signature by a verification key, and its
+manifest must match the signed ``SHA256SUMS`` (read once: the bytes checked are the bytes used),
+before anything is sent: the signature the upload puts on a remote copy vouches for bytes that were
+signed here before. A set someone else put into the local directory (unsigned, or signed by another
+key) is never sent with this host's signature (CryptoError/IntegrityError, nothing sent).
 
 The remote copy is a set in the local layout: downloaded into an empty directory it is restored by
 the same code (``erp_backup.restore``).
@@ -69,6 +74,7 @@ class SetCopy:
     set_id: BackupId
     manifest: Manifest
     session: encryption.Session | None = None  # set when the local set is plaintext (encrypted here)
+    signed: list[tuple[str, bytes]] | None = None  # the local trailer as checked (sign = true)
     _stack: ExitStack = field(default_factory=ExitStack)
     _sent: list[Artifact] = field(default_factory=list)
 
@@ -109,11 +115,9 @@ class SetCopy:
             raise StorageError(f"trailer of {self.set_id} asked before every artifact was sent",
                                hint="a bug: report it")
         if self.session is None:
-            out = [(n, (d / n).read_bytes()) for n in TRAILER if (d / n).is_file()]
-            if encryption.signs(self.settings) and not (d / SIG).is_file():
-                with encryption.session(self.settings, signing=True) as s:
-                    out.insert(1, (SIG, s.sign_bytes((d / SUMS).read_bytes())))
-            return out
+            if self.signed is not None:
+                return list(self.signed)  # the bytes whose signature was checked
+            return [(n, (d / n).read_bytes()) for n in TRAILER if (d / n).is_file()]
         remote = dataclasses.replace(self.manifest, artifacts=tuple(self._sent),
                                      recipients=encryption.recipients(self.settings))
         text = mf.dumps(remote).encode("utf-8")
@@ -132,7 +136,11 @@ def remote_copy(settings: Settings, repo: LocalRepository, set_id: BackupId) -> 
     if settings.encryption is None:
         raise ConfigError("off-site copies must be encrypted and there is no [encryption] section",
                           hint="add [encryption] with recipients (README: Encryption)")
-    m = repo.read_manifest(set_id)
+    signed = None
+    if encryption.signs(settings):
+        m, signed = encryption.signed_manifest(settings, repo, set_id)
+    else:
+        m = repo.read_manifest(set_id)
     plain = [a.name for a in m.artifacts if not a.encryption]
     with ExitStack() as stack:
         session = None
@@ -141,6 +149,7 @@ def remote_copy(settings: Settings, repo: LocalRepository, set_id: BackupId) -> 
                 raise IntegrityError(f"set {set_id} has encrypted and plaintext artifacts",
                                      hint="verify the set; it is not what erp-backup writes")
             session = stack.enter_context(encryption.session(settings, signing=encryption.signs(settings)))
-        copy = SetCopy(settings, repo, set_id, m, session)
+        copy = SetCopy(settings, repo, set_id, m, session, signed)
         with copy._stack:
             yield copy
+

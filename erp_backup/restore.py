@@ -826,13 +826,22 @@ def _inside(target_dir: str, path: str) -> str | None:
             return check_rel("/".join(below))
 
 
+def manifest_to_restore(repo: LocalRepository, sid: BackupId, settings: Settings | None) -> Manifest:
+    """The whole manifest a restore works from. With ``sign = true`` read once and checked against the
+    signed ``SHA256SUMS``: a manifest swapped since the preflight (a flow run starts seconds after
+    it) is refused, not restored (a review restored a planted archive through one)."""
+    if settings is not None and encryption.signs(settings):
+        return encryption.signed_manifest(settings, repo, sid)[0]
+    return repo.read_manifest(sid)
+
+
 def execute(repo: LocalRepository, plan: RestorePlan, target_db: DatabaseUrl | None, *,
             settings: Settings | None = None) -> RestoreReport:
     """Restore what ``plan`` says; ``target_db`` is its database with credentials
     (``resolve_target_database``). If it fails, what it created in the target directory is
     removed again, and the error says what it had already replaced there (``--force``).
     ``settings``: its ``[encryption]`` (signatures checked again, encrypted sets decrypted)."""
-    m = repo.read_manifest(BackupId(plan.set_id))
+    m = manifest_to_restore(repo, BackupId(plan.set_id), settings)
     with encryption.restore_decryptor(settings, repo, m, files=plan.target_dir is not None) as decryptor_for:
         return _execute(repo, plan, target_db, m, decryptor_for)
 

@@ -326,7 +326,7 @@ def run_restore_test(settings: Settings, backup_id: str | None = None, *, from_r
                 t0 = time.monotonic()
             m_head, notes = restorer._pick_set(src, backup_id, None, "quick", settings)
             passed_over += _passed_over(notes, invalid)
-            m = src.read_manifest(m_head.id)
+            m = restorer.manifest_to_restore(src, m_head.id, settings)
         except BackupError as e:
             problems.append(f"no set to test{' in the remote store' if remote else ''}: {e}")
         timed("select", t0)

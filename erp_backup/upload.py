@@ -239,9 +239,22 @@ def push(settings: Settings, store: RemoteStore, *, wanted: Iterable[BackupId] |
         e.args = (str(e),)
         raise
     complete = set(listing.complete)
+    early: list[str] = []
+    if newest is not None and newest in complete:
+        # this run's own set, just committed, already "complete" remotely: a retried upload of this
+        # very run, or objects someone planted under an id that is easy to guess (a review's stub
+        # manifest made every upload of that set a no-op). Only a copy that checks out counts.
+        problem = _remote_copy_problem(settings, store, newest, listing.objects.get(newest.value, {}))
+        if problem is not None:
+            complete.discard(newest)
+            early.append(f"set {newest} looked complete in {store.describe()} but its copy there is not one this "
+                         f"host made ({problem}): sent again")
     kept = getattr(getattr(settings, "retention", None), "remote", None)  # [retention.remote], if configured
     ids, warnings = to_send(remote, local, complete, now=now or datetime.now(UTC), wanted=wanted,
                             newest=newest, kept=kept)
+    warnings[:0] = early
+    if wanted is None:
+        ids = _signed_only(settings, repo, ids, newest, {m.id: m for m in local}, warnings)
     uploaded: list[str] = []
     total = 0
     for sid in ids:
@@ -264,6 +277,67 @@ def push(settings: Settings, store: RemoteStore, *, wanted: Iterable[BackupId] |
         warnings.append(f"{len(listing.foreign)} object(s) in {store.describe()} belong to no backup set and were "
                         f"left alone, e.g. {listing.foreign[0]!r}")
     return UploadResult(store.describe(), tuple(uploaded), total, tuple(warnings))
+
+
+def _remote_copy_problem(settings: Settings, store: RemoteStore, sid: BackupId, objects: dict[str, int]) -> str | None:
+    """Why the remote copy of ``sid`` is not a whole copy made here, or None: its ``SHA256SUMS`` signed
+    as configured, listing the manifest, whose bytes match it and whose header names ``sid``."""
+    from erp_backup.core.chain import Damaged
+    from erp_backup.remote_verify import signature_checker
+
+    if SUMS not in objects or objects.get(MANIFEST, remote_sets.MAX_MANIFEST + 1) > remote_sets.MAX_MANIFEST:
+        return f"no {SUMS}, or no plausible {MANIFEST}"
+    try:
+        raw, sums = remote_sets.read_sums(store, sid)
+        sig = remote_sets.read_bounded(store, f"{sid}/{remote_sets.SIG}", 1 << 16) \
+            if remote_sets.SIG in objects else None
+        with signature_checker(settings) as check:
+            problem = check(sid, raw, sig)
+        if problem:
+            return problem
+        digest, _ = remote_sets.sha256_stream(remote_sets.stream_bounded(store, f"{sid}/{MANIFEST}",
+                                                                         objects[MANIFEST]))
+        if digest != sums.get(MANIFEST):
+            return f"its {MANIFEST} does not match its {SUMS}"
+        head = remote_sets.header_of(store, sid)
+        if isinstance(head, Damaged):
+            return head.reason
+    except IntegrityError as e:
+        return e.message
+    return None
+
+
+def _signed_only(settings: Settings, repo: LocalRepository, ids: list[BackupId], newest: BackupId | None,
+                 by_id: dict[BackupId, Manifest], warnings: list[str]) -> list[BackupId]:
+    """Catch-up with ``sign = true``: the sets without a good signature by a verification key (made
+    before signing was configured, or put into the local directory by someone else) are not sent,
+    nor the sets that build on them, with a warning naming them; the upload signs nothing it did not
+    sign before. ``newest`` (this run's own set) is never dropped here: ``send_set`` refuses it."""
+    from erp_backup import encryption
+
+    if not encryption.signs(settings) or not ids:
+        return ids
+    bad: dict[BackupId, str] = {}
+    with encryption.session(settings, signing=True) as s:
+        for sid in ids:
+            if sid == newest:
+                continue
+            try:
+                s.check_signature(repo.set_dir(sid), sid.value)
+            except BackupError as e:
+                bad[sid] = e.message.removeprefix(f"set {sid}: ")
+    late = []
+    for sid in ids:
+        m = by_id.get(sid)
+        dep = next((d for d in m.depends_on if d in bad), None) if m is not None and sid not in bad else None
+        if dep is not None and sid == newest:
+            late.append(f"set {sid} builds on {dep}, which was not sent: its remote copy cannot be restored "
+                        "(the next full backup starts a chain that can)")
+        elif dep is not None:
+            bad[sid] = f"it builds on {dep}, which is not sent"
+    warnings.extend(f"set {sid} was not sent: {why}" for sid, why in bad.items())
+    warnings.extend(late)
+    return [sid for sid in ids if sid not in bad]
 
 
 def upload_stage(settings: Settings, committed: CommittedSet) -> UploadResult | None:

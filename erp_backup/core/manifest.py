@@ -59,16 +59,28 @@ def entry_to_dict(e: FileEntry) -> dict[str, Any]:
 
 
 _TYPES = {t.value: t for t in EntryType}
+_NS_LIMIT = 1 << 63  # what os.utime(ns=…) takes: a crafted index must not end a restore in an OverflowError
+_ID_LIMIT = (1 << 32) - 1  # uid/gid: (uid_t)-1 means "leave unchanged" to chown
+
+
+def _bounded(value: object, low: int, high: int, what: str) -> int:
+    """``int(value)``, refused (ValueError) outside ``low <= n < high``."""
+    n = int(value)  # type: ignore[call-overload]
+    if not low <= n < high:
+        raise ValueError(f"{what} {n} is out of range")
+    return n
+
+
 def entry_from_dict(d: dict[str, Any]) -> FileEntry:
     typ = _TYPES.get(d["type"]) if isinstance(d["type"], str) else None
     return FileEntry(
         path=d["path"],
         type=typ if typ is not None else EntryType(d["type"]),
-        mode=shared_int(int(d["mode"], 8)),
-        mtime_ns=int(d["mtime_ns"]),
-        size=int(d.get("size", 0)),
-        uid=shared_int(int(d.get("uid", 0))),
-        gid=shared_int(int(d.get("gid", 0))),
+        mode=shared_int(_bounded(int(d["mode"], 8), 0, 0o10000, "mode")),
+        mtime_ns=_bounded(d["mtime_ns"], -_NS_LIMIT + 1, _NS_LIMIT, "mtime_ns"),
+        size=_bounded(d.get("size", 0), 0, _NS_LIMIT, "size"),
+        uid=shared_int(_bounded(d.get("uid", 0), 0, _ID_LIMIT, "uid")),
+        gid=shared_int(_bounded(d.get("gid", 0), 0, _ID_LIMIT, "gid")),
         ino=int(d.get("ino", 0)),
         sha256=d.get("sha256"),
         holder=sys.intern(d["holder"]) if d.get("holder") else None,
@@ -223,7 +235,7 @@ def loads(text: str | bytes, *, where: str = "manifest.json") -> Manifest:
                 dump_tool=db["dump_tool"],
                 dump_format=db["dump_format"],
                 raw_size=int(db.get("raw_size", 0)),
-                tables={k: int(v) for k, v in db.get("tables", {}).items()},
+                tables=_tables(db.get("tables", {})),
             ),
             artifacts=tuple(
                 Artifact(
@@ -242,9 +254,15 @@ def loads(text: str | bytes, *, where: str = "manifest.json") -> Manifest:
             skipped=tuple((s["path"], s["reason"]) for s in d.get("skipped", [])),
             recipients=_recipients(d.get("encryption")),
         )
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise IntegrityError(f"{where} is incomplete or malformed ({e!r})",
                              hint="the set is damaged: verify it and restore from another set") from e
+
+
+def _tables(tables: object) -> dict[str, int]:
+    if not isinstance(tables, dict):
+        raise ValueError("database.tables: not an object of table names and row counts")
+    return {str(k): _bounded(v, 0, _NS_LIMIT, f"row count of {k}") for k, v in tables.items()}
 
 
 def _recipients(enc: object) -> tuple[str, ...]:
@@ -305,7 +323,7 @@ def _entries(lines: list[str], where: str) -> list[FileEntry]:
         if len(decoded) != len(lines) or not all(isinstance(d, dict) for d in decoded):
             raise ValueError("not one object per line")
         return [entry_from_dict(d) for d in decoded]
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise IntegrityError(f"{where}: malformed index line ({e})", hint="the set is damaged") from e
 
 

@@ -81,6 +81,13 @@ def test_disaster_round_trip_from_s3_by_the_cli(prefect_server: PrefectServer, m
         assert SECRET_KEY not in made.stdout + made.stderr
         no_keys = cli(backup_env, cfg, "block", "s3", "--name", "x", "--bucket", "b")
         assert no_keys.returncode != 0 and "AWS_ACCESS_KEY_ID is not set" in no_keys.stderr.strip().splitlines()[-1]
+        keys_env = {**backup_env, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
+        again = cli(keys_env, cfg, "block", "s3", "--name", f"erp-offsite-{bucket.bucket_name}", "--bucket", "b")
+        assert again.returncode != 0 and "--overwrite" in again.stderr.strip().splitlines()[-1], again.stderr[-2000:]
+        # a name Prefect does not take: the hint was "pass --overwrite" (a review's)
+        bad = cli(keys_env, cfg, "block", "ftp", "--name", "Bad Name/x", "--host", "h", "--user", "anonymous")
+        last = bad.stderr.strip().splitlines()[-1]
+        assert bad.returncode != 0 and "check the block name" in last and "--overwrite" not in last, last
 
         full = cli(backup_env, cfg, "backup", "full")
         assert full.returncode == 0, full.stderr[-3000:]

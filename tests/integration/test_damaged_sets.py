@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,6 +32,7 @@ from erp_backup.core.models import Artifact, BackupId, BackupKind, Manifest
 from erp_backup.pipeline import run_backup
 from erp_backup.restore import restore
 from tests.conftest import (
+    cli_env,
     diff_states,
     flip_byte,
     make_settings,
@@ -126,6 +128,17 @@ def _raw_edit(d: Path, old: str, new: str) -> None:
     (d / SUMS).write_text("".join(f"{ln}\n" for ln in [*lines, f"{hashlib.sha256(data).hexdigest()}  {MANIFEST}"]))
 
 
+def _json_edit(d: Path, change: Callable[[dict[str, Any]], object]) -> None:
+    """Change the manifest's decoded JSON (written back in json.dumps' own layout) and re-seal
+    SHA256SUMS by hand: values no tool writes, in a consistent set."""
+    doc = json.loads((d / MANIFEST).read_bytes())
+    change(doc)
+    data = json.dumps(doc, indent=2).encode()
+    (d / MANIFEST).write_bytes(data)
+    lines = [ln for ln in (d / SUMS).read_text().splitlines() if not ln.endswith(f"  {MANIFEST}")]
+    (d / SUMS).write_text("".join(f"{ln}\n" for ln in [*lines, f"{hashlib.sha256(data).hexdigest()}  {MANIFEST}"]))
+
+
 def _truncate(p: Path) -> None:
     p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
 
@@ -150,6 +163,9 @@ MANIFEST_DAMAGE: dict[str, Callable[[Path], None]] = {
     # values the model refuses (a review found these stopped list, backup and restore --at)
     "parent-not-an-id": lambda d: _raw_edit(d, '"parent": null', '"parent": "garbage"'),
     "dependency-not-an-id": lambda d: _raw_edit(d, '"depends_on": []', '"depends_on": ["../../etc"]'),
+    # a review's: every command (list, verify, restore, backup) ended in an AttributeError traceback
+    "tables-not-an-object": lambda d: _json_edit(d, lambda m: m["database"].update(tables=[1])),
+    "negative-row-count": lambda d: _json_edit(d, lambda m: m["database"].update(tables={"t": -1})),
 }
 
 
@@ -459,3 +475,35 @@ def test_cli_verify_prints_the_table_and_names_every_failing_set(h: History) -> 
     for n in ("F2", "I2", "D2"):
         assert h.ids[n] in last
     assert f"needs {h.ids['F2']}, which failed" in last
+
+
+# index entries whose values the restore cannot apply (a review had each end the restore in an
+# OverflowError traceback): the set is refused in one line, by restore and verify alike
+INDEX_DAMAGE: dict[str, tuple[str, object]] = {
+    "mode beyond 07777": ("mode", "77777777777"),
+    "mtime beyond time_t": ("mtime_ns", 10**40),
+    "mtime far before 1970": ("mtime_ns", -(10**30)),
+    "uid beyond uid_t": ("uid", 2**40),
+    "negative uid": ("uid", -5),
+    "negative gid": ("gid", -1),
+    "negative size": ("size", -1),
+}
+
+
+@pytest.mark.parametrize("damage", list(INDEX_DAMAGE))
+def test_an_index_entry_the_restore_cannot_apply_is_one_error_line(h: History, damage: str) -> None:
+    key, value = INDEX_DAMAGE[damage]
+
+    def change(m: dict[str, Any]) -> None:
+        entry = next(e for e in m["files"] if e["path"] == "manage.py")
+        entry[key] = value
+
+    _json_edit(h.dir("F1"), change)
+    target = h.settings.storage.local_dir.parent / "r"
+    env_args = ("--config", str(h.config))
+    for args in (["restore", "--backup", h.ids["F1"], "--target-dir", str(target)], ["verify", h.ids["F1"]]):
+        res = run_cli(*env_args, *args, env=cli_env(ERP_BACKUP_RUNNER="plain"))
+        assert res.returncode != 0 and "Traceback" not in res.stderr, res.stderr[-2000:]
+        errors = [ln for ln in res.stderr.splitlines() if ln.startswith("erp-backup: error:")]
+        assert len(errors) == 1 and "malformed" in errors[0], res.stderr[-2000:]
+    assert not target.exists()

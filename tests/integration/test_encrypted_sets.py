@@ -639,3 +639,48 @@ def test_block_with_the_prefect_api_down_is_one_line(tmp_path: Path) -> None:
     last = r.stderr.strip().splitlines()[-1]
     assert r.returncode == 2 and "cannot load the GPG keys block 'erp-gpg'" in last and "Prefect server" in last
     assert not s.storage.local_dir.exists()
+
+
+def test_a_manifest_swapped_after_the_preflight_is_refused_not_restored(host: Host, gpg_keys: GpgTestKeys,
+                                                                          tmp_path: Path) -> None:
+    """The CLI checks a restore (signatures, checksums) before Prefect starts; the flow run restores
+    seconds later. A review swapped manifest.json in between (SHA256SUMS and its good signature left
+    alone): the restore took the swapped manifest on trust and wrote a planted archive's manage.py."""
+    import dataclasses
+    import io
+    import tarfile
+
+    import zstandard
+
+    from erp_backup import restore as restorer
+
+    s, repo, sid = _one_set(host, gpg_keys, tmp_path, local=False)
+    d = repo.set_dir(sid)
+    target = tmp_path / "target"
+    plan = restorer.preflight(repo, restorer.RestoreRequest(target_dir=str(target), backup_id=sid.value),
+                              live=None, settings=s)
+
+    m = repo.read_manifest(sid)
+    trojan = b"import os; os.system('touch /tmp/pwned')\n"
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for e in m.files:
+            if e.type.value != "file":
+                continue
+            data = trojan if e.path == "manage.py" else (s.project.root / e.path).read_bytes()
+            info = tarfile.TarInfo(e.path)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    planted = zstandard.ZstdCompressor().compress(buf.getvalue())
+    (d / "planted.tar.zst").write_bytes(planted)
+    files = tuple(dataclasses.replace(e, size=len(trojan), sha256=hashlib.sha256(trojan).hexdigest())
+                  if e.path == "manage.py" else e for e in m.files)
+    artifacts = tuple(dataclasses.replace(a, name="planted.tar.zst", size=len(planted),
+                                          sha256=hashlib.sha256(planted).hexdigest())
+                      if a.role == "files" else a for a in m.artifacts)
+    (d / MANIFEST).write_text(mf.dumps(dataclasses.replace(m, files=files, artifacts=artifacts)))
+
+    with pytest.raises(BackupError) as e:
+        restorer.execute(repo, plan, None, settings=s)
+    assert_actionable(e.value, str(sid), "does not match its signed SHA256SUMS", secrets=SECRETS)
+    assert not (target / "manage.py").exists()

@@ -64,7 +64,8 @@ def project(tmp_path_factory: pytest.TempPathFactory, prefect_home: Path) -> Pro
 class Run:
     """``erp-backup --config C backup full`` in the background, output to files (never a full pipe)."""
 
-    def __init__(self, config: Path, home: Path, out_dir: Path, label: str) -> None:
+    def __init__(self, config: Path, home: Path, out_dir: Path, label: str,
+                 args: tuple[str, ...] = ("backup", "full")) -> None:
         self.token = uuid.uuid4().hex
         self.label = label
         self.out = out_dir / f"{label}.out"
@@ -73,7 +74,7 @@ class Run:
                       ERP_BACKUP_RUNNER="flow",  # without a server the CLI runs in-process: force the flow
                       PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180")  # 20 s is short on a busy machine
         with self.out.open("wb") as out, self.err.open("wb") as err:
-            self.proc = subprocess.Popen([*CLI, "--config", str(config), "backup", "full"], env=env, cwd=REPO,
+            self.proc = subprocess.Popen([*CLI, "--config", str(config), *args], env=env, cwd=REPO,
                                          stdin=subprocess.DEVNULL, stdout=out, stderr=err)
         self.started = time.monotonic()
         self.seen: dict[procs.Proc, str] = {}
@@ -266,3 +267,16 @@ def test_sigkill_during_pg_dump_leaves_no_pg_dump(tmp_path: Path, prefect_home: 
         assert time.monotonic() < deadline, "pg_dump's connection is still open 5 s after the lock was released"
         time.sleep(0.05)
     print(f"pg_dump: seen at {at:.1f} s, waiting at {waiting:.1f} s, clean {took:.2f} s after the kill")
+
+
+def test_sigkill_of_a_restore_test_leaves_no_prefect_server(project: Project, tmp_path: Path,
+                                                            runs: list[Run]) -> None:
+    """A review killed ``erp-backup restore-test`` (a flow, Prefect's temporary server) and found the
+    server still running, parent pid 1: the watchdog guarded backup, verify and restore only."""
+    res = run_cli("--config", str(project.config), "backup", "full", timeout=300,
+                  env=cli_env(ERP_BACKUP_RUNNER="plain"))
+    assert res.returncode == 0, res.stderr[-1500:]
+    r = Run(project.config, project.home, tmp_path, "restore-test", args=("restore-test",))
+    runs.append(r)
+    r.wait_for(_uvicorn(r), "Prefect's server process")
+    r.kill_and_check()

@@ -248,3 +248,72 @@ def test_verification_is_not_fooled_by_sql_mode_tricks(shape: str, my_db, workdi
     with pytest.raises(RestoreError):
         MysqlAdapter(dst).restore(iter([dump]), info_for(dst.name), dst, replace=False, workdir=workdir)
     assert not marker.exists()
+
+
+# table options that make the server write the table's files in a directory the dump names: no FILE
+# privilege needed, so the confined account could (a review had t.ibd, x.MYD and x.MYI created in /tmp)
+DIRECTORIES = {
+    "innodb data directory": b"CREATE TABLE d (id INT) ENGINE=InnoDB DATA DIRECTORY='{d}';\n",
+    "myisam data and index directory": (b"CREATE TABLE d (id INT) ENGINE=MyISAM DATA DIRECTORY='{d}' "
+                                        b"INDEX DIRECTORY='{d}';\n"),
+    "in an executable comment": b"CREATE TABLE d (id INT) ENGINE=MyISAM /*!50100 DATA DIRECTORY = '{d}' */;\n",
+    "split by a comment": b"CREATE TABLE d (id INT) ENGINE=MyISAM INDEX/* x */DIRECTORY '{d}';\n",
+    "partition": (b"CREATE TABLE d (id INT) ENGINE=InnoDB PARTITION BY HASH (id) "
+                  b"(PARTITION p0 DATA DIRECTORY = '{d}');\n"),
+}
+
+
+@pytest.mark.parametrize("shape", sorted(DIRECTORIES))
+def test_a_dump_cannot_place_table_files_outside_the_data_directory(shape: str, my_db, workdir: Path) -> None:
+    import shutil
+    import tempfile
+
+    # a directory the server can write (as /tmp or /var/tmp are): the restore must not write there
+    outside = Path(tempfile.mkdtemp(prefix="erp-backup-datadir-", dir="/tmp"))
+    try:
+        outside.chmod(0o777)
+        dump = crafted(DIRECTORIES[shape].replace(b"{d}", str(outside).encode()))
+        dst = my_db("dst", create=False)
+        adapter = MysqlAdapter(dst)
+        with pytest.raises(RestoreError) as e:
+            adapter.restore(iter([dump]), info_for(dst.name), dst, replace=False, workdir=workdir)
+        assert_actionable(e.value, "refusing to restore", "reaches beyond the restored database")
+        assert [p.name for p in outside.rglob("*")] == []
+        problems = adapter.verify_dump(iter([dump]), info_for(dst.name), workdir)
+        assert len(problems) == 1 and "reaches beyond the restored database" in problems[0], problems
+    finally:
+        shutil.rmtree(outside, ignore_errors=True)
+
+
+# a client character set whose multi-byte characters end in a backslash (0x5C): the server then ends a
+# string where the splitter, reading bytes, does not, and what the server runs next was read as string
+# contents by every check (a review hid a DATA DIRECTORY clause so: restored, files written, verified)
+HIDDEN = b"CREATE TABLE x (a VARCHAR(10) DEFAULT '{lead}\\' ) ENGINE=MyISAM DATA DIRECTORY='{d}' -- '\n;\n"
+CHARSET_TRICKS = {
+    "set names gbk": (b"SET NAMES gbk;\n", b"\xbf"),
+    "sjis in an executable comment": (b"/*!40101 SET NAMES sjis */;\n", b"\x95"),
+    "big5 through a user variable": (b"SET @cs = 'big5';\nSET character_set_client = @cs;\n", b"\xa5"),
+    "gbk with an introducer": (b"SET character_set_client = _latin1'gbk';\n", b"\xbf"),
+}
+
+
+@pytest.mark.parametrize("shape", sorted(CHARSET_TRICKS))
+def test_a_charset_that_hides_a_quote_from_the_splitter_is_refused(shape: str, my_db, workdir: Path) -> None:
+    import shutil
+    import tempfile
+
+    outside = Path(tempfile.mkdtemp(prefix="erp-backup-charset-", dir="/tmp"))
+    try:
+        outside.chmod(0o777)
+        switch, lead = CHARSET_TRICKS[shape]
+        dump = crafted(switch + HIDDEN.replace(b"{lead}", lead).replace(b"{d}", str(outside).encode()))
+        dst = my_db("dst", create=False)
+        adapter = MysqlAdapter(dst)
+        with pytest.raises(RestoreError) as e:
+            adapter.restore(iter([dump]), info_for(dst.name), dst, replace=False, workdir=workdir)
+        assert_actionable(e.value, "refusing to restore", "client character set")
+        assert [p.name for p in outside.rglob("*")] == []
+        problems = adapter.verify_dump(iter([dump]), info_for(dst.name), workdir)
+        assert len(problems) == 1 and "client character set" in problems[0], problems
+    finally:
+        shutil.rmtree(outside, ignore_errors=True)

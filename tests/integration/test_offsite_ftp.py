@@ -116,3 +116,30 @@ def test_wrong_password_untrusted_certificate_dead_server(ftp_server: FtpServer)
     with pytest.raises(StorageError) as e:
         FtpStore(ftp_server.params(), "p").size("a/b")
     assert_actionable(e.value, "does not answer", "host and port", secrets=(FTP_PASSWORD,))
+
+
+@pytest.mark.parametrize("lie", ["MLSD size fact", "SIZE reply"])
+def test_a_server_whose_sizes_are_no_numbers_is_one_error(ftp_server: FtpServer, lie: str) -> None:
+    """The store is untrusted: a review's server listing ``size=abc`` (or answering SIZE with it)
+    ended list --remote, upload and restore --from-remote in a ValueError traceback."""
+    store = FtpStore(ftp_server.params(), "django_erp")
+    key = "20261128T020000Z-full/manifest.json"
+    assert store.put_stream(key, io.BytesIO(b"{}")) == 2
+    handler = ftp_server._server.handler
+    if lie == "SIZE reply":
+        handler.ftp_SIZE = lambda self, path: self.respond("213 12abc")
+    else:
+        fs = handler.abstracted_fs
+        plain = fs.format_mlsx
+
+        def lying(self, *args, **kw):  # type: ignore[no-untyped-def]
+            for line in plain(self, *args, **kw):
+                yield line.replace(b"size=2;", b"size=abc;")
+
+        handler.abstracted_fs = type("LyingFS", (fs,), {"format_mlsx": lying})
+    with pytest.raises(StorageError) as e:
+        if lie == "SIZE reply":
+            store.put_stream(key, io.BytesIO(b"{}"))
+        else:
+            list(store.list())
+    assert_actionable(e.value, "which is no number", "FTP server")

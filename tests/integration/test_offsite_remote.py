@@ -492,3 +492,68 @@ def test_list_remote_statuses(tmp_path: Path, moto_s3: S3Env, gpg_keys: GpgTestK
     assert list_remote(s, False, store) == 0
     text = capsys.readouterr().out
     assert "(broken: " in text and "1 object(s) that belong to no set" in text
+
+
+@pytest.mark.parametrize("how", ["unsigned", "another set's signature", "signed by a stranger"])
+def test_a_set_someone_put_into_the_local_directory_is_never_sent_with_our_signature(
+        how: str, tmp_path: Path, moto_s3: S3Env, gpg_keys: GpgTestKeys, host: Host) -> None:
+    """The upload signs the remote copy of a plaintext local set: it must only vouch for sets this
+    host signed. A review had a set written into the backup directory by another erp-backup (no
+    [encryption]) uploaded, signed by the backup host, verified and restored from the remote copy."""
+    s = remote_settings(tmp_path, gpg_keys)
+    assert s.remote is not None
+    host.backup()
+    store = store_for(moto_s3.bucket, s.remote)
+    ours = backup(s, BackupKind.FULL, T0)
+    evil_root = make_small_project(tmp_path / "evil")
+    write_file(evil_root / "manage.py", "import os; os.system('touch /tmp/pwned')\n")
+    plain = s.model_copy(update={"encryption": None, "remote": None,
+                                 "project": s.project.model_copy(update={"root": evil_root})})
+    evil = run_backup(plain, BackupKind.FULL, now=T0 + timedelta(minutes=30)).manifest.id
+    local = Path(s.storage.local_dir)
+    if how == "another set's signature":
+        shutil.copy(local / ours.value / "SHA256SUMS.sig", local / evil.value / "SHA256SUMS.sig")
+    elif how == "signed by a stranger":
+        ring = keyring(tmp_path, "ring-stranger", gpg_keys.other.secret)
+        subprocess.run(["gpg", "--homedir", str(ring), "--batch", "--pinentry-mode", "loopback", "--passphrase-fd",
+                        "0", "--detach-sign", "-o", str(local / evil.value / "SHA256SUMS.sig"),
+                        str(local / evil.value / "SHA256SUMS")], input=gpg_keys.other.passphrase + "\n",
+                       text=True, check=True, capture_output=True)
+        kill_agent(ring)
+
+    res = upload.push(s, store, now=T0 + timedelta(hours=1))  # catch-up: ours is sent, the other one is not
+    assert res.uploaded == (ours.value,)
+    assert [w for w in res.warnings if evil.value in w and "not sent" in w], res.warnings
+    with pytest.raises(BackupError) as e:  # asked for by name: refused in one line
+        upload.push(s, store, wanted=[evil])
+    assert_actionable(e.value, f"upload of set {evil}", "sign")
+    assert evil.value not in remote_sets.scan(store).objects
+
+
+@pytest.mark.parametrize("planted", ["stub manifest", "another set's signed copy"])
+def test_objects_planted_under_the_new_sets_id_do_not_make_its_upload_a_no_op(
+        planted: str, tmp_path: Path, moto_s3: S3Env, gpg_keys: GpgTestKeys, host: Host) -> None:
+    """Set ids are start times: easy to guess. A review planted <id>/manifest.json before the backup
+    of that id ran: the upload took the set for complete and sent nothing, run after run."""
+    import io
+
+    s = remote_settings(tmp_path, gpg_keys)
+    assert s.remote is not None
+    host.backup()
+    store = store_for(moto_s3.bucket, s.remote)
+    full = backup(s, BackupKind.FULL, T0)
+    upload.push(s, store, now=T0, newest=full)
+    incr = backup(s, BackupKind.INCREMENTAL, T0 + timedelta(hours=1))
+    if planted == "stub manifest":
+        store.put_stream(f"{incr}/SHA256SUMS", io.BytesIO(b"0" * 64 + b"  manifest.json\n"))
+        store.put_stream(f"{incr}/manifest.json", io.BytesIO(b"{}"))
+    else:  # the full's signed objects, copied under the incremental's id
+        for o in store.list(f"{full}/"):
+            with store.get_stream(o.key) as body:
+                store.put_stream(f"{incr}/{o.key.split('/', 1)[1]}", io.BytesIO(body.read()))
+    assert incr in remote_sets.scan(store).complete
+    res = upload.push(s, store, now=T0 + timedelta(hours=1), newest=incr)
+    assert res.uploaded == (incr.value,), res
+    assert [w for w in res.warnings if incr.value in w and "sent again" in w], res.warnings
+    reports = verify_remote(s, store, [incr.value])
+    assert reports[0].ok, reports[0].problems

@@ -201,6 +201,10 @@ for command in ("init", "list", "show"):
 w = reaper.guard("backup")
 assert w is not None and os.environ["ERP_BACKUP_RUN_TOKEN"] == w.token
 assert reaper.guard("verify") is w and reaper.guard("restore") is w and reaper.guard("demo") is w
+# these start processes too (Prefect's temporary server, gpg and its agent)
+for command in ("restore-test", "upload", "block", "setup"):
+    assert reaper.guard(command) is w, command
+assert reaper.guard("list", remote=True) is w
 print("ok")
 """
 

@@ -735,3 +735,48 @@ def test_a_directory_swapped_for_a_link_while_restoring_fails_the_restore(tmp_pa
     with pytest.raises(RestoreError) as ei:
         safe.check_in_place()
     assert "bigdir" in str(ei.value) and "moved or replaced" in str(ei.value)
+
+
+# ============================================================================ 6. crafted tar headers
+
+
+def _tar_header(name: bytes, typ: bytes, size: int) -> bytes:
+    h = bytearray(512)
+    h[0:len(name)] = name
+    h[100:108], h[108:116], h[116:124] = b"0000644\x00", b"0000000\x00", b"0000000\x00"
+    h[124:136], h[136:148] = b"%011o\x00" % size, b"00000000000\x00"
+    h[156:157], h[257:265] = typ, b"ustar\x0000"
+    h[148:156] = b" " * 8
+    h[148:156] = b"%06o\x00 " % sum(h)
+    return bytes(h)
+
+
+def _pax_record(key: bytes, value: bytes) -> bytes:
+    body = b" " + key + b"=" + value + b"\n"
+    n = len(body) + 1
+    while len(str(n).encode()) + len(body) != n:
+        n += 1
+    return str(n).encode() + body
+
+
+@pytest.mark.parametrize("size", [b"abc", b"-512", b" 3", b"1_0", b"\xd9\xa3", b"9" * 40])
+def test_a_pax_size_that_is_no_number_is_one_error_line(tmp_path: Path, real: RealSet, size: bytes) -> None:
+    """A review's crafted archive (PAX ``size=abc``) ended restore and verify with a ValueError traceback."""
+    record = _pax_record(b"size", size)
+    tar = (_tar_header(b"PaxHeader/manage.py", b"x", len(record)) + record + bytes(-len(record) % 512)
+           + _tar_header(b"manage.py", b"0", 3) + b"hi\n" + bytes(509) + bytes(1024))
+    data = zstandard.ZstdCompressor().compress(tar)
+    m = real.manifest()
+    art = m.artifact("files")
+    assert art is not None
+    (real.repo.set_dir(real.sid) / art.name).write_bytes(data)
+    new = dataclasses.replace(art, size=len(data), sha256=hashlib.sha256(data).hexdigest())
+    real.edit(lambda m: dataclasses.replace(m, artifacts=tuple(new if a.role == "files" else a for a in m.artifacts)),
+              verifies=False)
+    env = cli_env(ERP_BACKUP_RUNNER="plain")
+    for args in (["restore", "--backup", real.sid, "--target-dir", str(tmp_path / "out")], ["verify", real.sid]):
+        res = run_cli("--config", str(real.config), *args, env=env)
+        assert res.returncode != 0 and "Traceback" not in res.stderr, res.stderr[-2000:]
+        errors = [ln for ln in res.stderr.splitlines() if ln.startswith("erp-backup: error:")]
+        assert len(errors) == 1 and "PAX header" in errors[0], res.stderr[-2000:]
+    assert not (tmp_path / "out").exists()

@@ -62,6 +62,14 @@ def _pax(data: bytes, where: str) -> dict[str, str]:
     return out
 
 
+def _pax_size(value: str, where: str) -> int:
+    """A PAX ``size`` record: decimal digits only (no sign, blank or ``_`` that ``int()`` would take)."""
+    if not value.isascii() or not value.isdigit() or len(value) > 20:
+        raise IntegrityError(f"{where}: a PAX header gives a member the size {value[:40]!r}",
+                             hint="the archive is damaged or malicious; verify the set; restore from another set")
+    return int(value)
+
+
 class TarStream:
     """A lean, streaming reader of POSIX/PAX/GNU tar (what GNU tar and Python write).
 
@@ -139,10 +147,12 @@ class TarStream:
             name = hdr[0:100].split(b"\x00", 1)[0]
             if hdr[257:262] == b"ustar" and hdr[345:500].strip(b"\x00"):
                 name = hdr[345:500].split(b"\x00", 1)[0] + b"/" + name
+            if "size" in pax:
+                size = _pax_size(pax["size"], self.where)
             m = TarMember(
                 name=pax.get("path") or longname or name.decode("utf-8", "surrogateescape"),
                 type=typ,
-                size=int(pax["size"]) if "size" in pax else size,
+                size=size,
                 linkname=pax.get("linkpath") or longlink or hdr[157:257].split(b"\x00", 1)[0].decode(
                     "utf-8", "surrogateescape"),
             )

@@ -82,6 +82,8 @@ from erp_backup.adapters.databases.common import (
 )
 from erp_backup.adapters.databases.mysql_confine import confined_login
 from erp_backup.adapters.databases.mysql_script import (
+    UNSAFE_CHARSETS,
+    CharsetGuard,
     DumpRejected,
     SessionModeTracker,
     StatementSplitter,
@@ -236,6 +238,7 @@ class MysqlAdapter:
         # command anywhere makes the dump unsafe to restore by hand, whatever else is right with it
         splitter: StatementSplitter | None = StatementSplitter()
         tracker = SessionModeTracker()
+        charset = CharsetGuard()
         for chunk in chunks:
             if not chunk:
                 continue
@@ -246,11 +249,11 @@ class MysqlAdapter:
             carry = buf[-_CREATE_CARRY:]
             tail = (tail + chunk)[-512:]
             if splitter is not None:
-                splitter = _scan(splitter, tracker, chunk, problems)
+                splitter = _scan(splitter, tracker, chunk, problems, charset)
         if size == 0:
             return ["the dump is empty"]
         if splitter is not None:
-            _scan(splitter, tracker, None, problems)
+            _scan(splitter, tracker, None, problems, charset)
         last = tail.rstrip().rsplit(b"\n", 1)[-1]
         if not last.startswith(TRAILER):
             problems.append("the dump does not end with the '-- Dump completed' trailer: it is truncated "
@@ -573,6 +576,7 @@ def _execute_dump(conn: pymysql.connections.Connection, chunks: Iterable[bytes],
     clients do; it never yields a client command (DumpRejected)."""
     splitter = StatementSplitter()
     splitter.set_mode(**_session_mode(conn))
+    charset = CharsetGuard()
     deadline = time.monotonic() + timeout if timeout else None
     try:
         for st in splitter_statements(splitter, chunks):
@@ -581,9 +585,16 @@ def _execute_dump(conn: pymysql.connections.Connection, chunks: Iterable[bytes],
                                    "the dump", hint="raise the timeout in the config or look at why the server "
                                    "is slow; the database is left partly restored")
             check_confined(st)  # a first line; the account it runs as can reach nothing else anyway
+            charset.check(st)  # the splitter reads what the server reads: no charset that can hide a quote
             try:
                 with conn.cursor(pymysql.cursors.SSCursor) as cur:  # unbuffered: results are drained, not kept
                     cur.execute(confine_definers(st.sql, definer))
+                    if _SET_STATEMENT.match(st.sql):  # the server's word, whatever the guard made of it
+                        cur.execute("SELECT @@SESSION.character_set_client")
+                        now = str((cur.fetchone() or ("",))[0]).lower()
+                        if now in UNSAFE_CHARSETS:
+                            raise DumpRejected(f"a change of the client character set to {now} (statements "
+                                               "cannot be split safely in it)", st.line)
             except (pymysql.err.Error, RuntimeError) as e:
                 raise RestoreError(f"restore into database '{target.name}' failed: {_statement_error(e, st.line)}",
                                    hint=_restore_hint(e)) from None
@@ -594,6 +605,9 @@ def _execute_dump(conn: pymysql.connections.Connection, chunks: Iterable[bytes],
                            hint="the backup set is damaged or was tampered with: the statements before "
                            "it ran, nothing from it on; restore from another set (the database is left "
                            "partly restored)") from None
+
+
+_SET_STATEMENT = re.compile(rb"\s*(?:/\*M?!\d*\s*)?set\b", re.I)
 
 
 def _restore_hint(e: BaseException) -> str:
@@ -613,7 +627,7 @@ def _statement_error(e: BaseException, line: int) -> str:
 
 
 def _scan(splitter: StatementSplitter, tracker: SessionModeTracker, chunk: bytes | None,
-          problems: list[str]) -> StatementSplitter | None:
+          problems: list[str], charset: CharsetGuard | None = None) -> StatementSplitter | None:
     """Verification: feed ``chunk`` (None: the end) to the splitter, following the SQL mode;
     None once it found a problem (recorded in ``problems``)."""
     try:
@@ -623,6 +637,8 @@ def _scan(splitter: StatementSplitter, tracker: SessionModeTracker, chunk: bytes
             splitter.feed(chunk)
         while (st := splitter.next()) is not None:
             check_confined(st)
+            if charset is not None:
+                charset.check(st)
             nbe, ansi = tracker.after(st)
             splitter.set_mode(no_backslash_escapes=nbe, ansi_quotes=ansi)
     except DumpRejected as e:

@@ -517,20 +517,81 @@ _LEADING = re.compile(
     rb"|set\s+(?:global|persist|persist_only|password|role|default\s+role)\b|handler\b|binlog\b)", re.I)
 _ANYWHERE = re.compile(
     rb"\binto\s+(?:outfile|dumpfile)\b|\bload_file\s*\(|@@global\s*\.|\bset\s+(?:global|persist)\b"
-    rb"|\bload\s+(?:data|xml)\b|\bsys_exec\b|\bsys_eval\b", re.I)
+    rb"|\bload\s+(?:data|xml)\b|\bsys_exec\b|\bsys_eval\b"
+    # a table (or partition) whose files the server writes in any directory it can write: no FILE
+    # privilege needed (a review had a crafted dump create t.ibd, x.MYD and x.MYI under /tmp)
+    rb"|\b(?:data|index)\s+directory\b", re.I)
 
 
 def check_confined(st: Statement) -> None:
     """Raise DumpRejected if ``st`` would act beyond the database it is restored into: server files
-    (INTO OUTFILE, LOAD DATA, LOAD_FILE), accounts and privileges, global settings, plugins, other
-    databases (USE, CREATE/DROP DATABASE). mariadb-dump and mysqldump of one database (as this tool
-    runs them, without --databases) write none of these."""
+    (INTO OUTFILE, LOAD DATA, LOAD_FILE, a table's DATA/INDEX DIRECTORY), accounts and privileges,
+    global settings, plugins, other databases (USE, CREATE/DROP DATABASE). mariadb-dump and
+    mysqldump of one database (as this tool runs them, without --databases) write none of these,
+    except DATA DIRECTORY for a table created with one (refused too: its files would land outside
+    the server's data directory, wherever the dump says)."""
     text = _BLANK.sub(b" ", st.sql)
     text = _OPENER.sub(b" ", text)
     m = _LEADING.match(text) or _ANYWHERE.search(text)
     if m:
         raise DumpRejected(f"a statement that reaches beyond the restored database ('{_show(m.group().strip())}')",
                            st.line)
+
+
+# ---- the client character set: the splitter reads bytes as ASCII-compatible text in which a quote,
+# ---- a backslash or a delimiter byte is always that character. In big5, cp932, gbk, sjis and gb18030
+# ---- the second byte of a character can be 0x5C (backslash) or 0x60 (backtick): after `SET NAMES gbk`
+# ---- the server ends a string where the splitter does not, so whatever the server then runs was read
+# ---- as string contents by every check (a review hid a DATA DIRECTORY clause this way). No dump tool
+# ---- writes those (mariadb-dump: utf8mb4, or --default-character-set): such a change is refused.
+UNSAFE_CHARSETS = frozenset({"big5", "cp932", "gbk", "sjis", "gb18030"})
+_CHARSET_TARGET = (rb"(?<![\w@.])(?:names|character\s+set|charset)\s+(?P<a>[^\s,;]+)"
+                   rb"|(?<![\w])(?:@@(?:session\.|local\.)?|(?:session|local)\s+)?character_set_client\s*:?=(?!=)"
+                   rb"\s*(?P<b>[^\s,;]*)")
+_SETS_CHARSET = re.compile(_CHARSET_TARGET, re.I)
+_MENTIONS_CHARSET = re.compile(rb"(?<![\w@.])(?:names|character\s+set|charset)\b"
+                               rb"|(?<![\w])(?:@@(?:session\.|local\.)?|(?:session|local)\s+)?character_set_client"
+                               rb"\s*:?=(?!=)", re.I)
+_PLAIN_CHARSET = re.compile(rb"(['\"`]?)([A-Za-z0-9_]+)\1")
+_SAVE_CLIENT_CHARSET = re.compile(rb"@(\w+)\s*:?=\s*@@(?:session\.|local\.)?character_set_client\b", re.I)
+_USER_VAR_SET = re.compile(rb"@(\w+)\s*:=|(?<![@\w])@(\w+)\s*=(?!=)|\binto\s+@(\w+)", re.I)
+
+
+class CharsetGuard:
+    """Follows the client character set through a dump's statements (stateful: saved values in user
+    variables, as dumps save and restore it). ``check`` raises DumpRejected on a change to a character
+    set the splitter cannot read safely, or to a value it cannot follow."""
+
+    def __init__(self) -> None:
+        self._saved: set[bytes] = set()  # user variables holding the (safe) client character set
+
+    def check(self, st: Statement) -> None:
+        raw = _OPENER.sub(b" ", st.sql)
+        blank = _OPENER.sub(b" ", _BLANK.sub(b" ", st.sql))
+        saves = {m.group(1).lower() for m in _SAVE_CLIENT_CHARSET.finditer(raw)}
+        for m in _USER_VAR_SET.finditer(blank):
+            name = (m.group(1) or m.group(2) or m.group(3)).lower()
+            if name not in saves:
+                self._saved.discard(name)
+        self._saved |= saves
+        if not (re.match(rb"\s*set\b", blank, re.I) and _MENTIONS_CHARSET.search(blank)):
+            return
+        values = [(m.group("a") or m.group("b")) for m in _SETS_CHARSET.finditer(raw)]
+        if not values or not all(values):
+            raise DumpRejected(f"a change of the client character set the restore cannot follow "
+                               f"('{_show(raw.strip()[:60])}')", st.line)
+        for v in values:
+            plain = _PLAIN_CHARSET.fullmatch(v)
+            text = v.lower()
+            if text.startswith(b"@@"):
+                ok = text.split(b".")[-1] == b"character_set_client"
+            elif text.startswith(b"@"):
+                ok = text[1:] in self._saved
+            else:  # a plain name only: an expression (CONCAT, X'…', _latin1'…') is not followed
+                ok = plain is not None and plain.group(2).decode("latin-1").lower() not in UNSAFE_CHARSETS
+            if not ok:
+                raise DumpRejected(f"a change of the client character set to {_show(v)} (statements cannot "
+                                   "be split safely in it)", st.line)
 
 
 # ---- DEFINER clauses: a stored object (trigger, view, routine, event) runs with its definer's rights

@@ -180,16 +180,17 @@ class FtpStore:
                 with contextlib.suppress(ftplib.error_perm):
                     ftp.delete(f"{parent}/{n}")
 
-    @staticmethod
-    def _size(ftp: ftplib.FTP, path: str) -> int | None:
+    def _size(self, ftp: ftplib.FTP, path: str) -> int | None:
         ftp.voidcmd("TYPE I")  # SIZE is refused in ASCII mode (with the 550 of a missing file)
         try:
-            size = ftp.size(path)
+            resp = ftp.sendcmd(f"SIZE {path}")  # ftplib's size() ends in a ValueError on a reply that is no number
         except ftplib.error_perm as e:
             if str(e).startswith("550"):
                 return None
             raise
-        return int(size) if size is not None else None
+        if not resp.startswith("213"):
+            return None  # as ftplib's size()
+        return self._number(resp[3:], path.removeprefix(self.root.rstrip("/") + "/"))
 
     # -- RemoteStore
 
@@ -281,7 +282,15 @@ class FtpStore:
                 if prefix.startswith(key + "/") or key.startswith(prefix) or (key + "/").startswith(prefix):
                     self._walk(ftp, key + "/", prefix, out)
             elif kind == "file" and key.startswith(prefix):
-                out.append(RemoteObject(key, int(facts.get("size", "0") or 0)))
+                out.append(RemoteObject(key, self._number(facts.get("size", "0") or "0", key)))
+
+    def _number(self, text: str, key: str) -> int:
+        """A size the server sent (MLSD fact, SIZE reply): decimal digits, else one StorageError."""
+        text = text.strip()
+        if not text.isascii() or not text.isdigit() or len(text) > 20:
+            raise StorageError(f"{self._where(key)}: the server gives the size {text[:40]!r}, which is no number",
+                               hint="the FTP server is broken or not the one configured: check it and the block")
+        return int(text)
 
     def delete(self, keys: Iterable[str]) -> int:
         fulls = [self._full(k) for k in dict.fromkeys(keys)]
