@@ -69,6 +69,7 @@ case "$cmd" in
     system_tools test; python_env; start_services
     "$VENV/bin/ruff" check .
     "$VENV/bin/mypy"
+    "$VENV/bin/shellcheck" -x scripts/*.sh
     exec "$VENV/bin/python" -m pytest -q "$@"
     ;;
   *)

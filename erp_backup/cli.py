@@ -209,6 +209,22 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify_log(args: argparse.Namespace) -> int:
+    s = _settings(args)
+    path = s.verify.log
+    if args.path:
+        print(path)
+        return 0
+    if not path.exists():
+        print(f"no verification log yet at {path}")
+        return 0
+    with path.open(encoding="utf-8", errors="replace") as f:
+        lines = f.readlines()
+    for line in lines[-args.tail:]:
+        print(line, end="")
+    return 0
+
+
 def _verify_remote(s: Any, args: argparse.Namespace) -> int:
     from erp_backup import runner
     from erp_backup.core.models import BackupId
@@ -360,6 +376,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--remote", action="store_true",
                     help="the remote copies: stream every object, check sizes and SHA-256 (nothing written)")
     sp.set_defaults(func=cmd_verify)
+
+    sp = sub.add_parser("verify-log", help="show the verification log's newest lines (no Prefect start-up)")
+    sp.add_argument("--path", action="store_true", help="print the log's path only")
+    sp.add_argument("--tail", type=int, default=20, help="how many lines (default 20)")
+    sp.set_defaults(func=cmd_verify_log)
 
     sp = sub.add_parser("restore", help="restore a set into a directory and/or a database")
     g = sp.add_mutually_exclusive_group()

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, Valid
 
 from erp_backup.core.dburl import DatabaseUrl, parse_database_url
 from erp_backup.core.errors import ConfigError
+from erp_backup.nagios_config import NagiosConfig
 from erp_backup.recovery_config import RestoreConfig, RestoreTestConfig
 
 DEFAULT_CONFIG = Path("/etc/erp-backup/config.toml")
@@ -63,6 +64,12 @@ class MonitoringConfig(_Section):
     progress_interval_s: float = Field(5.0, gt=0)  # how often a long dump/archive moves the progress artifact
 
 
+class VerifyConfig(_Section):
+    log: Path = Path("/var/log/erp-backup/verify.log")  # one line per verified set, every verification
+    log_max_bytes: int = Field(1 << 20, ge=1024)  # rotate when the log reaches this size
+    log_keep: int = Field(5, ge=0, le=100)  # rotated logs kept (verify.log.1 … .N)
+
+
 class RemoteConfig(_Section):
     """Off-site copies (``erp_backup.offsite``): where, and how the upload behaves."""
 
@@ -98,8 +105,10 @@ class Settings(_Section):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     backup: BackupConfig = Field(default_factory=BackupConfig)
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
+    verify: VerifyConfig = Field(default_factory=VerifyConfig)
     restore: RestoreConfig = Field(default_factory=RestoreConfig)
     restore_test: RestoreTestConfig = Field(default_factory=RestoreTestConfig)
+    nagios: NagiosConfig = Field(default_factory=NagiosConfig)
     encryption: EncryptionConfig | None = None
     remote: RemoteConfig | None = None
     _source: str = PrivateAttr(default="defaults")
@@ -170,6 +179,9 @@ def settings_from_dict(data: dict[str, object], *, source: str = "dict") -> Sett
     if not s.storage.local_dir.is_absolute():
         raise ConfigError(f"config {source}: storage.local_dir: must be an absolute path",
                           hint="e.g. /var/backups/django_erp")
+    if not s.verify.log.is_absolute():
+        raise ConfigError(f"config {source}: verify.log: must be an absolute path",
+                          hint="e.g. /var/log/erp-backup/verify.log")
     if s.encryption is not None:
         _check_encryption(s.encryption, source, remote=data.get("remote") is not None)
     if s.remote is not None:
@@ -302,6 +314,11 @@ size_history = 10         # ... the previous 10 sets of the same kind, ...
 size_min_history = 3      # ... once at least 3 exist
 progress_interval_s = 5   # how often a long dump/archive moves the run's progress artifact
 
+[verify]
+log = "/var/log/erp-backup/verify.log"  # one line per verified set, appended by every verification
+log_max_bytes = 1048576   # rotated (verify.log.1 … .N) when it reaches this size
+log_keep = 5              # rotated logs kept
+
 # [encryption]            # GPG: encrypt and sign sets (README: Encryption). Required by [remote].
 # recipients = ["<40-hex fingerprint>"]        # keys to encrypt to (public keys only on this host)
 # public_keys = "/etc/erp-backup/keys.asc"     # their armored public keys (or from the block)
@@ -322,7 +339,8 @@ def render_config(root: Path, local_dir: Path, url: str | None) -> str:
     import json
 
     url_line = f"url = {json.dumps(url)}" if url else '# url = "sqlite:////srv/django_erp/db.sqlite3"'
+    from erp_backup.nagios_config import CONFIG_TEMPLATE as NAGIOS_TEMPLATE
     from erp_backup.recovery_config import CONFIG_TEMPLATE as RECOVERY_TEMPLATE
 
     return CONFIG_TEMPLATE.format(root=root, exclude=json.dumps(DEFAULT_EXCLUDES), url_line=url_line,
-                                  local_dir=local_dir, recovery=RECOVERY_TEMPLATE)
+                                  local_dir=local_dir, recovery=RECOVERY_TEMPLATE + NAGIOS_TEMPLATE)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any, TypeAlias, TypeVar
 
 from erp_backup import backup as engine
-from erp_backup import monitoring
+from erp_backup import monitoring, verify_log
 from erp_backup import restore as restorer
 from erp_backup import verify as verifier
 from erp_backup.adapters.storage.local import LocalRepository
@@ -143,8 +143,13 @@ def verify_targets(repo: LocalRepository, backup_ids: list[str] | None, logger: 
 
 
 def verify_sets(settings: Settings, ids: list[str], level: str) -> list[verifier.VerifyReport]:
+    """Verify the sets; every outcome is appended to the verification log ([verify] log)."""
     repo = LocalRepository(settings.storage.local_dir)
-    return verifier.verify_sets(repo, ids, level=level, key_files=settings.project.key_files, settings=settings)
+    reports = verifier.verify_sets(repo, ids, level=level, key_files=settings.project.key_files, settings=settings)
+    warn = verify_log.record(settings, reports)
+    if warn:
+        log.warning("%s", warn)
+    return reports
 
 
 def verify_rows(reports: list[verifier.VerifyReport], logger: Log) -> list[dict[str, Any]]:

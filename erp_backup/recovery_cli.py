@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from datetime import datetime
 from typing import Any
@@ -39,7 +40,10 @@ def add_recovery_parsers(sub: Any) -> None:
     sp.set_defaults(func=cmd_restore_test)
 
     sp = sub.add_parser("status", help="newest set per kind, RPO, last restore test, usage (no Prefect start-up)")
-    sp.add_argument("--json", action="store_true", help="print the status as JSON")
+    g = sp.add_mutually_exclusive_group()
+    g.add_argument("--json", action="store_true", help="print the status as JSON")
+    g.add_argument("--nagios", action="store_true",
+                   help="one Nagios/Icinga plugin line; exit 0/1/2/3 = OK/WARNING/CRITICAL/UNKNOWN ([nagios])")
     sp.set_defaults(func=cmd_status)
 
 
@@ -158,6 +162,8 @@ def _print_test(doc: dict[str, Any], as_json: bool) -> None:
 def cmd_status(args: argparse.Namespace) -> int:
     from erp_backup import status
 
+    if args.nagios:
+        return _nagios(args)
     s = _settings(args)
     doc = status.collect(s)
     if args.json:
@@ -165,3 +171,19 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         status.print_human(doc)
     return 0
+
+
+def _nagios(args: argparse.Namespace) -> int:
+    """The plugin contract: exactly one line on stdout and the exit code; any failure to read the
+    status is UNKNOWN (3), never a traceback or our usual error line."""
+    from erp_backup import nagios, status
+
+    try:
+        s = _settings(args)
+        if not os.access(s.storage.local_dir, os.R_OK | os.X_OK) and s.storage.local_dir.exists():
+            raise PermissionError(f"{s.storage.local_dir} is not readable")
+        verdict = nagios.evaluate(status.collect(s), s.nagios.thresholds())
+    except Exception as e:
+        verdict = nagios.unknown(f"cannot read the backup status: {e}")
+    print(verdict.line)
+    return verdict.code

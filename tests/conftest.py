@@ -53,6 +53,7 @@ def make_settings(tmp_path: Path, *, root: Path | None = None, db: Path | str | 
         "storage": {"local_dir": str(backups)},
         "backup": {"verify": verify, "lock_wait_s": lock_wait_s, "missing_parent": missing_parent,
                    "retry_delay_s": [0], "task_retries": 0, **backup},
+        "verify": {"log": str(tmp_path / "log" / "verify.log")},  # never the machine's /var/log
     }
     if include is not None:
         data["project"]["include"] = include
@@ -78,6 +79,8 @@ def write_config(path: Path, settings: Settings) -> Path:
         f"missing_parent = {_toml(s.backup.missing_parent)}",
         f"task_retries = {s.backup.task_retries}",
         f"retry_delay_s = {list(s.backup.retry_delay_s)}",
+        "[verify]",
+        f"log = {_toml(str(s.verify.log))}",
     ]
     path.write_text("\n".join(lines) + "\n")
     return path

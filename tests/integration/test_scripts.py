@@ -1,0 +1,87 @@
+"""scripts/*.sh as an operator runs them: as root, on a real tree and database, through the CLI."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from erp_backup import verify_log
+from erp_backup.core.models import BackupKind
+from erp_backup.demo import make_project
+from erp_backup.pipeline import run_backup
+from tests.conftest import CLI, REPO, cli_env, flip_byte, make_settings, write_config
+
+pytestmark = pytest.mark.integration
+SCRIPTS = REPO / "scripts"
+
+
+def script(name: str, *args: str, config: Path, user: str | None = None, stdin: str = "",
+           timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    argv = [str(SCRIPTS / name), *args]
+    if user is not None:
+        argv = ["runuser", "-u", user, "--", *argv]
+    env = cli_env(ERP_BACKUP_CONFIG=str(config), ERP_BACKUP_BIN=CLI[0])
+    return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=timeout, env=env,
+                          check=False)
+
+
+def test_every_script_passes_shellcheck() -> None:
+    sc = shutil.which("shellcheck") or str(Path(CLI[0]).parent / "shellcheck")
+    r = subprocess.run([sc, "-x", *sorted(str(p) for p in SCRIPTS.glob("*.sh"))], capture_output=True,
+                       text=True, cwd=REPO, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("name", ["backup.sh", "verify_backup.sh", "restore.sh"])
+def test_scripts_refuse_another_user_with_one_line(tmp_path: Path, name: str) -> None:
+    cfg = write_config(tmp_path / "c.toml", make_settings(tmp_path))
+    tmp_path.chmod(0o755)
+    args = ["full"] if name == "backup.sh" else []
+    r = script(name, *args, config=cfg, user="nobody")
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == [f"{name}: error: must run as root (the backups and the live ERP "
+                                             "are root-only): run it with sudo"]
+
+
+def test_backup_sh_makes_a_set_and_exits_with_the_cli_status(tmp_path: Path) -> None:
+    root = tmp_path / "erp"
+    db = make_project(root)
+    s = make_settings(tmp_path, root=root, db=db)
+    cfg = write_config(tmp_path / "c.toml", s)
+    r = script("backup.sh", "full", config=cfg)
+    assert r.returncode == 0, r.stderr
+    new_id = r.stdout.strip().splitlines()[-1]
+    assert new_id.endswith("-full") and (s.storage.local_dir / new_id / "manifest.json").is_file()
+
+    assert script("backup.sh", "weekly", config=cfg).returncode == 2  # usage
+    broken = write_config(tmp_path / "broken.toml", make_settings(tmp_path, root=tmp_path / "missing", db=db))
+    r = script("backup.sh", "incremental", config=broken)
+    assert r.returncode != 0 and r.stderr.strip().splitlines()[-1].startswith("erp-backup: error:")
+
+
+def test_verify_backup_sh_logs_one_line_per_set_and_fails_on_a_corrupted_one(tmp_path: Path) -> None:
+    root = tmp_path / "erp"
+    db = make_project(root)
+    s = make_settings(tmp_path, root=root, db=db)
+    cfg = write_config(tmp_path / "c.toml", s)
+    full = run_backup(s, BackupKind.FULL).manifest.id.value
+    (root / "apps" / "new.py").write_text("x = 1\n")
+    incr = run_backup(s, BackupKind.INCREMENTAL).manifest.id.value
+
+    r = script("verify_backup.sh", config=cfg)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "every verified set is usable" in r.stdout
+    lines = [verify_log.parse_line(x) for x in s.verify.log.read_text().splitlines()]
+    assert [(x["set"], x["outcome"]) for x in lines] == [(full, "passed"), (incr, "passed")]
+
+    files = s.storage.local_dir / full / "files.tar.zst"
+    flip_byte(files, files.stat().st_size // 2)
+    r = script("verify_backup.sh", "--quick", incr, config=cfg)
+    assert r.returncode == 1
+    assert "FAILED verification" in r.stderr
+    new = [verify_log.parse_line(x) for x in s.verify.log.read_text().splitlines()][2:]
+    assert [(x["set"], x["level"], x["outcome"]) for x in new] == [(incr, "quick", "FAILED")]
+    assert full in new[0]["problem"]  # the broken member of its chain is named
