@@ -233,6 +233,49 @@ def test_postgres_in_place_and_a_failed_database_restore_rolls_back(
     assert log.read_text().splitlines() == ["stop web", "stop worker", "start worker", "start web"]
 
 
+def test_postgres_in_place_keeps_the_application_role_able_to_use_its_tables(
+        tmp_path: Path, pg_db: Callable[..., DatabaseUrl], pg_sql: Callable[..., Any], pg_role: Callable[..., str]
+        ) -> None:
+    """The backups run as the superuser, the application as its own role that owns its database and
+    tables (the usual Django set-up). After an in-place restore (and after a put-back) the
+    application still reads and writes its tables: a review found every table owned by the confined
+    owner role and the application getting `permission denied` (its smoke check failed, and the
+    rollback left it the same way)."""
+    import psycopg2
+
+    from tests.integration.conftest import PG_HOST, PG_PORT
+
+    app = pg_role()
+    live = pg_db("live")
+    postgres = DatabaseUrl(engine="postgresql", name="postgres")
+    pg_sql(postgres, f'ALTER DATABASE "{live.name}" OWNER TO "{app}"')
+
+    def as_app(statement: str) -> list[tuple[object, ...]]:
+        conn = psycopg2.connect(host=PG_HOST, port=PG_PORT, user=app, dbname=live.name)
+        try:
+            with conn, conn.cursor() as cur:
+                cur.execute(statement)
+                return list(cur.fetchall()) if cur.description else []
+        finally:
+            conn.close()
+
+    as_app("CREATE TABLE orders (id serial PRIMARY KEY, item text)")
+    as_app("INSERT INTO orders(item) SELECT 'item ' || g FROM generate_series(1, 20) g")
+    root = make_small_project(tmp_path / "erp")
+    s = with_restore(make_settings(tmp_path, root=root, db=f"postgresql://postgres@127.0.0.1:5432/{live.name}"),
+                     **commands(tmp_path / "commands.log"))
+    run_backup(s, BackupKind.FULL)
+    as_app("DELETE FROM orders WHERE id > 10")
+    rep = inplace.run(s, inplace.plan(s, inplace.InPlaceRequest(yes=True, database=True, files=False)),
+                      log=lambda _m: None)
+    assert as_app("SELECT count(*) FROM orders") == [(20,)]
+    as_app("INSERT INTO orders(item) VALUES ('after the restore')")
+    copy = inplace.check_put_back(s, rep.safety_copy, yes=True)
+    inplace.put_back(s, copy, log=lambda _m: None)
+    assert as_app("SELECT count(*) FROM orders") == [(10,)]
+    as_app("INSERT INTO orders(item) VALUES ('after the put-back')")
+
+
 def test_cli_in_place_files_only(tmp_path: Path) -> None:
     import subprocess
 
