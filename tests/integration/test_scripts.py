@@ -85,3 +85,27 @@ def test_verify_backup_sh_logs_one_line_per_set_and_fails_on_a_corrupted_one(tmp
     new = [verify_log.parse_line(x) for x in s.verify.log.read_text().splitlines()][2:]
     assert [(x["set"], x["level"], x["outcome"]) for x in new] == [(incr, "quick", "FAILED")]
     assert full in new[0]["problem"]  # the broken member of its chain is named
+
+
+def test_restore_sh_passes_allow_old_and_verify_through(tmp_path: Path) -> None:
+    """The newest valid set is older than [restore] max_age (the backups stopped before the failure):
+    the CLI says `pass --allow-old`, and restore.sh must take it (a review found it refused as a usage
+    error, leaving the operator without the script in exactly that emergency)."""
+    root = tmp_path / "erp"
+    db = make_project(root)
+    s = make_settings(tmp_path, root=root, db=db)
+    cfg = write_config(tmp_path / "c.toml", s)
+    with open(cfg, "a") as f:
+        f.write('[restore]\nmax_age = "1s"\nstop = []\nstart = []\nsmoke = []\n')
+    run_backup(s, BackupKind.FULL)
+    (root / "apps" / "stray.py").write_text("broken = True\n")
+    import time
+
+    time.sleep(1.5)
+    r = script("restore.sh", "--yes", config=cfg)
+    assert r.returncode != 0 and "--allow-old" in r.stderr.strip().splitlines()[-1]
+    assert (root / "apps" / "stray.py").exists()
+    r = script("restore.sh", "--yes", "--allow-old", "--verify", "full", config=cfg)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert not (root / "apps" / "stray.py").exists()
+    assert script("restore.sh", "--yes", "--verify", config=cfg).returncode == 1  # needs its value
