@@ -550,9 +550,13 @@ def check_put_back(settings: Settings, path: str, *, yes: bool) -> safety.Safety
     if copy.state == "copying":
         raise RestoreError(f"the safety copy {p} was never finished: the restore that made it changed nothing",
                            hint="nothing to put back; remove it, or let the next backup remove it")
-    if os.path.abspath(copy.root) != os.path.abspath(settings.project.root):
-        raise ConfigError(f"the safety copy {p} is of {copy.root}, not of [project] root {settings.project.root}",
-                          hint="use the config of that project")
+    # the in-place restore records the root as it resolves (a link /srv/app/current is restored where
+    # it points): compare the same way
+    live_root = os.path.realpath(settings.project.root)
+    if os.path.realpath(copy.root) != live_root:
+        where = f" (which now resolves to {live_root})" if live_root != os.path.abspath(settings.project.root) else ""
+        raise ConfigError(f"the safety copy {p} is of {copy.root}, not of [project] root "
+                          f"{settings.project.root}{where}", hint="use the config of that project")
     return copy
 
 

@@ -385,8 +385,13 @@ def test_in_place_through_a_linked_root(tmp_path: Path) -> None:
     run_backup(s, BackupKind.FULL)
     want = tree_state(real)
     mutate(real)
-    inplace.run(s, inplace.plan(s, inplace.InPlaceRequest(yes=True)), log=lambda _m: None)
+    changed = tree_state(real)
+    rep = inplace.run(s, inplace.plan(s, inplace.InPlaceRequest(yes=True)), log=lambda _m: None)
     assert os.path.islink(link) and diff_states(want, tree_state(real)) == []
+    # the safety copy records the resolved root: putting it back through the link works (a review
+    # found it refused: "is of …/releases/3, not of [project] root …/current")
+    inplace.put_back(s, inplace.check_put_back(s, rep.safety_copy, yes=True), log=lambda _m: None)
+    assert diff_states(changed, tree_state(real)) == []
 
 
 def test_put_back_refuses_what_is_not_a_safety_copy(tmp_path: Path) -> None:
