@@ -31,7 +31,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from erp_backup.core.errors import ConfigError
-from erp_backup.prefect_target import configured_api_url, reachable
+from erp_backup.prefect_target import api_problem, configured_api_url
 
 R = TypeVar("R")
 
@@ -58,10 +58,11 @@ def check_server() -> None:
         raise ConfigError(f"the configured Prefect API URL {url!r} is not an http(s) URL",
                           hint="fix PREFECT_API_URL (e.g. http://127.0.0.1:4200/api), or unset it to run "
                           "without a server")
-    if url and not reachable(url):
-        raise ConfigError(f"the Prefect API at {url} does not answer",
-                          hint="start the server (`prefect server start`), or run this job without it: "
-                          f"{MODE_ENV}=plain (the run then does not show in the UI)")
+    problem = api_problem(url) if url else None
+    if problem:
+        raise ConfigError(f"the Prefect API at {url} does not answer: {problem}",
+                          hint="start the server (`prefect server start`) or fix PREFECT_API_URL, or run this job "
+                          f"without it: {MODE_ENV}=plain (the run then does not show in the UI)")
 
 
 def log_to_stderr() -> None:
