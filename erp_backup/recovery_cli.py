@@ -126,7 +126,9 @@ def cmd_restore_test(args: argparse.Namespace) -> int:
     from erp_backup.flows.restore_test import restore_test_checked_flow
 
     def plain(settings: Any, backup_id: str | None, from_remote: bool | None) -> dict[str, Any]:
-        result = tester.run_restore_test(settings, backup_id, from_remote=from_remote)
+        # progress to stderr, like every in-process job's log: stdout is the result (`--json`: JSON only)
+        result = tester.run_restore_test(settings, backup_id, from_remote=from_remote,
+                                         log=lambda m: print(m, file=sys.stderr))
         if result.set is not None:  # Prometheus RTO/RPO gauges ([monitoring]), as the flow does
             from erp_backup.monitoring import publish_restore_test_quietly
 

@@ -173,7 +173,7 @@ def test_cli_restore_test_json_and_status(tmp_path: Path) -> None:
     cfg = write_config(tmp_path / "c.toml", s)
     res = run_cli("--config", str(cfg), "restore-test", "--json", timeout=300)
     assert res.returncode == 0, res.stderr
-    doc = json.loads(res.stdout[res.stdout.index("{"):])
+    doc = json.loads(res.stdout)  # stdout is the JSON alone (progress lines go to stderr): `| jq` works
     for key in ("ok", "set", "rto_seconds", "rto_extrapolated_seconds", "rpo_seconds", "max_gap_seconds",
                 "problems"):
         assert key in doc
