@@ -468,7 +468,7 @@ def put_back_files(copy: safety.SafetyCopy) -> None:
                 _remove(target, e.path, "tree")
                 fd = target.open_file(e.path)
                 try:
-                    with open(copy.files_dir / e.path, "rb") as src:
+                    with os.fdopen(safety.open_saved(copy, e.path), "rb") as src:
                         while chunk := src.read(CHUNK):
                             view = memoryview(chunk)
                             while view:
@@ -543,10 +543,22 @@ def check_put_back(settings: Settings, path: str, *, yes: bool) -> safety.Safety
     if p.parent.resolve() != local.resolve() or not p.name.startswith(safety.PREFIX) or p.is_symlink():
         raise ConfigError(f"{path} is not a safety copy in {local}",
                           hint=f"give one of the {safety.PREFIX}* directories there (`erp-backup status` names them)")
+    problem = safety.not_ours(p)
+    if problem:
+        raise RestoreError(f"{p} is not a safety copy erp-backup made: {problem}",
+                           hint="do not put it back; find out who made it (the backup directory is writable by "
+                           "someone else?) and remove it")
     try:
         copy = safety.load(p)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise RestoreError(f"cannot read the safety copy {p}: {e}", hint="put it back by hand (README)") from e
+    for saved in copy.saved:  # every saved file readable as what it claims to be, before anything is stopped
+        if saved.type is EntryType.FILE:
+            try:
+                os.close(safety.open_saved(copy, saved.path))
+            except OSError as err:
+                raise RestoreError(f"the safety copy {p} is incomplete or was changed: {copy.files_dir / saved.path}: "
+                                   f"{err.strerror}", hint="put it back by hand (README), or restore a set") from err
     if copy.state == "copying":
         raise RestoreError(f"the safety copy {p} was never finished: the restore that made it changed nothing",
                            hint="nothing to put back; remove it, or let the next backup remove it")

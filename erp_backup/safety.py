@@ -131,6 +131,50 @@ def copy_out(root: Path, e: FileEntry, dest_root: Path) -> None:
         os.close(src)
 
 
+def not_ours(path: Path) -> str | None:
+    """Why ``path`` is not a safety copy this user made, or None. The backup directory is untrusted
+    input (whoever can write it could plant a ``.safety-*`` directory): a safety copy is only ever
+    created by this user with modes 0700/0600, so one that another user owns or may write — its
+    directory, its record, its ``files/`` — is not ours, and putting it back would write someone
+    else's files (links, set-id bits, owners) into the live project as this user."""
+    me = os.geteuid()
+    for p in (path, path / RECORD, path / FILES):
+        try:
+            st = os.lstat(p)
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            return f"{p} cannot be examined: {e.strerror}"
+        if stat.S_ISLNK(st.st_mode):
+            return f"{p} is a symbolic link"
+        if st.st_uid != me:
+            return f"{p} belongs to uid {st.st_uid}, not to this user (uid {me})"
+        if st.st_mode & 0o022:
+            return f"{p} is writable by other users (mode {stat.S_IMODE(st.st_mode):04o})"
+    return None
+
+
+def open_saved(copy: SafetyCopy, rel: str) -> int:
+    """A read descriptor of the saved regular file ``files/<rel>``, no path component followed
+    through a link."""
+    fd = os.open(copy.files_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        parts = rel.split("/")
+        for name in parts[:-1]:
+            nxt = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+        out = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+    finally:
+        os.close(fd)
+    if not stat.S_ISREG(os.fstat(out).st_mode):
+        os.close(out)
+        raise StorageError(f"{copy.files_dir / rel} in the safety copy is not a regular file",
+                           hint="the safety copy was changed after it was made: put it back by hand, or restore "
+                           "a set instead")
+    return out
+
+
 def load(path: Path) -> SafetyCopy:
     """Read a safety copy's record back; every path in it checked like a set's index paths."""
     from erp_backup.restore import check_rel

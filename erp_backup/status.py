@@ -125,7 +125,11 @@ def collect(settings: Settings, now: datetime | None = None) -> dict[str, Any]:
 
     for copy in safety.copies(repo.root):
         state = safety.state_of(copy)
-        if state in safety.NEEDS_PUT_BACK:
+        foreign = safety.not_ours(copy)
+        if foreign:
+            problem("warning", "foreign_safety_copy", f"{copy} looks like a safety copy but erp-backup did not make "
+                    f"it ({foreign}): never put it back; find out who made it and remove it")
+        elif state in safety.NEEDS_PUT_BACK:
             problem("critical", "in_place_restore", f"an in-place restore left its safety copy {copy} in state "
                     f"{state}: the project may be half restored — `erp-backup restore --put-back {copy} --yes`")
         elif state == "copying":

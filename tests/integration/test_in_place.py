@@ -422,3 +422,47 @@ def test_deployed_restore_flow_in_place(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr[-3000:]
     assert '"in place": "yes"' in res.stdout.strip().splitlines()[-1]
     assert diff_states(want, tree_state(s.project.root)) == []
+
+
+def test_a_crafted_safety_copy_is_never_put_back(tmp_path: Path) -> None:
+    """The backup directory is untrusted: a planted `.safety-*` in state `restoring` makes status say
+    `--put-back …`. A review found that put-back then copied a root-only file (a link in `files/`)
+    into the project world-readable and wrote a set-uid binary. Now: a link in the copy is refused
+    before anything is stopped, and a copy another user made or may write is never ours."""
+    import json
+
+    from erp_backup import status
+
+    root = make_small_project(tmp_path / "erp")
+    log = tmp_path / "commands.log"
+    s = with_restore(make_settings(tmp_path, root=root), **commands(log))
+    run_backup(s, BackupKind.FULL)
+    secret = tmp_path / "secret"
+    secret.write_text("root only\n")
+    secret.chmod(0o600)
+    copy = s.storage.local_dir / ".safety-20990101T000000.000000Z-planted"
+    (copy / "files").mkdir(parents=True, mode=0o700)
+    copy.chmod(0o700)
+    os.symlink(secret, copy / "files" / "leak.txt")
+    write_file(copy / "files" / "suid", b"#!/bin/sh\n")
+    entry = {"type": "file", "mtime_ns": 0, "size": 0, "uid": 0, "gid": 0, "target": None}
+    (copy / "safety.json").write_text(json.dumps({
+        "state": "restoring", "set": "x", "root": str(root), "saved": [
+            {**entry, "path": "leak.txt", "mode": 0o644}, {**entry, "path": "suid", "mode": 0o104755}],
+        "dirs": [], "created": [], "database_url": None, "database": None}))
+    (copy / "safety.json").chmod(0o600)
+    before = tree_state(root)
+    with pytest.raises(RestoreError, match="incomplete or was changed"):
+        inplace.check_put_back(s, str(copy), yes=True)
+    assert not log.exists() and diff_states(before, tree_state(root)) == []
+
+    os.chown(copy, 65534, 65534)  # made by another user (nobody)
+    with pytest.raises(RestoreError, match="not a safety copy erp-backup made"):
+        inplace.check_put_back(s, str(copy), yes=True)
+    os.chown(copy, os.geteuid(), os.getegid())
+    (copy / "safety.json").chmod(0o666)  # or writable by others
+    with pytest.raises(RestoreError, match="writable by other users"):
+        inplace.check_put_back(s, str(copy), yes=True)
+    flags = [p for p in status.collect(s)["problems"] if "safety" in p["check"] or "in_place" in p["check"]]
+    assert [p["check"] for p in flags] == ["foreign_safety_copy"] and "never put it back" in flags[0]["message"]
+    assert diff_states(before, tree_state(root)) == [] and not log.exists()
