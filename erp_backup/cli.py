@@ -280,11 +280,11 @@ def _restore_remote(s: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_time(text: str) -> datetime:
+def _parse_time(text: str, option: str = "--at") -> datetime:
     try:
         dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError as e:
-        raise ConfigError(f"--at {text!r} is not an ISO time", hint="e.g. 2026-11-28T14:30:00Z") from e
+        raise ConfigError(f"{option} {text!r} is not an ISO time", hint="e.g. 2026-11-28T14:30:00Z") from e
     return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
 
 
@@ -317,6 +317,30 @@ def cmd_restore(args: argparse.Namespace) -> int:
     flow = runner.lazy("erp_backup.flows.restore", "restore_checked_flow")
     row = runner.run(flow, jobs.restore_job, settings=s, plan=plan)
     print_table([row])
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from erp_backup import prune as pruning
+
+    s = _settings(args)
+    where = "remote" if args.remote else "all" if args.all else "local"
+    now = _parse_time(args.now, "--now") if args.now else None
+    pruning.check_request(s, where, dry_run=args.dry_run, now=now)  # before Prefect starts
+    from erp_backup import runner
+
+    flow = runner.lazy("erp_backup.flows.prune", "prune_checked_flow")  # Prefect imported only if it runs
+    rows = runner.run(flow, pruning.plain_prune, settings=s, where=where, dry_run=args.dry_run, now=now)
+    if args.json:
+        for r in rows:
+            print(json.dumps(r))
+        return 0
+    if rows:
+        print_table(rows)
+    else:
+        print("no backup sets")
+    removed = sum(1 for r in rows if r["action"] == "remove")
+    print(f"{'dry run: would remove' if args.dry_run else 'removed'} {removed}, kept {len(rows) - removed}")
     return 0
 
 
@@ -416,6 +440,14 @@ def build_parser() -> argparse.ArgumentParser:
     block_sub.choices["gpg"].set_defaults(func=cmd_block_gpg)
     add_block_parsers(block_sub)  # s3, ftp
 
+    sp = sub.add_parser("prune", help="apply the retention policy: remove expired sets (local by default)")
+    g = sp.add_mutually_exclusive_group()
+    g.add_argument("--remote", action="store_true", help="the remote store's sets only")
+    g.add_argument("--all", action="store_true", help="local and remote sets")
+    sp.add_argument("--dry-run", action="store_true", help="print the plan, remove nothing")
+    sp.add_argument("--now", help="ISO time to judge ages at (with --dry-run): what will a prune then remove?")
+    sp.add_argument("--json", action="store_true", help='one JSON object per set: {"id","where","action","reason"}')
+    sp.set_defaults(func=cmd_prune)
     sp = sub.add_parser("setup", help="prepare the Prefect server (PREFECT_API_URL): work pool, concurrency "
                         "limit, block types, notification block, automations; idempotent")
     sp.add_argument("--notify", action="append", metavar="URL",

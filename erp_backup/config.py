@@ -51,6 +51,31 @@ class BackupConfig(_Section):
     retry_delay_s: list[float] = Field(default_factory=lambda: [10.0, 60.0])
 
 
+class RetentionPolicyConfig(_Section):
+    """How long sets stay in one place (``[retention.local]`` / ``[retention.remote]``)."""
+
+    full_days: float = Field(7, ge=0, le=36500, allow_inf_nan=False)
+    incremental_hours: float = Field(24, ge=0, le=876000, allow_inf_nan=False)
+    differential_days: float = Field(7, ge=0, le=36500, allow_inf_nan=False)
+    monthly_days: float = Field(365, ge=0, le=36500, allow_inf_nan=False)
+    keep_last: int = Field(1, ge=0, le=10000, strict=True)  # the newest sets of each kind kept whatever their age
+
+
+class RemotePolicyConfig(RetentionPolicyConfig):
+    """``[retention.remote]``: off-site copies stay longer (30 days) than local ones (7 days)."""
+
+    full_days: float = Field(30, ge=0, le=36500, allow_inf_nan=False)
+    differential_days: float = Field(30, ge=0, le=36500, allow_inf_nan=False)
+
+
+class RetentionConfig(_Section):
+    after_backup: bool = Field(True, strict=True)  # prune at the end of every backup flow
+    # age before .partial dirs and incomplete remote uploads are removed
+    leftover_grace_hours: float = Field(24, ge=0, le=876000, allow_inf_nan=False)
+    local: RetentionPolicyConfig = Field(default_factory=RetentionPolicyConfig)
+    remote: RemotePolicyConfig = Field(default_factory=RemotePolicyConfig)
+
+
 class MonitoringConfig(_Section):
     # node_exporter textfile collector file (written atomically after backups, verifies, restore tests)
     textfile: Path | None = None
@@ -104,6 +129,7 @@ class Settings(_Section):
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     backup: BackupConfig = Field(default_factory=BackupConfig)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
     verify: VerifyConfig = Field(default_factory=VerifyConfig)
     restore: RestoreConfig = Field(default_factory=RestoreConfig)
@@ -179,6 +205,12 @@ def settings_from_dict(data: dict[str, object], *, source: str = "dict") -> Sett
     if not s.storage.local_dir.is_absolute():
         raise ConfigError(f"config {source}: storage.local_dir: must be an absolute path",
                           hint="e.g. /var/backups/django_erp")
+    for where, pol in (("local", s.retention.local), ("remote", s.retention.remote)):
+        if pol.keep_last == 0 and not any((pol.full_days, pol.incremental_hours, pol.differential_days,
+                                           pol.monthly_days)):
+            raise ConfigError(f"config {source}: retention.{where}: every age is 0 and keep_last = 0: "
+                              "this policy would remove every set",
+                              hint=f"set retention.{where}.keep_last = 1 or give a kind an age above 0")
     if not s.verify.log.is_absolute():
         raise ConfigError(f"config {source}: verify.log: must be an absolute path",
                           hint="e.g. /var/log/erp-backup/verify.log")
@@ -305,6 +337,27 @@ verify = "full"           # after each backup: "full" (decompress + content), "q
 lock_wait_s = 3600        # how long a backup waits for another one to finish
 task_retries = 2          # retries of the stages safe to repeat (preflight, scan, dump, archive, verify)
 retry_delay_s = [10, 60]  # seconds before each retry
+
+[retention]
+# Applied by `erp-backup prune` and at the end of every backup flow (after the upload).
+# Whatever the numbers say, the newest valid full and every set newer than it are kept,
+# and so is every set a kept set builds on.
+after_backup = true          # prune at the end of every backup flow
+leftover_grace_hours = 24    # .partial dirs and incomplete remote uploads older than this are removed
+
+[retention.local]            # sets in [storage] local_dir
+full_days = 7
+incremental_hours = 24
+differential_days = 7
+monthly_days = 365
+keep_last = 1                # the newest set of each kind is kept whatever its age
+
+[retention.remote]           # off-site copies
+full_days = 30
+incremental_hours = 24
+differential_days = 30
+monthly_days = 365
+keep_last = 1
 
 [monitoring]
 # textfile = "/var/lib/prometheus/node-exporter/erp_backup.prom"  # Prometheus metrics (node_exporter)

@@ -33,7 +33,7 @@ import sys
 from erp_backup.core.errors import BackupError
 
 RUN_TOKEN_ENV = "ERP_BACKUP_RUN_TOKEN"
-COMMANDS = frozenset({"backup", "verify", "restore", "demo"})  # the commands that start Prefect
+COMMANDS = frozenset({"backup", "verify", "restore", "demo", "prune"})  # the commands that start Prefect
 GRACE_S = 2.0  # SIGTERM -> SIGKILL
 
 WATCHDOG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_watchdog.py")  # a standalone script

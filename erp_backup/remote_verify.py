@@ -111,7 +111,30 @@ def verify_remote(settings: Settings, store: RemoteStore, ids: Iterable[str] | N
     """A report per remote set (``ids``, or every complete one; an incomplete one named in ``ids``
     fails). A set fails as well when a set its restore reads is missing remotely or fails."""
     with signature_checker(settings) as check_signature:
-        return _verify(check_signature, store, ids)
+        reports = _verify(check_signature, store, ids)
+    _record(settings, reports)
+    return reports
+
+
+def _record(settings: Settings, reports: list[VerifyReport]) -> None:
+    """The outcome beside the local sets (``<id>.remote-verified.json``: remote retention reads it).
+    Best effort: the local directory may be gone (a disaster) or read-only. Each outcome also gets
+    its line in the verification log ([verify] log), level ``remote-<level>``."""
+    import logging
+
+    from erp_backup import verdicts, verify_log
+
+    v = settings.verify
+    warn = verify_log.append(v.log, [verify_log.VerifyLine(r.set_id, f"remote-{r.level}", r.ok, "; ".join(r.problems))
+                                     for r in reports], max_bytes=v.log_max_bytes, keep=v.log_keep)
+    if warn:
+        logging.getLogger("erp_backup.run").warning("%s", warn)
+    for r in reports:
+        try:
+            verdicts.record(settings.storage.local_dir, r.set_id, ok=r.ok, level=r.level, problems=r.problems,
+                            where="remote")
+        except OSError:
+            pass
 
 
 def _verify(check_signature: SignatureCheck, store: RemoteStore, ids: Iterable[str] | None) -> list[VerifyReport]:

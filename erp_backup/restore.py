@@ -676,7 +676,10 @@ def _pick_newest(repo: LocalRepository, at: datetime | None, level: str = "quick
         raise ChainError(f"there is no committed backup set in {repo.root}",
                          hint="check [storage] local_dir, or run a backup first")
     by_id = {m.id: m for m in found.committed}
-    invalid: dict[BackupId, str] = {}
+    from erp_backup import verdicts
+
+    # a set whose last recorded verification failed is not "valid" (``<id>.verified.json``)
+    invalid: dict[BackupId, str] = {k: v.removeprefix("its ") for k, v in verdicts.failed(repo.root).items()}
     checked: dict[tuple[BackupId, bool], str | None] = {}
     while True:
         sel = chain.select_for_time(found.committed, at, damaged=found.damaged, invalid=invalid)

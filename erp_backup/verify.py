@@ -351,7 +351,21 @@ def _verify_sets(repo: LocalRepository, set_ids: list[str], *, level: str, key_f
         if chain_problems:
             rep = replace(rep, problems=rep.problems + tuple(chain_problems))
         out.append(rep)
+    _record(repo, out)
     return out
+
+
+def _record(repo: LocalRepository, reports: list[VerifyReport]) -> None:
+    """The outcome next to each set (``erp_backup.verdicts``: retention reads it). Best effort: a
+    user who may read but not write the backup directory can still verify."""
+    from erp_backup import verdicts
+
+    for r in reports:
+        if r.level != "none" and repo.set_dir(r.set_id).is_dir():
+            try:
+                verdicts.record(repo.root, r.set_id, ok=r.ok, level=r.level, problems=r.problems)
+            except OSError:
+                pass
 
 
 class VerifyFailed(IntegrityError):

@@ -35,7 +35,7 @@ from erp_backup.core.models import BackupJob, BackupKind
 from erp_backup.flows import ops
 from erp_backup.flows.common import artifact_key, as_stage, retry_transient, settings_for
 from erp_backup.pipeline import Stages, run_pipeline
-from erp_backup.prune import PruneResult, prune_stage
+from erp_backup.prune import PruneResult, prune_stage, rows_of
 from erp_backup.upload import UploadResult, upload_stage
 from erp_backup.verify import VerifyReport
 
@@ -150,6 +150,9 @@ def prune_task(settings: Settings, committed: CommittedSet, uploaded: UploadResu
              res.kept)
     for w in res.warnings:
         log.warning(w)
+    if res.reports:
+        create_table_artifact(key=artifact_key("erp-backup-prune"), table=rows_of(res.reports),
+                              description=f"Retention after backup {committed.manifest.id}")
     return res
 
 

@@ -34,9 +34,11 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 def make_settings(tmp_path: Path, *, root: Path | None = None, db: Path | str | None = None,
                   backups: Path | None = None, exclude: list[str] | None = None, include: list[str] | None = None,
                   key_files: list[str] | None = None, verify: str = "full", lock_wait_s: float = 1.0,
-                  missing_parent: str = "fail", **backup: Any) -> Settings:
+                  missing_parent: str = "fail", retention: dict[str, Any] | None = None,
+                  **backup: Any) -> Settings:
     """Settings built the way the config file builds them (``settings_from_dict``), test-friendly:
-    no retry delays, a short lock wait, no key files unless asked for.
+    no retry delays, a short lock wait, no key files unless asked for, and no prune after each
+    backup unless ``retention`` says so (tests that pin the clock mix times freely).
 
     ``db``: a path (SQLite) or a full database URL; default ``<tmp>/db/app.sqlite3`` (created if missing)."""
     root = root or tmp_path / "erp"
@@ -53,6 +55,7 @@ def make_settings(tmp_path: Path, *, root: Path | None = None, db: Path | str | 
         "storage": {"local_dir": str(backups)},
         "backup": {"verify": verify, "lock_wait_s": lock_wait_s, "missing_parent": missing_parent,
                    "retry_delay_s": [0], "task_retries": 0, **backup},
+        "retention": {"after_backup": False} if retention is None else retention,
         "verify": {"log": str(tmp_path / "log" / "verify.log")},  # never the machine's /var/log
     }
     if include is not None:
@@ -79,9 +82,14 @@ def write_config(path: Path, settings: Settings) -> Path:
         f"missing_parent = {_toml(s.backup.missing_parent)}",
         f"task_retries = {s.backup.task_retries}",
         f"retry_delay_s = {list(s.backup.retry_delay_s)}",
+        "[retention]",
+        f"after_backup = {_toml(s.retention.after_backup)}",
+        f"leftover_grace_hours = {s.retention.leftover_grace_hours}",
         "[verify]",
         f"log = {_toml(str(s.verify.log))}",
     ]
+    for where, pol in (("local", s.retention.local), ("remote", s.retention.remote)):
+        lines += [f"[retention.{where}]", *(f"{k} = {v}" for k, v in pol.model_dump().items())]
     path.write_text("\n".join(lines) + "\n")
     return path
 

@@ -28,6 +28,10 @@ class ConfigError(BackupError):
     exit_code = 2
 
 
+class RetentionRefused(ConfigError):
+    """The retention policy would remove every set: refused, nothing removed (the prune rails)."""
+
+
 class SourceError(BackupError):
     """The project tree to back up cannot be read."""
 

@@ -84,7 +84,7 @@ def test_excluder_rules() -> None:
     assert not ex.excluded("venvironment", "venvironment")
 
 
-@pytest.mark.parametrize("key", ["source", "sorce", "storage_dir", "retention"])
+@pytest.mark.parametrize("key", ["source", "sorce", "storage_dir", "retain"])
 def test_unknown_top_level_key_is_an_error_naming_it(key: str) -> None:
     """A top-level key is checked like a key in a section (``source`` is not a key: it is where the
     settings were read from)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Protocol
 
@@ -16,6 +17,7 @@ from typing import IO, Protocol
 class RemoteObject:
     key: str  # relative to the store's prefix
     size: int
+    modified: datetime | None = None  # when the service stored it, if the store can tell (prune's grace)
 
 
 class RemoteStore(Protocol):

@@ -164,8 +164,9 @@ class LocalRepository:
                     time.sleep(0.5)
             info = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "purpose": purpose,
                                "since": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")})
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, info.encode(), 0)
+            with contextlib.suppress(OSError):  # who holds it, for messages; a full disk must not stop a prune
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, info.encode(), 0)
             yield
         finally:
             with contextlib.suppress(OSError):

@@ -228,7 +228,7 @@ class S3Store:
             for page in paginator.paginate(Bucket=self.bucket_name, Prefix=full,
                                            PaginationConfig={"PageSize": self.page_size}):
                 for obj in page.get("Contents", []):
-                    yield RemoteObject(self._rel(obj["Key"]), int(obj["Size"]))
+                    yield RemoteObject(self._rel(obj["Key"]), int(obj["Size"]), obj.get("LastModified"))
         except Exception as e:
             raise self._error(e, "list", prefix or None) from e
 
