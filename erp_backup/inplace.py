@@ -583,6 +583,9 @@ def put_back(settings: Settings, copy: safety.SafetyCopy, *, log: Log = print) -
     with repo.lock(settings.backup.lock_wait_s, purpose="put back a safety copy"):
         bad = steps.commands(commands.run_all("stop", cfg.stop, timeout=cfg.command_timeout))
         if bad is None:
+            # from here the live project is half the copy's until the end: a put-back that fails or is
+            # killed must keep the copy (the next backup would remove a `completed` one) and be flagged
+            copy = copy.write("putting-back")
             t0 = time.monotonic()
             try:
                 put_back_files(copy)

@@ -9,7 +9,8 @@
   the paths the restore creates, the database facts, and ``state``: ``copying`` (the copy is being
   made: nothing was changed yet), ``restoring`` (the copy is complete and the restore changes the
   live project: if it was killed, this is the only copy of what was there — ``erp-backup restore
-  --put-back DIR --yes``), ``completed``, ``rolled-back``, ``rollback-failed`` (put it back) or
+  --put-back DIR --yes``), ``completed``, ``rolled-back``, ``rollback-failed`` (put it back),
+  ``putting-back`` (a put-back began changing the live project and did not finish: run it again) or
   ``put-back``.
 
 The next successful backup removes the copies in state ``completed``, ``rolled-back``, ``put-back`` or
@@ -35,7 +36,7 @@ RECORD = "safety.json"
 FILES = "files"
 DUMP = "database.raw"
 DONE_STATES = ("completed", "rolled-back", "put-back", "copying")
-NEEDS_PUT_BACK = ("restoring", "rollback-failed")
+NEEDS_PUT_BACK = ("restoring", "rollback-failed", "putting-back")
 CHUNK = 1 << 20
 
 

@@ -466,3 +466,31 @@ def test_a_crafted_safety_copy_is_never_put_back(tmp_path: Path) -> None:
     flags = [p for p in status.collect(s)["problems"] if "safety" in p["check"] or "in_place" in p["check"]]
     assert [p["check"] for p in flags] == ["foreign_safety_copy"] and "never put it back" in flags[0]["message"]
     assert diff_states(before, tree_state(root)) == [] and not log.exists()
+
+
+def test_a_put_back_that_does_not_finish_keeps_its_copy_and_is_flagged(tmp_path: Path) -> None:
+    """Undoing a completed in-place restore (`--put-back`) that fails or is killed half-way: a review
+    found the copy still `completed` — status quiet, and the next backup deleted it, the only copy of
+    the pre-restore database. Now it is `putting-back` from the first change: kept, flagged critical,
+    and a second put-back finishes the job."""
+    from erp_backup import status
+
+    s, root, db = backed_up_then_changed(tmp_path, commands(tmp_path / "commands.log"))
+    want_tree, want_rows = tree_state(root, skip=SKIP), sqlite_rows(db)
+    rep = inplace.run(s, inplace.plan(s, inplace.InPlaceRequest(yes=True)), log=lambda _m: None)
+    copy = Path(rep.safety_copy)
+    assert safety.state_of(copy) == "completed"
+    dump = copy / safety.DUMP
+    good = dump.read_bytes()
+    dump.write_bytes(b"not a database" * 100)
+    with pytest.raises(inplace.InPlaceFailed, match="put back database"):
+        inplace.put_back(s, inplace.check_put_back(s, str(copy), yes=True), log=lambda _m: None)
+    assert safety.state_of(copy) == "putting-back"
+    (flag,) = [x for x in status.collect(s)["problems"] if x["check"] == "in_place_restore"]
+    assert flag["severity"] == "critical" and "--put-back" in flag["message"]
+    run_backup(s, BackupKind.INCREMENTAL)
+    assert copy.exists()  # the next backup keeps it
+    dump.write_bytes(good)
+    inplace.put_back(s, inplace.check_put_back(s, str(copy), yes=True), log=lambda _m: None)
+    assert safety.state_of(copy) == "put-back"
+    assert diff_states(want_tree, tree_state(root, skip=SKIP)) == [] and sqlite_rows(db) == want_rows
