@@ -41,22 +41,23 @@ def run_command(step: str, argv: Sequence[str], *, timeout: float, cwd: str | No
                 env_extra: dict[str, str] | None = None, secrets: Iterable[str] = ()) -> CommandResult:
     """Run one command; never raises for the command's own failure (the result says it)."""
     secrets = tuple(s for s in secrets if s)
+    shown = tuple(proc.redact(a, secrets) for a in argv)  # the label in reports and artifacts
     t0 = time.monotonic()
     try:
         res = proc.run(list(argv), timeout=timeout, cwd=cwd, env_extra=env_extra, secrets=secrets,
-                       what=shlex.join(argv))
+                       what=shlex.join(shown))
     except proc.ProcError as e:
-        return CommandResult(step, tuple(argv), False, e.returncode, time.monotonic() - t0,
+        return CommandResult(step, shown, False, e.returncode, time.monotonic() - t0,
                              _tail(proc.redact(e.stderr_tail, secrets)), proc.redact(e.message, secrets))
     except BackupError as e:  # not installed, cannot start
-        return CommandResult(step, tuple(argv), False, None, time.monotonic() - t0, "",
+        return CommandResult(step, shown, False, None, time.monotonic() - t0, "",
                              proc.redact(e.message, secrets))
     except OSError as e:  # e.g. cwd missing
-        return CommandResult(step, tuple(argv), False, None, time.monotonic() - t0, "",
-                             f"{shlex.join(argv)} could not be started: {e.strerror or e}")
+        return CommandResult(step, shown, False, None, time.monotonic() - t0, "",
+                             f"{shlex.join(shown)} could not be started: {e.strerror or e}")
     out = res.stdout.decode("utf-8", "replace")
     text = "\n".join(x for x in (out.strip(), res.stderr_tail.strip()) if x)
-    return CommandResult(step, tuple(argv), True, res.returncode, time.monotonic() - t0,
+    return CommandResult(step, shown, True, res.returncode, time.monotonic() - t0,
                          _tail(proc.redact(text, secrets)))
 
 

@@ -235,6 +235,7 @@ def run(settings: Settings, plan: InPlacePlan, *, log: Log = print, now: datetim
     rplan = plan.restore
     live = settings.live_database() if plan.database else None
     cfg = settings.restore
+    sec = _secrets(settings)
     steps = _Steps(log)
     if repo.busy():
         log(f"another erp-backup run holds the lock on {repo.root}: waiting for it (up to "
@@ -262,7 +263,7 @@ def run(settings: Settings, plan: InPlacePlan, *, log: Log = print, now: datetim
         stats = {"written": 0, "deleted": 0, "tables": 0}
         notes: list[str] = list(rplan.notes)
         try:
-            bad = steps.commands(commands.run_all("stop", cfg.stop, timeout=cfg.command_timeout))
+            bad = steps.commands(commands.run_all("stop", cfg.stop, timeout=cfg.command_timeout, secrets=sec))
             if bad:
                 raise _StepFailed(bad.label, bad.error)
             stage = "safety copy"
@@ -301,10 +302,11 @@ def run(settings: Settings, plan: InPlacePlan, *, log: Log = print, now: datetim
                 stats["tables"] = len(tables)
                 steps.add(stage, True, t0, f"{len(tables)} table(s), row counts as recorded")
             started = True
-            bad = steps.commands(commands.run_all("start", cfg.start, timeout=cfg.command_timeout))
+            bad = steps.commands(commands.run_all("start", cfg.start, timeout=cfg.command_timeout, secrets=sec))
             if bad:
                 raise _StepFailed(bad.label, bad.error)
-            bad = steps.commands(commands.run_all("smoke", cfg.smoke, timeout=cfg.command_timeout, cwd=plan.root))
+            bad = steps.commands(commands.run_all("smoke", cfg.smoke, timeout=cfg.command_timeout, secrets=sec,
+                                                  cwd=plan.root))
             if bad:
                 raise _StepFailed(bad.label, bad.error)
         except _StepFailed as e:
@@ -334,6 +336,13 @@ def run(settings: Settings, plan: InPlacePlan, *, log: Log = print, now: datetim
         copy.write("completed")
     return InPlaceReport(m.id.value, tuple(steps.done), str(copy.path), stats["written"], stats["deleted"],
                          stats["tables"], tuple(notes))
+
+
+def _secrets(settings: Settings) -> tuple[str, ...]:
+    """What the commands' output must not show in the report and the artifact: the live database's
+    credentials (a smoke check that prints its connection string, a start script that echoes them)."""
+    live = settings.live_database()
+    return live.secrets() if live is not None else ()
 
 
 def _why(e: BaseException) -> str:
@@ -422,9 +431,11 @@ def _restore_db(repo: LocalRepository, m: Manifest, live: DatabaseUrl, plan: InP
 def _put_back_all(settings: Settings, repo: LocalRepository, copy: safety.SafetyCopy, steps: _Steps,
                   live: DatabaseUrl | None, plan: InPlacePlan, *, started: bool, tree: bool, db: bool) -> bool:
     cfg = settings.restore
+    sec = _secrets(settings)
     ok = True
     if started:  # the services run on the restored state: stop them before putting the old one back
-        steps.commands(commands.run_all("stop (rollback)", cfg.stop, timeout=cfg.command_timeout, keep_going=True))
+        steps.commands(commands.run_all("stop (rollback)", cfg.stop, timeout=cfg.command_timeout, secrets=sec,
+                                        keep_going=True))
     if tree:
         t0 = time.monotonic()
         try:
@@ -441,7 +452,8 @@ def _put_back_all(settings: Settings, repo: LocalRepository, copy: safety.Safety
         except (BackupError, OSError) as e:
             ok = False
             steps.add("rollback: put back database", False, t0, _why(e))
-    steps.commands(commands.run_all("start (rollback)", cfg.start, timeout=cfg.command_timeout, keep_going=True))
+    steps.commands(commands.run_all("start (rollback)", cfg.start, timeout=cfg.command_timeout, secrets=sec,
+                                    keep_going=True))
     copy.write("rolled-back" if ok else "rollback-failed")
     return ok
 
@@ -576,12 +588,13 @@ def put_back(settings: Settings, copy: safety.SafetyCopy, *, log: Log = print) -
     """Stop commands, the copy's files and database put back, start commands; every step timed.
     Raises ``InPlaceFailed`` naming the first failed step (the start commands run anyway)."""
     cfg = settings.restore
+    sec = _secrets(settings)
     steps = _Steps(log)
     repo = LocalRepository(settings.storage.local_dir)
     live = settings.live_database() if copy.database is not None else None
     failed: str | None = None
     with repo.lock(settings.backup.lock_wait_s, purpose="put back a safety copy"):
-        bad = steps.commands(commands.run_all("stop", cfg.stop, timeout=cfg.command_timeout))
+        bad = steps.commands(commands.run_all("stop", cfg.stop, timeout=cfg.command_timeout, secrets=sec))
         if bad is None:
             # from here the live project is half the copy's until the end: a put-back that fails or is
             # killed must keep the copy (the next backup would remove a `completed` one) and be flagged
@@ -603,7 +616,8 @@ def put_back(settings: Settings, copy: safety.SafetyCopy, *, log: Log = print) -
                     failed = f"put back database: {_why(e)}"
         else:
             failed = f"{bad.label}: {bad.error}"
-        started = steps.commands(commands.run_all("start", cfg.start, timeout=cfg.command_timeout, keep_going=True))
+        started = steps.commands(commands.run_all("start", cfg.start, timeout=cfg.command_timeout, secrets=sec,
+                                                  keep_going=True))
         if failed is None and started is not None:
             failed = f"{started.label}: {started.error}"
         if failed is not None:

@@ -494,3 +494,24 @@ def test_a_put_back_that_does_not_finish_keeps_its_copy_and_is_flagged(tmp_path:
     inplace.put_back(s, inplace.check_put_back(s, str(copy), yes=True), log=lambda _m: None)
     assert safety.state_of(copy) == "put-back"
     assert diff_states(want_tree, tree_state(root, skip=SKIP)) == [] and sqlite_rows(db) == want_rows
+
+
+def test_command_output_and_labels_never_show_the_database_password(
+        tmp_path: Path, pg_db: Callable[..., DatabaseUrl]) -> None:
+    """A smoke check that prints its connection string, a command given `env DATABASE_URL=…` (as the
+    README suggests): the report table and the flow's artifact showed the live database's password
+    (a review found the in-place commands run with no secret to mask, unlike the restore test's)."""
+    password = "Zebra9-in-place-SECRET"
+    live = pg_db("live")
+    url = f"postgresql://postgres:{password}@127.0.0.1:5432/{live.name}"  # trust auth: any password works
+    echo = ["sh", "-c", 'echo "conn=$1"; echo "password is $2" >&2', "sh", url, password]
+    root = make_small_project(tmp_path / "erp")
+    s = with_restore(make_settings(tmp_path, root=root, db=url),
+                     stop=[echo], start=[["env", f"DATABASE_URL={url}", "true"]], smoke=[echo], command_timeout=30)
+    run_backup(s, BackupKind.FULL)
+    mutate(root)
+    rep = inplace.run(s, inplace.plan(s, inplace.InPlaceRequest(yes=True, files=True, database=False)),
+                      log=lambda _m: None)
+    text = repr(rep.rows())
+    assert "conn=postgresql://postgres:***@" in text and "password is ***" in text
+    assert password not in text
