@@ -81,27 +81,38 @@ def cmd_list(args: argparse.Namespace) -> int:
         from erp_backup.remote_cli import list_remote
 
         return list_remote(s, args.json)
+    from erp_backup import verdicts
+    from erp_backup.core.objectives import human
+
     repo = LocalRepository(s.storage.local_dir)
     found = repo.scan()
     ids = found.committed_ids
+    failed = verdicts.failed(repo.root)  # the last recorded verification (verify runs, verify_backup.sh)
+    now = datetime.now(UTC)
     rows: list[dict[str, Any]] = []
     for m in found.committed:
         problem = chain.chain_problem(m, ids, found.damaged)
+        verified = ("FAILED" if m.id in failed else
+                    "passed" if verdicts.record_path(repo.root, m.id.value).exists() else None)
         rows.append({
             "id": m.id.value,
             "kind": m.kind.value,
             "tags": ",".join(m.tags),
             "parent": m.parent.value if m.parent else None,
             "finished_at": m.finished_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "age": human(max(0.0, (now - m.finished_at).total_seconds())),
             "size_bytes": m.size_bytes,
             "files": m.stats.files_scanned,
             "changed": m.stats.files_changed,
             "status": "committed" if problem is None else "broken",
+            "verified": verified,
             "reason": None if problem is None else f"it {problem}",
+            "verify_problem": failed.get(m.id),
         })
     for d in found.damaged:  # nothing of its manifest is trusted: only what its directory name says
         rows.append({"id": d.id.value, "kind": d.id.kind.value, "tags": "", "parent": None, "finished_at": None,
-                     "size_bytes": None, "files": None, "changed": None, "status": "damaged", "reason": d.reason})
+                     "age": None, "size_bytes": None, "files": None, "changed": None, "status": "damaged",
+                     "verified": None, "reason": d.reason, "verify_problem": None})
     rows.sort(key=lambda r: r["id"])
     partials = [p.name for p in repo.partials()]
     if args.json:
@@ -110,12 +121,15 @@ def cmd_list(args: argparse.Namespace) -> int:
     if not rows:
         print(f"no backup sets in {repo.root}")
     else:
-        print_table([{**{k: ("-" if v is None else v) for k, v in r.items() if k != "reason"},
+        print_table([{**{k: ("-" if v is None else v) for k, v in r.items() if k not in ("reason", "verify_problem")},
                       "size_bytes": "-" if r["size_bytes"] is None else _human(r["size_bytes"])} for r in rows])
     for r in rows:
         if r["reason"]:
             print(f"({r['status']}: {r['id']}: {r['reason']} — `erp-backup verify {r['id']}` says more; "
                   "restore from another set)")
+        elif r["verify_problem"]:
+            print(f"(verification FAILED: {r['id']}: {r['verify_problem']} — a restore without --backup passes it "
+                  "over)")
     for p in partials:
         print(f"(incomplete, ignored: {p})")
     return 0

@@ -109,3 +109,26 @@ def test_restore_sh_passes_allow_old_and_verify_through(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stdout + r.stderr
     assert not (root / "apps" / "stray.py").exists()
     assert script("restore.sh", "--yes", "--verify", config=cfg).returncode == 1  # needs its value
+
+
+def test_restore_sh_lists_candidates_with_age_and_verification_outcome(tmp_path: Path) -> None:
+    """Issue #13: step 2 lists the candidates with their age and verification outcome. A review found
+    `erp-backup list` showing a set whose last verification FAILED as plain `committed`, no age."""
+    root = tmp_path / "erp"
+    db = make_project(root)
+    s = make_settings(tmp_path, root=root, db=db)
+    cfg = write_config(tmp_path / "c.toml", s)
+    full = run_backup(s, BackupKind.FULL).manifest.id.value
+    (root / "apps" / "new.py").write_text("x = 1\n")
+    incr = run_backup(s, BackupKind.INCREMENTAL).manifest.id.value
+    art = s.storage.local_dir / incr / "files.tar.zst"
+    flip_byte(art, art.stat().st_size // 2)
+    assert script("verify_backup.sh", "--quick", config=cfg).returncode == 1
+    r = script("restore.sh", config=cfg, stdin="y\nn\n")  # confirm the failure, then refuse the restore
+    assert r.returncode == 1 and "nothing changed" in r.stdout
+    step2 = r.stdout[r.stdout.index("step 2/3"):r.stdout.index("step 3/3")]
+    header = next(line for line in step2.splitlines() if line.startswith("id "))
+    assert "age" in header.split() and "verified" in header.split()
+    rows = {line.split()[0]: line for line in step2.splitlines() if line.startswith((full, incr))}
+    assert rows[full].split()[-1] == "passed" and rows[incr].split()[-1] == "FAILED"
+    assert f"verification FAILED: {incr}" in step2
