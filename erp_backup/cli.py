@@ -488,7 +488,10 @@ _FINAL: list[str] = []
 
 def _print_final() -> None:
     for msg in _FINAL:
-        _err(msg)
+        if msg:
+            _err(msg)
+        else:
+            print(file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -504,6 +507,8 @@ def main(argv: list[str] | None = None) -> int:
         reaper.guard(args.command)  # before anything is spawned: a killed run leaves no process behind
         return int(args.func(args) or 0)
     except BackupError as e:
+        if getattr(e, "after_partial_output", False):  # Prefect's API log handler leaves half a line
+            _FINAL.append("")
         _FINAL.append(str(e))
         return e.exit_code
     except KeyboardInterrupt:
