@@ -224,6 +224,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_verify_log(args: argparse.Namespace) -> int:
+    if args.tail < 1:  # lines[-0:] is every line, lines[--5:] skips the first five
+        raise ConfigError(f"--tail {args.tail}: must be 1 or more", hint="e.g. --tail 50")
     s = _settings(args)
     path = s.verify.log
     if args.path:
@@ -232,10 +234,11 @@ def cmd_verify_log(args: argparse.Namespace) -> int:
     if not path.exists():
         print(f"no verification log yet at {path}")
         return 0
+    from collections import deque
+
     with path.open(encoding="utf-8", errors="replace") as f:
-        lines = f.readlines()
-    for line in lines[-args.tail:]:
-        print(line, end="")
+        for line in deque(f, maxlen=args.tail):
+            print(line, end="")
     return 0
 
 

@@ -111,3 +111,23 @@ def test_output_into_a_closed_pipe_is_no_traceback(tmp_path: Path) -> None:
             os.close(w)
         assert "Traceback" not in res.stderr and res.stderr == "", (args, res.stderr[-1000:])
         assert res.returncode == 141, args
+
+
+def test_verify_log_tail_takes_only_a_positive_count(tmp_path: Path) -> None:
+    """A review found `verify-log --tail 0` printing the whole log and `--tail -5` all but the first
+    five lines: now one error line for both, and --tail N the last N lines."""
+    from erp_backup import verify_log
+    from tests.conftest import make_settings, make_small_project, write_config
+
+    s = make_settings(tmp_path, root=make_small_project(tmp_path / "erp"))
+    cfg = write_config(tmp_path / "c.toml", s)
+    verify_log.append(s.verify.log, [verify_log.VerifyLine(f"20261129T0{i}0000Z-full", "quick", True)
+                                     for i in range(8)])
+    res = cli("--config", str(cfg), "verify-log", "--tail", "3")
+    assert res.returncode == 0 and [line.split()[1] for line in res.stdout.splitlines()] == [
+        "set=20261129T050000Z-full", "set=20261129T060000Z-full", "set=20261129T070000Z-full"]
+    for bad in ("0", "-5"):
+        res = cli("--config", str(cfg), "verify-log", "--tail", bad)
+        assert res.returncode == 2 and res.stdout == "", (bad, res.stdout)
+        assert res.stderr.strip().splitlines() == [f"erp-backup: error: --tail {bad}: must be 1 or more — e.g. "
+                                                   "--tail 50"]
