@@ -6,6 +6,7 @@ after it has dropped the live PostgreSQL database and written the files)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import sys
@@ -515,3 +516,62 @@ def test_command_output_and_labels_never_show_the_database_password(
     text = repr(rep.rows())
     assert "conn=postgresql://postgres:***@" in text and "password is ***" in text
     assert password not in text
+
+
+def _procs_running(marker: str) -> list[int]:
+    found = []
+    for pid in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if marker.encode() in f.read():
+                    found.append(int(pid))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def test_start_commands_may_leave_the_application_running_and_a_hung_stop_is_killed_whole(
+        tmp_path: Path) -> None:
+    """A start command that launches the application itself (in the background, daemonized or not):
+    a review found the CLI waiting for the end of its output (for ever, with a daemon that keeps
+    stdout) and the reaper killing the application when the CLI exited. And a stop command that hangs
+    with a child: the timeout took until the child ended, and left it running."""
+    import json
+    import subprocess
+    import time
+    import uuid
+
+    root = make_small_project(tmp_path / "erp")
+    db = make_sqlite(tmp_path / "live.sqlite3")
+    s = make_settings(tmp_path, root=root, db=db)
+    run_backup(s, BackupKind.FULL)
+    tag = str(uuid.uuid4().int)[:8]  # digits: sleep takes them
+    plain_bg, daemon, hung = f"311.{tag}1", f"312.{tag}2", f"313.{tag}3"
+    cfg = write_config(tmp_path / "c.toml", s)
+    start = [["sh", "-c", f"sleep {plain_bg} &"],  # keeps our stdout
+             ["sh", "-c", f"setsid sleep {daemon} > /dev/null 2>&1 < /dev/null &"]]
+    try:
+        with open(cfg, "a") as f:
+            f.write(f"[restore]\nstop = []\nsmoke = []\nstart = {json.dumps(start)}\ncommand_timeout = 60\n")
+        t0 = time.monotonic()
+        res = subprocess.run([*CLI, "--config", str(cfg), "restore", "--in-place", "--files-only", "--yes"],
+                             capture_output=True, text=True, timeout=120, env=cli_env())
+        assert res.returncode == 0, res.stderr
+        assert time.monotonic() - t0 < 30, "the restore waited for what its start command left running"
+        time.sleep(3)  # the reaper's grace period, had it stopped them
+        assert _procs_running(plain_bg) and _procs_running(daemon), "the application was killed at the CLI's exit"
+
+        cfg2 = write_config(tmp_path / "c2.toml", s)
+        with open(cfg2, "a") as f:
+            f.write(f"[restore]\nstop = {json.dumps([['sh', '-c', f'sleep {hung} & sleep {hung}']])}\n"
+                    "start = []\nsmoke = []\ncommand_timeout = 2\n")
+        t0 = time.monotonic()
+        res = subprocess.run([*CLI, "--config", str(cfg2), "restore", "--in-place", "--files-only", "--yes"],
+                             capture_output=True, text=True, timeout=120, env=cli_env())
+        assert res.returncode != 0 and "timed out after 2 s" in res.stderr.strip().splitlines()[-1], res.stderr
+        assert time.monotonic() - t0 < 30
+        assert _procs_running(hung) == []
+    finally:
+        for pid in _procs_running(tag):
+            with contextlib.suppress(OSError):
+                os.kill(pid, 9)
