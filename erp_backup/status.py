@@ -152,7 +152,8 @@ def collect(settings: Settings, now: datetime | None = None) -> dict[str, Any]:
             test_doc["age_seconds"] = None
         if not test.get("ok"):
             first = (test.get("problems") or ["failed"])[0]
-            problem("critical", "restore_test", f"the last restore test ({test.get('tested_at')}) failed: {first}")
+            when = f" ({test['tested_at']})" if test.get("tested_at") else ""
+            problem("critical", "restore_test", f"the last restore test{when} failed: {first}")
         elif (test_doc["age_seconds"] or 0) > TEST_MAX_AGE_S:
             problem("warning", "restore_test", f"the last restore test is {human(test_doc['age_seconds'])} old")
     local: dict[str, Any] = {"path": str(repo.root), "sets": len(found.committed) + len(found.damaged),
@@ -186,7 +187,7 @@ def print_human(doc: dict[str, Any]) -> None:
         print("restore test  never run")
     else:
         rto = t.get("rto_extrapolated_seconds")
-        print(f"restore test  {t['tested_at']} {'passed' if t['ok'] else 'FAILED'} of {t['set'] or '-'}: "
+        print(f"restore test  {t['tested_at'] or '-'} {'passed' if t['ok'] else 'FAILED'} of {t['set'] or '-'}: "
               f"RTO {human(rto) if rto is not None else '-'}, RPO "
               f"{human(t['rpo_seconds']) if t.get('rpo_seconds') is not None else '-'}, largest gap "
               f"{human(t['max_gap_seconds']) if t.get('max_gap_seconds') is not None else '-'}")
