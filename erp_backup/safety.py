@@ -197,11 +197,17 @@ def copies(local_dir: Path) -> list[Path]:
     return sorted(p for p in local_dir.iterdir() if p.name.startswith(PREFIX) and p.is_dir() and not p.is_symlink())
 
 
+STATES = (*DONE_STATES, *NEEDS_PUT_BACK)
+
+
 def state_of(path: Path) -> str:
+    """The copy's state; ``damaged`` when its record is not one we wrote (never removed automatically)."""
     try:
-        return str(json.loads((path / RECORD).read_text(encoding="utf-8")).get("state", "unknown"))
+        doc = json.loads((path / RECORD).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return "copying"  # no record yet: killed before the copy was made, nothing was changed
+    state = doc.get("state") if isinstance(doc, dict) else None
+    return state if isinstance(state, str) and state in STATES else "damaged"
 
 
 def release(local_dir: Path) -> tuple[list[str], list[str]]:

@@ -132,6 +132,9 @@ def collect(settings: Settings, now: datetime | None = None) -> dict[str, Any]:
         elif state in safety.NEEDS_PUT_BACK:
             problem("critical", "in_place_restore", f"an in-place restore left its safety copy {copy} in state "
                     f"{state}: the project may be half restored — `erp-backup restore --put-back {copy} --yes`")
+        elif state == "damaged":
+            problem("warning", "in_place_restore", f"the safety copy {copy} has a damaged record "
+                    f"({safety.RECORD}): it is kept; look at it by hand (README: put back by hand) and remove it")
         elif state == "copying":
             problem("warning", "in_place_restore", f"an in-place restore stopped while making its safety copy "
                     f"{copy}: nothing was changed, but its stop commands may have left services stopped")

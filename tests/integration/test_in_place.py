@@ -575,3 +575,29 @@ def test_start_commands_may_leave_the_application_running_and_a_hung_stop_is_kil
         for pid in _procs_running(tag):
             with contextlib.suppress(OSError):
                 os.kill(pid, 9)
+
+
+def test_a_damaged_safety_record_neither_crashes_status_nor_fails_backups(tmp_path: Path) -> None:
+    """A `.safety-*/safety.json` that is valid JSON but not our record (a list; a state that is not
+    a text): a review found `status` crashing with a traceback and every backup ending with one after
+    its commit. Now the copy is `damaged`: kept, and status warns."""
+    import subprocess
+
+    from erp_backup import status
+
+    root = make_small_project(tmp_path / "erp")
+    s = make_settings(tmp_path, root=root)
+    run_backup(s, BackupKind.FULL)
+    cfg = write_config(tmp_path / "c.toml", s)
+    copy = s.storage.local_dir / ".safety-20990101T000000.000000Z-x"
+    copy.mkdir(mode=0o700)
+    for doc in ("[1]", '{"state": ["restoring"]}', '{"state": "whatever"}'):
+        (copy / "safety.json").write_text(doc)
+        assert safety.state_of(copy) == "damaged"
+        (flag,) = [p for p in status.collect(s)["problems"] if p["check"] == "in_place_restore"]
+        assert "damaged record" in flag["message"]
+        write_file(root / "apps" / "touched.py", doc)
+        res = subprocess.run([*CLI, "--config", str(cfg), "backup", "incremental"], capture_output=True, text=True,
+                             timeout=120, env=cli_env())
+        assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr[-1500:]
+        assert copy.is_dir()
