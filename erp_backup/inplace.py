@@ -562,7 +562,7 @@ def check_put_back(settings: Settings, path: str, *, yes: bool) -> safety.Safety
                            "someone else?) and remove it")
     try:
         copy = safety.load(p)
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:  # not our record's shape
         raise RestoreError(f"cannot read the safety copy {p}: {e}", hint="put it back by hand (README)") from e
     for saved in copy.saved:  # every saved file readable as what it claims to be, before anything is stopped
         if saved.type is EntryType.FILE:

@@ -601,3 +601,7 @@ def test_a_damaged_safety_record_neither_crashes_status_nor_fails_backups(tmp_pa
                              timeout=120, env=cli_env())
         assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr[-1500:]
         assert copy.is_dir()
+        res = subprocess.run([*CLI, "--config", str(cfg), "restore", "--put-back", str(copy), "--yes"],
+                             capture_output=True, text=True, timeout=120, env=cli_env())
+        assert res.returncode != 0 and "Traceback" not in res.stderr, res.stderr[-1500:]
+        assert res.stderr.strip().splitlines()[-1].startswith("erp-backup: error: cannot read the safety copy")
