@@ -33,7 +33,9 @@ import sys
 from erp_backup.core.errors import BackupError
 
 RUN_TOKEN_ENV = "ERP_BACKUP_RUN_TOKEN"
-COMMANDS = frozenset({"backup", "verify", "restore", "demo", "prune"})  # the commands that start Prefect
+# the commands that start Prefect or other processes (the restore test's pg_restore and smoke commands,
+# the upload's gpg)
+COMMANDS = frozenset({"backup", "verify", "restore", "restore-test", "upload", "demo", "prune"})
 GRACE_S = 2.0  # SIGTERM -> SIGKILL
 
 WATCHDOG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_watchdog.py")  # a standalone script
