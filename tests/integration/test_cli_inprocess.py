@@ -129,3 +129,25 @@ def test_an_api_url_where_something_else_answers_is_one_error_line(tmp_path: Pat
     assert lines[-2].startswith("erp-backup: error: the Prefect API at") and f"HTTP {status}" in lines[-2], lines
     assert not s.storage.local_dir.exists() or not any(p for p in s.storage.local_dir.iterdir()
                                                        if not p.name.startswith("."))
+
+
+def test_recovery_commands_without_a_server_import_no_prefect(tmp_path: Path) -> None:
+    """restore --in-place, restore --put-back and restore-test without a server run in process: a
+    review found them importing the flows (all of Prefect: ~2 s, and every database warning logged
+    twice, once by Prefect's handler) before the runner chose the plain path."""
+    from erp_backup import safety
+    from erp_backup.core.models import BackupKind
+    from erp_backup.pipeline import run_backup
+
+    root = make_small_project(tmp_path / "erp")
+    s = make_settings(tmp_path, root=root)
+    run_backup(s, BackupKind.FULL)
+    config = str(write_config(tmp_path / "config.toml", s))
+    home = str(tmp_path / "ph")
+    res, _ = cli("--config", config, "restore", "--in-place", "--files-only", "--yes", PREFECT_HOME=home)
+    assert res.returncode == 0 and no_prefect(res), res.stderr[-1500:]
+    (copy,) = safety.copies(s.storage.local_dir)
+    res, _ = cli("--config", config, "restore", "--put-back", str(copy), "--yes", PREFECT_HOME=home)
+    assert res.returncode == 0 and no_prefect(res), res.stderr[-1500:]
+    res, _ = cli("--config", config, "restore-test", PREFECT_HOME=home)
+    assert no_prefect(res), res.stderr[-1500:]
