@@ -81,27 +81,38 @@ def cmd_list(args: argparse.Namespace) -> int:
         from erp_backup.remote_cli import list_remote
 
         return list_remote(s, args.json)
+    from erp_backup import verdicts
+    from erp_backup.core.objectives import human
+
     repo = LocalRepository(s.storage.local_dir)
     found = repo.scan()
     ids = found.committed_ids
+    failed = verdicts.failed(repo.root)  # the last recorded verification (verify runs, verify_backup.sh)
+    now = datetime.now(UTC)
     rows: list[dict[str, Any]] = []
     for m in found.committed:
         problem = chain.chain_problem(m, ids, found.damaged)
+        verified = ("FAILED" if m.id in failed else
+                    "passed" if verdicts.record_path(repo.root, m.id.value).exists() else None)
         rows.append({
             "id": m.id.value,
             "kind": m.kind.value,
             "tags": ",".join(m.tags),
             "parent": m.parent.value if m.parent else None,
             "finished_at": m.finished_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "age": human(max(0.0, (now - m.finished_at).total_seconds())),
             "size_bytes": m.size_bytes,
             "files": m.stats.files_scanned,
             "changed": m.stats.files_changed,
             "status": "committed" if problem is None else "broken",
+            "verified": verified,
             "reason": None if problem is None else f"it {problem}",
+            "verify_problem": failed.get(m.id),
         })
     for d in found.damaged:  # nothing of its manifest is trusted: only what its directory name says
         rows.append({"id": d.id.value, "kind": d.id.kind.value, "tags": "", "parent": None, "finished_at": None,
-                     "size_bytes": None, "files": None, "changed": None, "status": "damaged", "reason": d.reason})
+                     "age": None, "size_bytes": None, "files": None, "changed": None, "status": "damaged",
+                     "verified": None, "reason": d.reason, "verify_problem": None})
     rows.sort(key=lambda r: r["id"])
     partials = [p.name for p in repo.partials()]
     if args.json:
@@ -110,12 +121,15 @@ def cmd_list(args: argparse.Namespace) -> int:
     if not rows:
         print(f"no backup sets in {repo.root}")
     else:
-        print_table([{**{k: ("-" if v is None else v) for k, v in r.items() if k != "reason"},
+        print_table([{**{k: ("-" if v is None else v) for k, v in r.items() if k not in ("reason", "verify_problem")},
                       "size_bytes": "-" if r["size_bytes"] is None else _human(r["size_bytes"])} for r in rows])
     for r in rows:
         if r["reason"]:
             print(f"({r['status']}: {r['id']}: {r['reason']} — `erp-backup verify {r['id']}` says more; "
                   "restore from another set)")
+        elif r["verify_problem"]:
+            print(f"(verification FAILED: {r['id']}: {r['verify_problem']} — a restore without --backup passes it "
+                  "over)")
     for p in partials:
         print(f"(incomplete, ignored: {p})")
     return 0
@@ -210,6 +224,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_verify_log(args: argparse.Namespace) -> int:
+    if args.tail < 1:  # lines[-0:] is every line, lines[--5:] skips the first five
+        raise ConfigError(f"--tail {args.tail}: must be 1 or more", hint="e.g. --tail 50")
     s = _settings(args)
     path = s.verify.log
     if args.path:
@@ -218,10 +234,11 @@ def cmd_verify_log(args: argparse.Namespace) -> int:
     if not path.exists():
         print(f"no verification log yet at {path}")
         return 0
+    from collections import deque
+
     with path.open(encoding="utf-8", errors="replace") as f:
-        lines = f.readlines()
-    for line in lines[-args.tail:]:
-        print(line, end="")
+        for line in deque(f, maxlen=args.tail):
+            print(line, end="")
     return 0
 
 
@@ -488,7 +505,10 @@ _FINAL: list[str] = []
 
 def _print_final() -> None:
     for msg in _FINAL:
-        _err(msg)
+        if msg:
+            _err(msg)
+        else:
+            print(file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -505,11 +525,19 @@ def main(argv: list[str] | None = None) -> int:
         reaper.guard(args.command, remote=bool(getattr(args, "remote", False)))
         return int(args.func(args) or 0)
     except BackupError as e:
+        if getattr(e, "after_partial_output", False):  # Prefect's API log handler leaves half a line
+            _FINAL.append("")
         _FINAL.append(str(e))
         return e.exit_code
     except KeyboardInterrupt:
         _err("interrupted")
         return 130
+    except BrokenPipeError:  # `erp-backup list | head`: the reader left; no traceback, like any Unix tool
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the final flush finds no pipe
+        except (OSError, ValueError):
+            pass
+        return 141  # 128 + SIGPIPE, as a shell reports it
 
 
 if __name__ == "__main__":

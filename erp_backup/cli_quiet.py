@@ -26,9 +26,17 @@ class _ExpectedErrors(logging.Filter):
         exc = record.exc_info[1] if record.exc_info else None
         if isinstance(exc, BackupError) or getattr(record, "erp_backup_detail", False):
             return False
+        if exc is not None and _api_gone(exc):  # the server went away: the CLI's error line says so
+            return False
         if isinstance(record.msg, str) and record.msg.startswith(_FAILED):
             record.msg, record.args = "Finished in state Failed (the error is below)", ()
         return True
+
+
+def _api_gone(exc: BaseException) -> bool:
+    from erp_backup.runner import api_gone
+
+    return api_gone(exc)
 
 
 _FILTER = _ExpectedErrors()

@@ -235,6 +235,7 @@ def run(settings: Settings, plan: InPlacePlan, *, log: Log = print, now: datetim
     rplan = plan.restore
     live = settings.live_database() if plan.database else None
     cfg = settings.restore
+    sec = _secrets(settings)
     steps = _Steps(log)
     if repo.busy():
         log(f"another erp-backup run holds the lock on {repo.root}: waiting for it (up to "
@@ -262,7 +263,7 @@ def run(settings: Settings, plan: InPlacePlan, *, log: Log = print, now: datetim
         stats = {"written": 0, "deleted": 0, "tables": 0}
         notes: list[str] = list(rplan.notes)
         try:
-            bad = steps.commands(commands.run_all("stop", cfg.stop, timeout=cfg.command_timeout))
+            bad = steps.commands(commands.run_all("stop", cfg.stop, timeout=cfg.command_timeout, secrets=sec))
             if bad:
                 raise _StepFailed(bad.label, bad.error)
             stage = "safety copy"
@@ -301,10 +302,11 @@ def run(settings: Settings, plan: InPlacePlan, *, log: Log = print, now: datetim
                 stats["tables"] = len(tables)
                 steps.add(stage, True, t0, f"{len(tables)} table(s), row counts as recorded")
             started = True
-            bad = steps.commands(commands.run_all("start", cfg.start, timeout=cfg.command_timeout))
+            bad = steps.commands(commands.run_all("start", cfg.start, timeout=cfg.command_timeout, secrets=sec))
             if bad:
                 raise _StepFailed(bad.label, bad.error)
-            bad = steps.commands(commands.run_all("smoke", cfg.smoke, timeout=cfg.command_timeout, cwd=plan.root))
+            bad = steps.commands(commands.run_all("smoke", cfg.smoke, timeout=cfg.command_timeout, secrets=sec,
+                                                  cwd=plan.root))
             if bad:
                 raise _StepFailed(bad.label, bad.error)
         except _StepFailed as e:
@@ -334,6 +336,13 @@ def run(settings: Settings, plan: InPlacePlan, *, log: Log = print, now: datetim
         copy.write("completed")
     return InPlaceReport(m.id.value, tuple(steps.done), str(copy.path), stats["written"], stats["deleted"],
                          stats["tables"], tuple(notes))
+
+
+def _secrets(settings: Settings) -> tuple[str, ...]:
+    """What the commands' output must not show in the report and the artifact: the live database's
+    credentials (a smoke check that prints its connection string, a start script that echoes them)."""
+    live = settings.live_database()
+    return live.secrets() if live is not None else ()
 
 
 def _why(e: BaseException) -> str:
@@ -422,9 +431,11 @@ def _restore_db(repo: LocalRepository, m: Manifest, live: DatabaseUrl, plan: InP
 def _put_back_all(settings: Settings, repo: LocalRepository, copy: safety.SafetyCopy, steps: _Steps,
                   live: DatabaseUrl | None, plan: InPlacePlan, *, started: bool, tree: bool, db: bool) -> bool:
     cfg = settings.restore
+    sec = _secrets(settings)
     ok = True
     if started:  # the services run on the restored state: stop them before putting the old one back
-        steps.commands(commands.run_all("stop (rollback)", cfg.stop, timeout=cfg.command_timeout, keep_going=True))
+        steps.commands(commands.run_all("stop (rollback)", cfg.stop, timeout=cfg.command_timeout, secrets=sec,
+                                        keep_going=True))
     if tree:
         t0 = time.monotonic()
         try:
@@ -441,7 +452,8 @@ def _put_back_all(settings: Settings, repo: LocalRepository, copy: safety.Safety
         except (BackupError, OSError) as e:
             ok = False
             steps.add("rollback: put back database", False, t0, _why(e))
-    steps.commands(commands.run_all("start (rollback)", cfg.start, timeout=cfg.command_timeout, keep_going=True))
+    steps.commands(commands.run_all("start (rollback)", cfg.start, timeout=cfg.command_timeout, secrets=sec,
+                                    keep_going=True))
     copy.write("rolled-back" if ok else "rollback-failed")
     return ok
 
@@ -468,7 +480,7 @@ def put_back_files(copy: safety.SafetyCopy) -> None:
                 _remove(target, e.path, "tree")
                 fd = target.open_file(e.path)
                 try:
-                    with open(copy.files_dir / e.path, "rb") as src:
+                    with os.fdopen(safety.open_saved(copy, e.path), "rb") as src:
                         while chunk := src.read(CHUNK):
                             view = memoryview(chunk)
                             while view:
@@ -543,16 +555,32 @@ def check_put_back(settings: Settings, path: str, *, yes: bool) -> safety.Safety
     if p.parent.resolve() != local.resolve() or not p.name.startswith(safety.PREFIX) or p.is_symlink():
         raise ConfigError(f"{path} is not a safety copy in {local}",
                           hint=f"give one of the {safety.PREFIX}* directories there (`erp-backup status` names them)")
+    problem = safety.not_ours(p)
+    if problem:
+        raise RestoreError(f"{p} is not a safety copy erp-backup made: {problem}",
+                           hint="do not put it back; find out who made it (the backup directory is writable by "
+                           "someone else?) and remove it")
     try:
         copy = safety.load(p)
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:  # not our record's shape
         raise RestoreError(f"cannot read the safety copy {p}: {e}", hint="put it back by hand (README)") from e
+    for saved in copy.saved:  # every saved file readable as what it claims to be, before anything is stopped
+        if saved.type is EntryType.FILE:
+            try:
+                os.close(safety.open_saved(copy, saved.path))
+            except OSError as err:
+                raise RestoreError(f"the safety copy {p} is incomplete or was changed: {copy.files_dir / saved.path}: "
+                                   f"{err.strerror}", hint="put it back by hand (README), or restore a set") from err
     if copy.state == "copying":
         raise RestoreError(f"the safety copy {p} was never finished: the restore that made it changed nothing",
                            hint="nothing to put back; remove it, or let the next backup remove it")
-    if os.path.abspath(copy.root) != os.path.abspath(settings.project.root):
-        raise ConfigError(f"the safety copy {p} is of {copy.root}, not of [project] root {settings.project.root}",
-                          hint="use the config of that project")
+    # the in-place restore records the root as it resolves (a link /srv/app/current is restored where
+    # it points): compare the same way
+    live_root = os.path.realpath(settings.project.root)
+    if os.path.realpath(copy.root) != live_root:
+        where = f" (which now resolves to {live_root})" if live_root != os.path.abspath(settings.project.root) else ""
+        raise ConfigError(f"the safety copy {p} is of {copy.root}, not of [project] root "
+                          f"{settings.project.root}{where}", hint="use the config of that project")
     return copy
 
 
@@ -560,13 +588,17 @@ def put_back(settings: Settings, copy: safety.SafetyCopy, *, log: Log = print) -
     """Stop commands, the copy's files and database put back, start commands; every step timed.
     Raises ``InPlaceFailed`` naming the first failed step (the start commands run anyway)."""
     cfg = settings.restore
+    sec = _secrets(settings)
     steps = _Steps(log)
     repo = LocalRepository(settings.storage.local_dir)
     live = settings.live_database() if copy.database is not None else None
     failed: str | None = None
     with repo.lock(settings.backup.lock_wait_s, purpose="put back a safety copy"):
-        bad = steps.commands(commands.run_all("stop", cfg.stop, timeout=cfg.command_timeout))
+        bad = steps.commands(commands.run_all("stop", cfg.stop, timeout=cfg.command_timeout, secrets=sec))
         if bad is None:
+            # from here the live project is half the copy's until the end: a put-back that fails or is
+            # killed must keep the copy (the next backup would remove a `completed` one) and be flagged
+            copy = copy.write("putting-back")
             t0 = time.monotonic()
             try:
                 put_back_files(copy)
@@ -584,7 +616,8 @@ def put_back(settings: Settings, copy: safety.SafetyCopy, *, log: Log = print) -
                     failed = f"put back database: {_why(e)}"
         else:
             failed = f"{bad.label}: {bad.error}"
-        started = steps.commands(commands.run_all("start", cfg.start, timeout=cfg.command_timeout, keep_going=True))
+        started = steps.commands(commands.run_all("start", cfg.start, timeout=cfg.command_timeout, secrets=sec,
+                                                  keep_going=True))
         if failed is None and started is not None:
             failed = f"{started.label}: {started.error}"
         if failed is not None:

@@ -114,7 +114,7 @@ def evaluate(doc: dict[str, Any], t: Thresholds) -> Verdict:
         if rto is not None:
             perf.append(_perf("restore_test_rto_s", float(rto)))
     for p in doc.get("problems") or []:  # what status found beyond ages: damaged sets, half-done restores
-        if p.get("check") in ("damaged", "in_place_restore"):
+        if p.get("check") in ("damaged", "in_place_restore", "foreign_safety_copy"):
             findings.append((CRITICAL if p.get("severity") == "critical" else WARNING, str(p.get("message"))))
     local = ((doc.get("usage") or {}).get("local") or {})
     if local.get("bytes") is not None:

@@ -83,18 +83,28 @@ def configured_api_url(env: Mapping[str, str] | None = None, cwd: Path | None = 
     return str(value) if value else None
 
 
-def reachable(url: str, timeout: float = 5.0) -> bool:
-    """Does anything answer HTTP at ``url``? Any HTTP status counts (an API key may be needed for
-    ``/health``); only a refused, timed-out or unresolvable connection does not."""
+def api_problem(url: str, timeout: float = 5.0) -> str | None:
+    """Why ``url`` is not a Prefect API that answers, or None. ``/health`` must answer 2xx, or 401/403
+    (an API key or auth string may be needed): a refused or timed-out connection, or anything else
+    answering there (a proxy's 502 while the server is down, another web server on that port: 404)
+    would only fail later, inside Prefect, with a traceback."""
     import urllib.error
     import urllib.request
 
     if not url.lower().startswith(("http://", "https://")):
-        return False  # Prefect speaks HTTP(S) only
+        return "it is not an http(s) URL"  # Prefect speaks HTTP(S) only
     try:
         with urllib.request.urlopen(url.rstrip("/") + "/health", timeout=timeout):
-            return True
-    except urllib.error.HTTPError:
-        return True
-    except (OSError, ValueError):
-        return False
+            return None
+    except urllib.error.HTTPError as e:
+        if e.code in (401, 403):
+            return None
+        return f"it answers HTTP {e.code} for /health: not a running Prefect API"
+    except (OSError, ValueError) as e:
+        reason = getattr(e, "reason", None) or e
+        return f"it does not answer ({reason})"
+
+
+def reachable(url: str, timeout: float = 5.0) -> bool:
+    """Does a Prefect API answer at ``url``? (``api_problem`` is None.)"""
+    return api_problem(url, timeout) is None

@@ -76,7 +76,8 @@ def restore_in_place(args: argparse.Namespace, s: Any, at: datetime | None) -> i
     for n in plan.restore.notes:
         print(f"note: {n}")
     from erp_backup import runner
-    from erp_backup.flows.restore import restore_in_place_checked_flow
+
+    restore_in_place_checked_flow = runner.lazy("erp_backup.flows.restore", "restore_in_place_checked_flow")
 
     def plain(settings: Any, plan: inplace.InPlacePlan) -> dict[str, Any]:
         rep = inplace.run(settings, plan)
@@ -101,7 +102,8 @@ def put_back(args: argparse.Namespace, s: Any) -> int:
         raise ConfigError(f"--put-back does not go with {others[0]}", hint="give only --put-back DIR --yes")
     copy = inplace.check_put_back(s, args.put_back, yes=args.yes)
     from erp_backup import runner
-    from erp_backup.flows.restore import put_back_checked_flow
+
+    put_back_checked_flow = runner.lazy("erp_backup.flows.restore", "put_back_checked_flow")
 
     def plain(settings: Any, path: str) -> list[dict[str, object]]:
         return [st.row() for st in inplace.put_back(settings, inplace.check_put_back(settings, path, yes=True))]
@@ -129,10 +131,13 @@ def cmd_restore_test(args: argparse.Namespace) -> int:
 
         BackupId(args.backup)  # a typo fails here, before Prefect starts
     from erp_backup import runner
-    from erp_backup.flows.restore_test import restore_test_checked_flow
+
+    restore_test_checked_flow = runner.lazy("erp_backup.flows.restore_test", "restore_test_checked_flow")
 
     def plain(settings: Any, backup_id: str | None, from_remote: bool | None) -> dict[str, Any]:
-        result = tester.run_restore_test(settings, backup_id, from_remote=from_remote)
+        # progress to stderr, like every in-process job's log: stdout is the result (`--json`: JSON only)
+        result = tester.run_restore_test(settings, backup_id, from_remote=from_remote,
+                                         log=lambda m: print(m, file=sys.stderr))
         if result.set is not None:  # Prometheus RTO/RPO gauges ([monitoring]), as the flow does
             from erp_backup.monitoring import publish_restore_test_quietly
 

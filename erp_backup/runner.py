@@ -30,8 +30,8 @@ import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from erp_backup.core.errors import ConfigError
-from erp_backup.prefect_target import configured_api_url, reachable
+from erp_backup.core.errors import BackupError, ConfigError
+from erp_backup.prefect_target import api_problem, configured_api_url
 
 R = TypeVar("R")
 
@@ -58,10 +58,11 @@ def check_server() -> None:
         raise ConfigError(f"the configured Prefect API URL {url!r} is not an http(s) URL",
                           hint="fix PREFECT_API_URL (e.g. http://127.0.0.1:4200/api), or unset it to run "
                           "without a server")
-    if url and not reachable(url):
-        raise ConfigError(f"the Prefect API at {url} does not answer",
-                          hint="start the server (`prefect server start`), or run this job without it: "
-                          f"{MODE_ENV}=plain (the run then does not show in the UI)")
+    problem = api_problem(url) if url else None
+    if problem:
+        raise ConfigError(f"the Prefect API at {url} does not answer: {problem}",
+                          hint="start the server (`prefect server start`) or fix PREFECT_API_URL, or run this job "
+                          f"without it: {MODE_ENV}=plain (the run then does not show in the UI)")
 
 
 def log_to_stderr() -> None:
@@ -90,10 +91,46 @@ def lazy(module: str, name: str, key: Any = None) -> Callable[..., Any]:
     return call
 
 
+def api_gone(exc: BaseException | None) -> bool:
+    """Is ``exc`` (or what caused it) the Prefect API not answering any more: a connection refused,
+    reset or timed out, a proxy's 502/503/504 in front of a server that stopped, or Prefect's own
+    "Failed to reach API"? (Only asked on the flow path: httpx is loaded with Prefect.)"""
+    import httpx
+
+    seen = 0
+    while exc is not None and seen < 20:
+        if isinstance(exc, httpx.TransportError):
+            return True
+        if isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code in (502, 503, 504):
+            return True
+        if isinstance(exc, RuntimeError) and str(exc).startswith("Failed to reach API"):
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
+
+
+class ServerGone(BackupError):
+    """The Prefect server stopped answering while the CLI ran a job as a flow run on it."""
+
+    # Prefect's API log handler prints "--- Error logging to API ---" and its cause without a final
+    # newline: the CLI starts a new line before its error line
+    after_partial_output = True
+
+
 def run(flow: Callable[..., R], plain: Callable[..., R] | None = None, /, **kwargs: Any) -> R:
     """Run one CLI job with ``kwargs``: the flow, or its plain variant (see the module doc)."""
     if plain is None or mode() == "flow":
         check_server()
-        return flow(**kwargs)
+        try:
+            return flow(**kwargs)
+        except Exception as e:
+            if isinstance(e, BackupError) or not api_gone(e):
+                raise
+            raise ServerGone(f"the Prefect API at {configured_api_url()} stopped answering during the run "
+                             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})",
+                             hint="the job itself may have finished (`erp-backup list` shows the committed sets; "
+                             "a set is whole or absent): start the server again, or run jobs without it: "
+                             f"{MODE_ENV}=plain") from None
     log_to_stderr()
     return plain(**kwargs)

@@ -9,7 +9,8 @@
   the paths the restore creates, the database facts, and ``state``: ``copying`` (the copy is being
   made: nothing was changed yet), ``restoring`` (the copy is complete and the restore changes the
   live project: if it was killed, this is the only copy of what was there — ``erp-backup restore
-  --put-back DIR --yes``), ``completed``, ``rolled-back``, ``rollback-failed`` (put it back) or
+  --put-back DIR --yes``), ``completed``, ``rolled-back``, ``rollback-failed`` (put it back),
+  ``putting-back`` (a put-back began changing the live project and did not finish: run it again) or
   ``put-back``.
 
 The next successful backup removes the copies in state ``completed``, ``rolled-back``, ``put-back`` or
@@ -35,7 +36,7 @@ RECORD = "safety.json"
 FILES = "files"
 DUMP = "database.raw"
 DONE_STATES = ("completed", "rolled-back", "put-back", "copying")
-NEEDS_PUT_BACK = ("restoring", "rollback-failed")
+NEEDS_PUT_BACK = ("restoring", "rollback-failed", "putting-back")
 CHUNK = 1 << 20
 
 
@@ -131,6 +132,50 @@ def copy_out(root: Path, e: FileEntry, dest_root: Path) -> None:
         os.close(src)
 
 
+def not_ours(path: Path) -> str | None:
+    """Why ``path`` is not a safety copy this user made, or None. The backup directory is untrusted
+    input (whoever can write it could plant a ``.safety-*`` directory): a safety copy is only ever
+    created by this user with modes 0700/0600, so one that another user owns or may write — its
+    directory, its record, its ``files/`` — is not ours, and putting it back would write someone
+    else's files (links, set-id bits, owners) into the live project as this user."""
+    me = os.geteuid()
+    for p in (path, path / RECORD, path / FILES):
+        try:
+            st = os.lstat(p)
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            return f"{p} cannot be examined: {e.strerror}"
+        if stat.S_ISLNK(st.st_mode):
+            return f"{p} is a symbolic link"
+        if st.st_uid != me:
+            return f"{p} belongs to uid {st.st_uid}, not to this user (uid {me})"
+        if st.st_mode & 0o022:
+            return f"{p} is writable by other users (mode {stat.S_IMODE(st.st_mode):04o})"
+    return None
+
+
+def open_saved(copy: SafetyCopy, rel: str) -> int:
+    """A read descriptor of the saved regular file ``files/<rel>``, no path component followed
+    through a link."""
+    fd = os.open(copy.files_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        parts = rel.split("/")
+        for name in parts[:-1]:
+            nxt = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+        out = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+    finally:
+        os.close(fd)
+    if not stat.S_ISREG(os.fstat(out).st_mode):
+        os.close(out)
+        raise StorageError(f"{copy.files_dir / rel} in the safety copy is not a regular file",
+                           hint="the safety copy was changed after it was made: put it back by hand, or restore "
+                           "a set instead")
+    return out
+
+
 def load(path: Path) -> SafetyCopy:
     """Read a safety copy's record back; every path in it checked like a set's index paths."""
     from erp_backup.restore import check_rel
@@ -152,11 +197,17 @@ def copies(local_dir: Path) -> list[Path]:
     return sorted(p for p in local_dir.iterdir() if p.name.startswith(PREFIX) and p.is_dir() and not p.is_symlink())
 
 
+STATES = (*DONE_STATES, *NEEDS_PUT_BACK)
+
+
 def state_of(path: Path) -> str:
+    """The copy's state; ``damaged`` when its record is not one we wrote (never removed automatically)."""
     try:
-        return str(json.loads((path / RECORD).read_text(encoding="utf-8")).get("state", "unknown"))
+        doc = json.loads((path / RECORD).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return "copying"  # no record yet: killed before the copy was made, nothing was changed
+    state = doc.get("state") if isinstance(doc, dict) else None
+    return state if isinstance(state, str) and state in STATES else "damaged"
 
 
 def release(local_dir: Path) -> tuple[list[str], list[str]]:

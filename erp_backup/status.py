@@ -137,9 +137,16 @@ def collect(settings: Settings, now: datetime | None = None) -> dict[str, Any]:
 
     for copy in safety.copies(repo.root):
         state = safety.state_of(copy)
-        if state in safety.NEEDS_PUT_BACK:
+        foreign = safety.not_ours(copy)
+        if foreign:
+            problem("warning", "foreign_safety_copy", f"{copy} looks like a safety copy but erp-backup did not make "
+                    f"it ({foreign}): never put it back; find out who made it and remove it")
+        elif state in safety.NEEDS_PUT_BACK:
             problem("critical", "in_place_restore", f"an in-place restore left its safety copy {copy} in state "
                     f"{state}: the project may be half restored — `erp-backup restore --put-back {copy} --yes`")
+        elif state == "damaged":
+            problem("warning", "in_place_restore", f"the safety copy {copy} has a damaged record "
+                    f"({safety.RECORD}): it is kept; look at it by hand (README: put back by hand) and remove it")
         elif state == "copying":
             problem("warning", "in_place_restore", f"an in-place restore stopped while making its safety copy "
                     f"{copy}: nothing was changed, but its stop commands may have left services stopped")
@@ -160,7 +167,8 @@ def collect(settings: Settings, now: datetime | None = None) -> dict[str, Any]:
             test_doc["age_seconds"] = None
         if not test.get("ok"):
             first = (test.get("problems") or ["failed"])[0]
-            problem("critical", "restore_test", f"the last restore test ({test.get('tested_at')}) failed: {first}")
+            when = f" ({test['tested_at']})" if test.get("tested_at") else ""
+            problem("critical", "restore_test", f"the last restore test{when} failed: {first}")
         elif (test_doc["age_seconds"] or 0) > TEST_MAX_AGE_S:
             problem("warning", "restore_test", f"the last restore test is {human(test_doc['age_seconds'])} old")
     local: dict[str, Any] = {"path": str(repo.root), "sets": len(found.committed) + len(found.damaged),
@@ -198,7 +206,7 @@ def print_human(doc: dict[str, Any]) -> None:
         print("restore test  never run")
     else:
         rto = t.get("rto_extrapolated_seconds")
-        print(f"restore test  {t['tested_at']} {'passed' if t['ok'] else 'FAILED'} of {t['set'] or '-'}: "
+        print(f"restore test  {t['tested_at'] or '-'} {'passed' if t['ok'] else 'FAILED'} of {t['set'] or '-'}: "
               f"RTO {human(rto) if rto is not None else '-'}, RPO "
               f"{human(t['rpo_seconds']) if t.get('rpo_seconds') is not None else '-'}, largest gap "
               f"{human(t['max_gap_seconds']) if t.get('max_gap_seconds') is not None else '-'}")

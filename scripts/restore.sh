@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# restore.sh [--yes] [--backup ID | --at TIME] [--files-only | --database-only]
+# restore.sh [--yes] [--backup ID | --at TIME] [--files-only | --database-only] [--verify quick|full] [--allow-old]
 #
 # The strategy's emergency procedure (§6.1), step by step:
 #   1. confirm the failure (the current state of the backups is shown);
@@ -8,8 +8,10 @@
 #      it will overwrite, restores files and database, starts the services ([restore] start) and
 #      runs the smoke check ([restore] smoke); if anything fails it puts the safety copy back and
 #      starts the services again.
-# Each destructive step asks for confirmation; --yes answers yes (for runbooks). All the logic is
-# `erp-backup restore --in-place`'s; this script only walks an operator through it.
+# Each destructive step asks for confirmation; --yes answers yes (for runbooks). --verify full checks
+# the candidates deeply; --allow-old accepts a newest valid set older than [restore] max_age (when the
+# backups stopped days before the failure). All the logic is `erp-backup restore --in-place`'s; this
+# script only walks an operator through it.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=_common.sh
 . "$(dirname "$0")/_common.sh"
@@ -17,6 +19,7 @@ set -euo pipefail
 yes=0
 pick=()
 scope=()
+extra=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --yes|-y) yes=1 ;;
@@ -24,8 +27,13 @@ while [ $# -gt 0 ]; do
       [ $# -ge 2 ] || die "$1 needs a value"
       pick=("$1" "$2"); shift ;;
     --files-only|--database-only) scope=("$1") ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
-    *) echo "usage: $PROG [--yes] [--backup ID | --at TIME] [--files-only | --database-only]" >&2; exit 2 ;;
+    --verify)
+      [ $# -ge 2 ] || die "$1 needs a value (quick or full)"
+      extra+=("$1" "$2"); shift ;;
+    --allow-old) extra+=("$1") ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    *) echo "usage: $PROG [--yes] [--backup ID | --at TIME] [--files-only | --database-only]" \
+         "[--verify quick|full] [--allow-old]" >&2; exit 2 ;;
   esac
   shift
 done
@@ -62,4 +70,4 @@ fi
 echo
 echo "== step 3/3: restore in place (stop services, safety copy, restore, start services, smoke check)"
 confirm "Overwrite the live files and database now?" || { echo "$PROG: nothing changed"; exit 1; }
-exec "$ERP_BACKUP_BIN" restore --in-place "${pick[@]}" "${scope[@]}" --yes
+exec "$ERP_BACKUP_BIN" restore --in-place "${pick[@]}" "${scope[@]}" "${extra[@]}" --yes

@@ -15,6 +15,9 @@ Metrics (all gauges):
   the set before it); alert on ``time() - max(erp_backup_last_success_timestamp_seconds)`` for staleness
 - ``erp_backup_restore_test_rto_seconds``: how long the last restore test took to restore
 - ``erp_backup_restore_test_rpo_seconds``: age of the data the last restore test restored
+- ``erp_backup_restore_test_timestamp_seconds``: when the last restore test ran (Unix); alert on
+  ``time() - erp_backup_restore_test_timestamp_seconds`` for a missed monthly test (``timestamp()`` of a
+  textfile sample is the scrape time: node_exporter exposes no sample time)
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +46,7 @@ HELP = {
     "erp_backup_rpo_seconds": ("", "Seconds between the newest backup set and the one before it"),
     "erp_backup_restore_test_rto_seconds": ("", "Restore duration of the last restore test"),
     "erp_backup_restore_test_rpo_seconds": ("", "Age of the data restored by the last restore test"),
+    "erp_backup_restore_test_timestamp_seconds": ("", "When the last restore test ran (Unix time)"),
 }
 
 Key = tuple[str, str]  # (metric name, label value or "")
@@ -83,8 +88,10 @@ def verify_update(results: Iterable[tuple[str, bool]]) -> Update:
     return Update({("erp_backup_verify_ok", k): 1.0 if v else 0.0 for k, v in ok.items()})
 
 
-def restore_test_update(rto_s: float, rpo_s: float | None = None) -> Update:
-    samples: dict[Key, float] = {("erp_backup_restore_test_rto_seconds", ""): rto_s}
+def restore_test_update(rto_s: float, rpo_s: float | None = None, tested_unix: float | None = None) -> Update:
+    samples: dict[Key, float] = {("erp_backup_restore_test_rto_seconds", ""): rto_s,
+                                 ("erp_backup_restore_test_timestamp_seconds", ""):
+                                     time.time() if tested_unix is None else tested_unix}
     if rpo_s is not None:
         samples[("erp_backup_restore_test_rpo_seconds", "")] = rpo_s
     return Update(samples)

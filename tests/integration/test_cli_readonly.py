@@ -90,3 +90,44 @@ def test_list_and_show_read_manifests_without_prefect(tmp_path: Path) -> None:
     assert "sqlite db.sqlite3" in shown.stdout and "files.tar.zst" in shown.stdout
     missing = cli("--config", str(cfg), "show", "20200101T000000Z-full")
     assert missing.returncode != 0 and "erp-backup list" in missing.stderr
+
+
+def test_output_into_a_closed_pipe_is_no_traceback(tmp_path: Path) -> None:
+    """`erp-backup list | head -1` (the reader gone before we write): a review found a
+    BrokenPipeError traceback. Now silent, with the shell's exit status for SIGPIPE."""
+    from tests.conftest import make_settings, make_small_project, write_config
+
+    s = make_settings(tmp_path, root=make_small_project(tmp_path / "erp"))
+    run_backup(s, BackupKind.FULL)
+    cfg = write_config(tmp_path / "c.toml", s)
+    for args in (["list"], ["status", "--json"], ["show", sorted(p.name for p in s.storage.local_dir.iterdir()
+                                                                  if p.name.endswith("-full"))[0]]):
+        r, w = os.pipe()
+        os.close(r)
+        try:
+            res = subprocess.run([CLI, "--config", str(cfg), *args], stdout=w, stderr=subprocess.PIPE, text=True,
+                                 timeout=60, check=False)
+        finally:
+            os.close(w)
+        assert "Traceback" not in res.stderr and res.stderr == "", (args, res.stderr[-1000:])
+        assert res.returncode == 141, args
+
+
+def test_verify_log_tail_takes_only_a_positive_count(tmp_path: Path) -> None:
+    """A review found `verify-log --tail 0` printing the whole log and `--tail -5` all but the first
+    five lines: now one error line for both, and --tail N the last N lines."""
+    from erp_backup import verify_log
+    from tests.conftest import make_settings, make_small_project, write_config
+
+    s = make_settings(tmp_path, root=make_small_project(tmp_path / "erp"))
+    cfg = write_config(tmp_path / "c.toml", s)
+    verify_log.append(s.verify.log, [verify_log.VerifyLine(f"20261129T0{i}0000Z-full", "quick", True)
+                                     for i in range(8)])
+    res = cli("--config", str(cfg), "verify-log", "--tail", "3")
+    assert res.returncode == 0 and [line.split()[1] for line in res.stdout.splitlines()] == [
+        "set=20261129T050000Z-full", "set=20261129T060000Z-full", "set=20261129T070000Z-full"]
+    for bad in ("0", "-5"):
+        res = cli("--config", str(cfg), "verify-log", "--tail", bad)
+        assert res.returncode == 2 and res.stdout == "", (bad, res.stdout)
+        assert res.stderr.strip().splitlines() == [f"erp-backup: error: --tail {bad}: must be 1 or more — e.g. "
+                                                   "--tail 50"]

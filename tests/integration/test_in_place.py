@@ -6,6 +6,7 @@ after it has dropped the live PostgreSQL database and written the files)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import sys
@@ -233,6 +234,49 @@ def test_postgres_in_place_and_a_failed_database_restore_rolls_back(
     assert log.read_text().splitlines() == ["stop web", "stop worker", "start worker", "start web"]
 
 
+def test_postgres_in_place_keeps_the_application_role_able_to_use_its_tables(
+        tmp_path: Path, pg_db: Callable[..., DatabaseUrl], pg_sql: Callable[..., Any], pg_role: Callable[..., str]
+        ) -> None:
+    """The backups run as the superuser, the application as its own role that owns its database and
+    tables (the usual Django set-up). After an in-place restore (and after a put-back) the
+    application still reads and writes its tables: a review found every table owned by the confined
+    owner role and the application getting `permission denied` (its smoke check failed, and the
+    rollback left it the same way)."""
+    import psycopg2
+
+    from tests.integration.conftest import PG_HOST, PG_PORT
+
+    app = pg_role()
+    live = pg_db("live")
+    postgres = DatabaseUrl(engine="postgresql", name="postgres")
+    pg_sql(postgres, f'ALTER DATABASE "{live.name}" OWNER TO "{app}"')
+
+    def as_app(statement: str) -> list[tuple[object, ...]]:
+        conn = psycopg2.connect(host=PG_HOST, port=PG_PORT, user=app, dbname=live.name)
+        try:
+            with conn, conn.cursor() as cur:
+                cur.execute(statement)
+                return list(cur.fetchall()) if cur.description else []
+        finally:
+            conn.close()
+
+    as_app("CREATE TABLE orders (id serial PRIMARY KEY, item text)")
+    as_app("INSERT INTO orders(item) SELECT 'item ' || g FROM generate_series(1, 20) g")
+    root = make_small_project(tmp_path / "erp")
+    s = with_restore(make_settings(tmp_path, root=root, db=f"postgresql://postgres@127.0.0.1:5432/{live.name}"),
+                     **commands(tmp_path / "commands.log"))
+    run_backup(s, BackupKind.FULL)
+    as_app("DELETE FROM orders WHERE id > 10")
+    rep = inplace.run(s, inplace.plan(s, inplace.InPlaceRequest(yes=True, database=True, files=False)),
+                      log=lambda _m: None)
+    assert as_app("SELECT count(*) FROM orders") == [(20,)]
+    as_app("INSERT INTO orders(item) VALUES ('after the restore')")
+    copy = inplace.check_put_back(s, rep.safety_copy, yes=True)
+    inplace.put_back(s, copy, log=lambda _m: None)
+    assert as_app("SELECT count(*) FROM orders") == [(10,)]
+    as_app("INSERT INTO orders(item) VALUES ('after the put-back')")
+
+
 def test_cli_in_place_files_only(tmp_path: Path) -> None:
     import subprocess
 
@@ -342,8 +386,13 @@ def test_in_place_through_a_linked_root(tmp_path: Path) -> None:
     run_backup(s, BackupKind.FULL)
     want = tree_state(real)
     mutate(real)
-    inplace.run(s, inplace.plan(s, inplace.InPlaceRequest(yes=True)), log=lambda _m: None)
+    changed = tree_state(real)
+    rep = inplace.run(s, inplace.plan(s, inplace.InPlaceRequest(yes=True)), log=lambda _m: None)
     assert os.path.islink(link) and diff_states(want, tree_state(real)) == []
+    # the safety copy records the resolved root: putting it back through the link works (a review
+    # found it refused: "is of …/releases/3, not of [project] root …/current")
+    inplace.put_back(s, inplace.check_put_back(s, rep.safety_copy, yes=True), log=lambda _m: None)
+    assert diff_states(changed, tree_state(real)) == []
 
 
 def test_put_back_refuses_what_is_not_a_safety_copy(tmp_path: Path) -> None:
@@ -374,3 +423,185 @@ def test_deployed_restore_flow_in_place(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr[-3000:]
     assert '"in place": "yes"' in res.stdout.strip().splitlines()[-1]
     assert diff_states(want, tree_state(s.project.root)) == []
+
+
+def test_a_crafted_safety_copy_is_never_put_back(tmp_path: Path) -> None:
+    """The backup directory is untrusted: a planted `.safety-*` in state `restoring` makes status say
+    `--put-back …`. A review found that put-back then copied a root-only file (a link in `files/`)
+    into the project world-readable and wrote a set-uid binary. Now: a link in the copy is refused
+    before anything is stopped, and a copy another user made or may write is never ours."""
+    import json
+
+    from erp_backup import status
+
+    root = make_small_project(tmp_path / "erp")
+    log = tmp_path / "commands.log"
+    s = with_restore(make_settings(tmp_path, root=root), **commands(log))
+    run_backup(s, BackupKind.FULL)
+    secret = tmp_path / "secret"
+    secret.write_text("root only\n")
+    secret.chmod(0o600)
+    copy = s.storage.local_dir / ".safety-20990101T000000.000000Z-planted"
+    (copy / "files").mkdir(parents=True, mode=0o700)
+    copy.chmod(0o700)
+    os.symlink(secret, copy / "files" / "leak.txt")
+    write_file(copy / "files" / "suid", b"#!/bin/sh\n")
+    entry = {"type": "file", "mtime_ns": 0, "size": 0, "uid": 0, "gid": 0, "target": None}
+    (copy / "safety.json").write_text(json.dumps({
+        "state": "restoring", "set": "x", "root": str(root), "saved": [
+            {**entry, "path": "leak.txt", "mode": 0o644}, {**entry, "path": "suid", "mode": 0o104755}],
+        "dirs": [], "created": [], "database_url": None, "database": None}))
+    (copy / "safety.json").chmod(0o600)
+    before = tree_state(root)
+    with pytest.raises(RestoreError, match="incomplete or was changed"):
+        inplace.check_put_back(s, str(copy), yes=True)
+    assert not log.exists() and diff_states(before, tree_state(root)) == []
+
+    os.chown(copy, 65534, 65534)  # made by another user (nobody)
+    with pytest.raises(RestoreError, match="not a safety copy erp-backup made"):
+        inplace.check_put_back(s, str(copy), yes=True)
+    os.chown(copy, os.geteuid(), os.getegid())
+    (copy / "safety.json").chmod(0o666)  # or writable by others
+    with pytest.raises(RestoreError, match="writable by other users"):
+        inplace.check_put_back(s, str(copy), yes=True)
+    flags = [p for p in status.collect(s)["problems"] if "safety" in p["check"] or "in_place" in p["check"]]
+    assert [p["check"] for p in flags] == ["foreign_safety_copy"] and "never put it back" in flags[0]["message"]
+    assert diff_states(before, tree_state(root)) == [] and not log.exists()
+
+
+def test_a_put_back_that_does_not_finish_keeps_its_copy_and_is_flagged(tmp_path: Path) -> None:
+    """Undoing a completed in-place restore (`--put-back`) that fails or is killed half-way: a review
+    found the copy still `completed` — status quiet, and the next backup deleted it, the only copy of
+    the pre-restore database. Now it is `putting-back` from the first change: kept, flagged critical,
+    and a second put-back finishes the job."""
+    from erp_backup import status
+
+    s, root, db = backed_up_then_changed(tmp_path, commands(tmp_path / "commands.log"))
+    want_tree, want_rows = tree_state(root, skip=SKIP), sqlite_rows(db)
+    rep = inplace.run(s, inplace.plan(s, inplace.InPlaceRequest(yes=True)), log=lambda _m: None)
+    copy = Path(rep.safety_copy)
+    assert safety.state_of(copy) == "completed"
+    dump = copy / safety.DUMP
+    good = dump.read_bytes()
+    dump.write_bytes(b"not a database" * 100)
+    with pytest.raises(inplace.InPlaceFailed, match="put back database"):
+        inplace.put_back(s, inplace.check_put_back(s, str(copy), yes=True), log=lambda _m: None)
+    assert safety.state_of(copy) == "putting-back"
+    (flag,) = [x for x in status.collect(s)["problems"] if x["check"] == "in_place_restore"]
+    assert flag["severity"] == "critical" and "--put-back" in flag["message"]
+    run_backup(s, BackupKind.INCREMENTAL)
+    assert copy.exists()  # the next backup keeps it
+    dump.write_bytes(good)
+    inplace.put_back(s, inplace.check_put_back(s, str(copy), yes=True), log=lambda _m: None)
+    assert safety.state_of(copy) == "put-back"
+    assert diff_states(want_tree, tree_state(root, skip=SKIP)) == [] and sqlite_rows(db) == want_rows
+
+
+def test_command_output_and_labels_never_show_the_database_password(
+        tmp_path: Path, pg_db: Callable[..., DatabaseUrl]) -> None:
+    """A smoke check that prints its connection string, a command given `env DATABASE_URL=…` (as the
+    README suggests): the report table and the flow's artifact showed the live database's password
+    (a review found the in-place commands run with no secret to mask, unlike the restore test's)."""
+    password = "Zebra9-in-place-SECRET"
+    live = pg_db("live")
+    url = f"postgresql://postgres:{password}@127.0.0.1:5432/{live.name}"  # trust auth: any password works
+    echo = ["sh", "-c", 'echo "conn=$1"; echo "password is $2" >&2', "sh", url, password]
+    root = make_small_project(tmp_path / "erp")
+    s = with_restore(make_settings(tmp_path, root=root, db=url),
+                     stop=[echo], start=[["env", f"DATABASE_URL={url}", "true"]], smoke=[echo], command_timeout=30)
+    run_backup(s, BackupKind.FULL)
+    mutate(root)
+    rep = inplace.run(s, inplace.plan(s, inplace.InPlaceRequest(yes=True, files=True, database=False)),
+                      log=lambda _m: None)
+    text = repr(rep.rows())
+    assert "conn=postgresql://postgres:***@" in text and "password is ***" in text
+    assert password not in text
+
+
+def _procs_running(marker: str) -> list[int]:
+    found = []
+    for pid in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if marker.encode() in f.read():
+                    found.append(int(pid))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def test_start_commands_may_leave_the_application_running_and_a_hung_stop_is_killed_whole(
+        tmp_path: Path) -> None:
+    """A start command that launches the application itself (in the background, daemonized or not):
+    a review found the CLI waiting for the end of its output (for ever, with a daemon that keeps
+    stdout) and the reaper killing the application when the CLI exited. And a stop command that hangs
+    with a child: the timeout took until the child ended, and left it running."""
+    import json
+    import subprocess
+    import time
+    import uuid
+
+    root = make_small_project(tmp_path / "erp")
+    db = make_sqlite(tmp_path / "live.sqlite3")
+    s = make_settings(tmp_path, root=root, db=db)
+    run_backup(s, BackupKind.FULL)
+    tag = str(uuid.uuid4().int)[:8]  # digits: sleep takes them
+    plain_bg, daemon, hung = f"311.{tag}1", f"312.{tag}2", f"313.{tag}3"
+    cfg = write_config(tmp_path / "c.toml", s)
+    start = [["sh", "-c", f"sleep {plain_bg} &"],  # keeps our stdout
+             ["sh", "-c", f"setsid sleep {daemon} > /dev/null 2>&1 < /dev/null &"]]
+    try:
+        with open(cfg, "a") as f:
+            f.write(f"[restore]\nstop = []\nsmoke = []\nstart = {json.dumps(start)}\ncommand_timeout = 60\n")
+        t0 = time.monotonic()
+        res = subprocess.run([*CLI, "--config", str(cfg), "restore", "--in-place", "--files-only", "--yes"],
+                             capture_output=True, text=True, timeout=120, env=cli_env())
+        assert res.returncode == 0, res.stderr
+        assert time.monotonic() - t0 < 30, "the restore waited for what its start command left running"
+        time.sleep(3)  # the reaper's grace period, had it stopped them
+        assert _procs_running(plain_bg) and _procs_running(daemon), "the application was killed at the CLI's exit"
+
+        cfg2 = write_config(tmp_path / "c2.toml", s)
+        with open(cfg2, "a") as f:
+            f.write(f"[restore]\nstop = {json.dumps([['sh', '-c', f'sleep {hung} & sleep {hung}']])}\n"
+                    "start = []\nsmoke = []\ncommand_timeout = 2\n")
+        t0 = time.monotonic()
+        res = subprocess.run([*CLI, "--config", str(cfg2), "restore", "--in-place", "--files-only", "--yes"],
+                             capture_output=True, text=True, timeout=120, env=cli_env())
+        assert res.returncode != 0 and "timed out after 2 s" in res.stderr.strip().splitlines()[-1], res.stderr
+        assert time.monotonic() - t0 < 30
+        assert _procs_running(hung) == []
+    finally:
+        for pid in _procs_running(tag):
+            with contextlib.suppress(OSError):
+                os.kill(pid, 9)
+
+
+def test_a_damaged_safety_record_neither_crashes_status_nor_fails_backups(tmp_path: Path) -> None:
+    """A `.safety-*/safety.json` that is valid JSON but not our record (a list; a state that is not
+    a text): a review found `status` crashing with a traceback and every backup ending with one after
+    its commit. Now the copy is `damaged`: kept, and status warns."""
+    import subprocess
+
+    from erp_backup import status
+
+    root = make_small_project(tmp_path / "erp")
+    s = make_settings(tmp_path, root=root)
+    run_backup(s, BackupKind.FULL)
+    cfg = write_config(tmp_path / "c.toml", s)
+    copy = s.storage.local_dir / ".safety-20990101T000000.000000Z-x"
+    copy.mkdir(mode=0o700)
+    for doc in ("[1]", '{"state": ["restoring"]}', '{"state": "whatever"}'):
+        (copy / "safety.json").write_text(doc)
+        assert safety.state_of(copy) == "damaged"
+        (flag,) = [p for p in status.collect(s)["problems"] if p["check"] == "in_place_restore"]
+        assert "damaged record" in flag["message"]
+        write_file(root / "apps" / "touched.py", doc)
+        res = subprocess.run([*CLI, "--config", str(cfg), "backup", "incremental"], capture_output=True, text=True,
+                             timeout=120, env=cli_env())
+        assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr[-1500:]
+        assert copy.is_dir()
+        res = subprocess.run([*CLI, "--config", str(cfg), "restore", "--put-back", str(copy), "--yes"],
+                             capture_output=True, text=True, timeout=120, env=cli_env())
+        assert res.returncode != 0 and "Traceback" not in res.stderr, res.stderr[-1500:]
+        assert res.stderr.strip().splitlines()[-1].startswith("erp-backup: error: cannot read the safety copy")

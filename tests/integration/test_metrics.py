@@ -246,3 +246,29 @@ def test_plain_restore_test_publishes_rto_and_rpo(tmp_path: Path) -> None:
     [(_, rpo)] = got["erp_backup_restore_test_rpo_seconds"]
     assert rto > 0 and rpo >= 1.0
     assert got["erp_backup_last_success_timestamp_seconds"][0][0] == {"kind": "full"}  # the backup's, kept
+
+
+def test_every_sample_alert_rule_reads_a_metric_we_write_and_no_sample_time(tmp_path: Path) -> None:
+    """deployments/prometheus-alerts.yml against the textfile a real restore test writes. A review
+    found ErpBackupRestoreTestStale on `timestamp(erp_backup_restore_test_rto_seconds)`: a textfile
+    sample has no time of its own, so that is the scrape time and the alert could never fire. The
+    restore test now writes when it ran."""
+    import re
+    import time
+
+    import yaml
+
+    from tests.conftest import REPO
+
+    prom = tmp_path / "erp_backup.prom"
+    before = time.time()
+    metrics.write_textfile(prom, metrics.restore_test_update(42.0, 600.0))
+    (stamp,) = parse(prom)["erp_backup_restore_test_timestamp_seconds"]
+    assert before - 1 <= stamp[1] <= time.time() + 1
+    rules = yaml.safe_load((REPO / "deployments" / "prometheus-alerts.yml").read_text())
+    exprs = {r["alert"]: r["expr"] for g in rules["groups"] for r in g["rules"]}
+    for name, expr in exprs.items():
+        assert "timestamp(" not in expr, (name, expr)
+        for metric in re.findall(r"erp_backup_[a-z_]+", expr):
+            assert metric in metrics.HELP, (name, metric)
+    assert "erp_backup_restore_test_timestamp_seconds" in exprs["ErpBackupRestoreTestStale"]

@@ -173,7 +173,7 @@ def test_cli_restore_test_json_and_status(tmp_path: Path) -> None:
     cfg = write_config(tmp_path / "c.toml", s)
     res = run_cli("--config", str(cfg), "restore-test", "--json", timeout=300)
     assert res.returncode == 0, res.stderr
-    doc = json.loads(res.stdout[res.stdout.index("{"):])
+    doc = json.loads(res.stdout)  # stdout is the JSON alone (progress lines go to stderr): `| jq` works
     for key in ("ok", "set", "rto_seconds", "rto_extrapolated_seconds", "rpo_seconds", "max_gap_seconds",
                 "problems"):
         assert key in doc
@@ -249,3 +249,53 @@ def test_restore_test_from_remote_tests_the_off_site_copy(tmp_path: Path, moto_s
     assert leftovers(s) == []
     assert not [n for n in os.listdir(s.storage.local_dir) if n.startswith("2026")]  # nothing fetched stays
 
+
+
+def test_killed_cli_restore_test_leaves_no_smoke_command_running(tmp_path: Path) -> None:
+    """`erp-backup restore-test` (in process, no server) SIGKILLed while its smoke check runs: a review
+    found the smoke command still running (the CLI's reaper did not cover restore-test)."""
+    import signal
+    import subprocess
+
+    from tests.conftest import CLI
+
+    root = make_small_project(tmp_path / "erp")
+    s = make_settings(tmp_path, root=root)
+    hourly_history(s, [0.5])
+    marker = tmp_path / "smoke.pid"
+    cfg = write_config(tmp_path / "c.toml", s)
+    with open(cfg, "a") as f:
+        f.write(f"[restore]\nsmoke = [{json.dumps([sys.executable, '-c', HANG.format(marker=str(marker))])}]\n")
+    p = subprocess.Popen([*CLI, "--config", str(cfg), "restore-test"], env=cli_env(), stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not (marker.exists() and marker.read_text()):
+        assert p.poll() is None and time.monotonic() < deadline, "the restore test never reached its smoke check"
+        time.sleep(0.1)
+    smoke = int(marker.read_text())
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    try:
+        deadline = time.monotonic() + 15
+        while os.path.exists(f"/proc/{smoke}") and time.monotonic() < deadline:
+            with open(f"/proc/{smoke}/stat") as st:
+                if st.read().rpartition(")")[2].split()[0] == "Z":
+                    break
+            time.sleep(0.2)
+        alive = os.path.exists(f"/proc/{smoke}")
+        if alive:
+            with open(f"/proc/{smoke}/stat") as st:
+                alive = st.read().rpartition(")")[2].split()[0] != "Z"
+        assert not alive, "the smoke command outlived the killed restore test"
+    finally:
+        try:
+            os.kill(smoke, signal.SIGKILL)
+        except OSError:
+            pass
+    cfg2 = write_config(tmp_path / "c2.toml", s)  # the next one (no hanging smoke) cleans up after it
+    res = run_cli("--config", str(cfg2), "restore-test", "--json", timeout=300)
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr[-1500:]
+    assert not [p for p in s.storage.local_dir.iterdir() if p.name.startswith(".scratch")]
+
+
+HANG = "import os, time; open({marker!r}, 'w').write(str(os.getpid())); time.sleep(120)"

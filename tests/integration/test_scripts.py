@@ -134,3 +134,50 @@ def test_restore_sh_yes_brings_back_the_latest_valid_set_with_the_hooks_in_order
     assert conn.execute("SELECT count(*) FROM customers").fetchone()[0] > 0
     conn.close()
     assert log.read_text().splitlines() == ["stop", "start", "smoke"]
+
+
+def test_restore_sh_passes_allow_old_and_verify_through(tmp_path: Path) -> None:
+    """The newest valid set is older than [restore] max_age (the backups stopped before the failure):
+    the CLI says `pass --allow-old`, and restore.sh must take it (a review found it refused as a usage
+    error, leaving the operator without the script in exactly that emergency)."""
+    root = tmp_path / "erp"
+    db = make_project(root)
+    s = make_settings(tmp_path, root=root, db=db)
+    cfg = write_config(tmp_path / "c.toml", s)
+    with open(cfg, "a") as f:
+        f.write('[restore]\nmax_age = "1s"\nstop = []\nstart = []\nsmoke = []\n')
+    run_backup(s, BackupKind.FULL)
+    (root / "apps" / "stray.py").write_text("broken = True\n")
+    import time
+
+    time.sleep(1.5)
+    r = script("restore.sh", "--yes", config=cfg)
+    assert r.returncode != 0 and "--allow-old" in r.stderr.strip().splitlines()[-1]
+    assert (root / "apps" / "stray.py").exists()
+    r = script("restore.sh", "--yes", "--allow-old", "--verify", "full", config=cfg)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert not (root / "apps" / "stray.py").exists()
+    assert script("restore.sh", "--yes", "--verify", config=cfg).returncode == 1  # needs its value
+
+
+def test_restore_sh_lists_candidates_with_age_and_verification_outcome(tmp_path: Path) -> None:
+    """Issue #13: step 2 lists the candidates with their age and verification outcome. A review found
+    `erp-backup list` showing a set whose last verification FAILED as plain `committed`, no age."""
+    root = tmp_path / "erp"
+    db = make_project(root)
+    s = make_settings(tmp_path, root=root, db=db)
+    cfg = write_config(tmp_path / "c.toml", s)
+    full = run_backup(s, BackupKind.FULL).manifest.id.value
+    (root / "apps" / "new.py").write_text("x = 1\n")
+    incr = run_backup(s, BackupKind.INCREMENTAL).manifest.id.value
+    art = s.storage.local_dir / incr / "files.tar.zst"
+    flip_byte(art, art.stat().st_size // 2)
+    assert script("verify_backup.sh", "--quick", config=cfg).returncode == 1
+    r = script("restore.sh", config=cfg, stdin="y\nn\n")  # confirm the failure, then refuse the restore
+    assert r.returncode == 1 and "nothing changed" in r.stdout
+    step2 = r.stdout[r.stdout.index("step 2/3"):r.stdout.index("step 3/3")]
+    header = next(line for line in step2.splitlines() if line.startswith("id "))
+    assert "age" in header.split() and "verified" in header.split()
+    rows = {line.split()[0]: line for line in step2.splitlines() if line.startswith((full, incr))}
+    assert rows[full].split()[-1] == "passed" and rows[incr].split()[-1] == "FAILED"
+    assert f"verification FAILED: {incr}" in step2

@@ -57,3 +57,39 @@ def test_status_imports_no_prefect(tmp_path: Path) -> None:
     res = subprocess.run([sys.executable, "-c", code, str(cfg)], capture_output=True, text=True, timeout=60,
                          env=cli_env(), cwd=REPO)
     assert res.stdout.strip() == "0 []", res.stderr
+
+
+def test_a_damaged_or_crafted_restore_test_record_is_a_failed_test_not_a_crash(tmp_path: Path) -> None:
+    """`.restore-test.json` lies in the (untrusted) backup directory. A review found a string RTO
+    crashing `status` with a traceback and `"ok": "yes"` passing for a successful test. Now any record
+    not shaped as the restore test writes it is a failed test naming the damage (status critical,
+    nagios CRITICAL), and a real record still reads back."""
+    import subprocess
+
+    from erp_backup import recovery_record
+    from tests.conftest import CLI, write_config
+
+    s = make_settings(tmp_path, root=make_small_project(tmp_path / "erp"))
+    run_backup(s, BackupKind.FULL)
+    cfg = write_config(tmp_path / "c.toml", s)
+    record = s.storage.local_dir / recovery_record.RECORD
+    good = {"ok": True, "set": "20261129T080000Z-full", "tested_at": "2026-11-29T08:00:00Z", "rto_seconds": 3.0,
+            "rto_extrapolated_seconds": 3.5, "rto_target_seconds": 14400.0, "rpo_seconds": 60.0,
+            "max_gap_seconds": 30.0, "rpo_target_seconds": 3600.0, "problems": [], "max_gap": "a → b"}
+    crafted = [{**good, "ok": "yes"}, {**good, "rto_extrapolated_seconds": "abc"}, {**good, "tested_at": 5},
+               {**good, "problems": [{"x": 1}]}, [1, 2], {**good, "rpo_seconds": float("nan")}]
+    for doc in crafted:
+        record.write_text(json.dumps(doc))
+        for args in (["status"], ["status", "--json"]):
+            res = subprocess.run([*CLI, "--config", str(cfg), *args], capture_output=True, text=True, timeout=60)
+            assert res.returncode == 0 and "Traceback" not in res.stderr, (doc, res.stderr[-1500:])
+        got = status.collect(s)
+        assert got["restore_test"]["ok"] is False and got["ok"] is False, doc
+        (flag,) = [p for p in got["problems"] if p["check"] == "restore_test"]
+        assert flag["severity"] == "critical" and "is damaged" in flag["message"], doc
+        res = subprocess.run([*CLI, "--config", str(cfg), "status", "--nagios"], capture_output=True, text=True,
+                             timeout=60)
+        assert res.returncode == 2 and "is damaged" in res.stdout, (doc, res.stdout)
+    record.write_text(json.dumps(good))
+    got = status.collect(s)
+    assert got["restore_test"]["ok"] is True and got["restore_test"]["rto_extrapolated_seconds"] == 3.5

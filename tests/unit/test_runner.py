@@ -268,8 +268,8 @@ def test_a_configured_api_url_that_is_not_http_is_one_clear_error(monkeypatch: p
     assert seen == []
 
 
-@pytest.mark.parametrize("status", [200, 401, 404])
-def test_any_http_answer_counts_as_a_server(monkeypatch: pytest.MonkeyPatch, status: int,
+@pytest.mark.parametrize("status", [200, 401, 403])
+def test_a_health_answer_counts_as_a_server(monkeypatch: pytest.MonkeyPatch, status: int,
                                             http_answer: tuple[str, list[str], list[int]]) -> None:
     url, paths, answer = http_answer
     answer[0] = status
@@ -278,3 +278,18 @@ def test_any_http_answer_counts_as_a_server(monkeypatch: pytest.MonkeyPatch, sta
     seen, flow, plain = _calls()
     assert runner.run(flow, plain) == "flow"
     assert paths == ["/api/health"] and seen == ["flow {}"]
+
+
+@pytest.mark.parametrize("status", [404, 500, 502])
+def test_another_http_answer_is_no_prefect_server(monkeypatch: pytest.MonkeyPatch, status: int,
+                                                   http_answer: tuple[str, list[str], list[int]]) -> None:
+    """Something else answers there (a proxy whose Prefect is down: 502; another service: 404): one
+    ConfigError before the flow, not Prefect's traceback from inside the run."""
+    url, _paths, answer = http_answer
+    answer[0] = status
+    monkeypatch.setenv("PREFECT_API_URL", url)
+    monkeypatch.delenv(runner.MODE_ENV, raising=False)
+    seen, flow, plain = _calls()
+    with pytest.raises(ConfigError, match=f"HTTP {status}"):
+        runner.run(flow, plain)
+    assert seen == []

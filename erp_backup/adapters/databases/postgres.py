@@ -47,7 +47,7 @@ from erp_backup.adapters.databases.common import (
     reraise_background,
     version_tuple,
 )
-from erp_backup.adapters.databases.postgres_confine import confined_role
+from erp_backup.adapters.databases.postgres_confine import OWNER_PREFIX, TEMP_PREFIX, confined_role, owner_role
 from erp_backup.core.dburl import DatabaseUrl
 from erp_backup.core.errors import ConfigError, DatabaseError, RestoreError
 from erp_backup.core.models import DatabaseInfo
@@ -220,7 +220,12 @@ class PostgresAdapter:
             admin.autocommit = True
             # the dump runs as a temporary role with the rights of the target database only
             with confined_role(admin, target, lambda db: _open(target, self.timeout, dbname=db)) as confined:
+                # who used the database being replaced keeps using it (an in-place restore of the live
+                # database: the application's role must still read its tables)
+                users = _previous_owners(admin, target, self.timeout) if replace and confined.owner else []
                 _prepare_target(target, replace=replace, timeout=self.timeout, owner=confined.owner)
+                if users and confined.owner:
+                    _grant_owner_role(admin, confined.owner, users, target.name)
                 login = confined.login
                 role = [f"--role={confined.owner}"] if confined.owner else []
                 argv = ["pg_restore", "--exit-on-error", "--no-owner", "--no-acl", "--no-password", *role,
@@ -541,6 +546,52 @@ def _prepare_target(target: DatabaseUrl, *, replace: bool, timeout: float | None
                            "database)") from e
     finally:
         _close(admin)
+
+
+_OWNERS_SQL = """
+SELECT DISTINCT r.rolname FROM pg_roles r
+WHERE NOT r.rolsuper AND r.rolname NOT LIKE %s AND r.rolname NOT LIKE %s AND r.rolname NOT LIKE 'pg\\_%%'
+  AND (r.oid = (SELECT datdba FROM pg_database WHERE datname = current_database())
+       OR r.oid IN (SELECT c.relowner FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                    WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
+                      AND n.nspname NOT LIKE 'pg\\_%%')
+       OR r.oid IN (SELECT nspowner FROM pg_namespace
+                    WHERE nspname NOT IN ('pg_catalog', 'information_schema') AND nspname NOT LIKE 'pg\\_%%'))
+ORDER BY 1
+"""
+
+
+def _previous_owners(admin: psycopg2.extensions.connection, target: DatabaseUrl,
+                     timeout: float | None) -> list[str]:
+    """The roles (no superuser, none of ours) that own the existing ``target`` or anything in it: the
+    application's. The restore recreates every object as the owner role (``postgres_confine``)."""
+    with admin.cursor() as cur:
+        cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (target.name,))
+        if cur.fetchone() is None:
+            return []
+    try:
+        with _connect(target, timeout) as conn, conn.cursor() as cur:
+            cur.execute(_OWNERS_SQL, tuple(p.replace("_", "\\_") + "%" for p in (OWNER_PREFIX, TEMP_PREFIX)))
+            return [str(r[0]) for r in cur.fetchall()]
+    except (psycopg2.Error, DatabaseError) as e:
+        log.warning("cannot read who owns database %s before replacing it (%s): its roles may have to be "
+                    "granted %s by hand", target.name, one_line(str(e)), owner_role(target.name))
+        return []
+
+
+def _grant_owner_role(admin: psycopg2.extensions.connection, owner: str, users: list[str], database: str) -> None:
+    """Make the previous owners members of the owner role: they use the restored objects as they used
+    the old ones (the objects stay the owner role's, so stored code still runs with its rights only)."""
+    try:
+        with admin.cursor() as cur:
+            for user in users:
+                cur.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(owner), sql.Identifier(user)))
+    except psycopg2.Error as e:
+        raise RestoreError(f"cannot give the previous owners of database '{database}' ({', '.join(users)}) "
+                           f"access to the restored objects: {one_line(str(e))}",
+                           hint=f"GRANT {owner} TO {', '.join(users)} as a superuser") from e
+    log.info("database %s: %s keep their access (members of %s, which owns the restored objects)", database,
+             ", ".join(users), owner)
 
 
 def _admin_connection(target: DatabaseUrl, timeout: float | None) -> psycopg2.extensions.connection:

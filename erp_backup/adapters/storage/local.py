@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import fcntl
 import hashlib
 import json
@@ -22,6 +23,7 @@ import os
 import re
 import shutil
 import socket
+import stat
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
@@ -146,7 +148,20 @@ class LocalRepository:
         """Exclusive lock on the repository; waits up to ``wait_s`` seconds."""
         self.ensure()
         path = self.root / LOCK
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+        # the backup directory is untrusted: a planted link (or hard link) there must not make us
+        # truncate and write whatever it points to
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, FILE_MODE)
+        except OSError as e:
+            raise StorageError(f"cannot open the lock file {path}: {e.strerror}"
+                               + (" (it is a symbolic link)" if e.errno == errno.ELOOP else ""),
+                               hint="remove it (erp-backup recreates it) and find out who put it there") from e
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            os.close(fd)
+            raise StorageError(f"the lock file {path} is not a plain file of its own "
+                               f"({'a hard link' if stat.S_ISREG(st.st_mode) else 'a special file'})",
+                               hint="remove it (erp-backup recreates it) and find out who put it there")
         deadline = time.monotonic() + wait_s
         try:
             while True:
