@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -263,26 +264,32 @@ DIRECTORIES = {
 }
 
 
-@pytest.mark.parametrize("shape", sorted(DIRECTORIES))
-def test_a_dump_cannot_place_table_files_outside_the_data_directory(shape: str, my_db, workdir: Path) -> None:
+def _refused_writing_nothing(my_db, workdir: Path, body: Callable[[str], bytes], why: str) -> None:
+    """The dump ``body(dir)`` names a directory the server can write (as /tmp or /var/tmp are):
+    restore refuses it with ``why``, verify reports it, and nothing appears in that directory."""
     import shutil
     import tempfile
 
-    # a directory the server can write (as /tmp or /var/tmp are): the restore must not write there
-    outside = Path(tempfile.mkdtemp(prefix="erp-backup-datadir-", dir="/tmp"))
+    outside = Path(tempfile.mkdtemp(prefix="erp-backup-outside-", dir="/tmp"))
     try:
         outside.chmod(0o777)
-        dump = crafted(DIRECTORIES[shape].replace(b"{d}", str(outside).encode()))
+        dump = crafted(body(str(outside)))
         dst = my_db("dst", create=False)
         adapter = MysqlAdapter(dst)
         with pytest.raises(RestoreError) as e:
             adapter.restore(iter([dump]), info_for(dst.name), dst, replace=False, workdir=workdir)
-        assert_actionable(e.value, "refusing to restore", "reaches beyond the restored database")
+        assert_actionable(e.value, "refusing to restore", why)
         assert [p.name for p in outside.rglob("*")] == []
         problems = adapter.verify_dump(iter([dump]), info_for(dst.name), workdir)
-        assert len(problems) == 1 and "reaches beyond the restored database" in problems[0], problems
+        assert len(problems) == 1 and why in problems[0], problems
     finally:
         shutil.rmtree(outside, ignore_errors=True)
+
+
+@pytest.mark.parametrize("shape", sorted(DIRECTORIES))
+def test_a_dump_cannot_place_table_files_outside_the_data_directory(shape: str, my_db, workdir: Path) -> None:
+    _refused_writing_nothing(my_db, workdir, lambda d: DIRECTORIES[shape].replace(b"{d}", d.encode()),
+                             "reaches beyond the restored database")
 
 
 # a client character set whose multi-byte characters end in a backslash (0x5C): the server then ends a
@@ -299,21 +306,7 @@ CHARSET_TRICKS = {
 
 @pytest.mark.parametrize("shape", sorted(CHARSET_TRICKS))
 def test_a_charset_that_hides_a_quote_from_the_splitter_is_refused(shape: str, my_db, workdir: Path) -> None:
-    import shutil
-    import tempfile
-
-    outside = Path(tempfile.mkdtemp(prefix="erp-backup-charset-", dir="/tmp"))
-    try:
-        outside.chmod(0o777)
-        switch, lead = CHARSET_TRICKS[shape]
-        dump = crafted(switch + HIDDEN.replace(b"{lead}", lead).replace(b"{d}", str(outside).encode()))
-        dst = my_db("dst", create=False)
-        adapter = MysqlAdapter(dst)
-        with pytest.raises(RestoreError) as e:
-            adapter.restore(iter([dump]), info_for(dst.name), dst, replace=False, workdir=workdir)
-        assert_actionable(e.value, "refusing to restore", "client character set")
-        assert [p.name for p in outside.rglob("*")] == []
-        problems = adapter.verify_dump(iter([dump]), info_for(dst.name), workdir)
-        assert len(problems) == 1 and "client character set" in problems[0], problems
-    finally:
-        shutil.rmtree(outside, ignore_errors=True)
+    switch, lead = CHARSET_TRICKS[shape]
+    _refused_writing_nothing(my_db, workdir,
+                             lambda d: switch + HIDDEN.replace(b"{lead}", lead).replace(b"{d}", d.encode()),
+                             "client character set")
