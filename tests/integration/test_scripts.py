@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from erp_backup import verify_log
+from erp_backup.config import Settings
 from erp_backup.core.models import BackupKind
 from erp_backup.demo import make_project
 from erp_backup.pipeline import run_backup
@@ -63,7 +64,8 @@ def test_backup_sh_makes_a_set_and_exits_with_the_cli_status(tmp_path: Path) -> 
     assert r.returncode != 0 and r.stderr.strip().splitlines()[-1].startswith("erp-backup: error:")
 
 
-def test_verify_backup_sh_logs_one_line_per_set_and_fails_on_a_corrupted_one(tmp_path: Path) -> None:
+def _full_then_incremental(tmp_path: Path) -> tuple[Settings, Path, str, str]:
+    """A sample project, its config, a full backup, a change, an incremental: (settings, config, ids)."""
     root = tmp_path / "erp"
     db = make_project(root)
     s = make_settings(tmp_path, root=root, db=db)
@@ -71,6 +73,11 @@ def test_verify_backup_sh_logs_one_line_per_set_and_fails_on_a_corrupted_one(tmp
     full = run_backup(s, BackupKind.FULL).manifest.id.value
     (root / "apps" / "new.py").write_text("x = 1\n")
     incr = run_backup(s, BackupKind.INCREMENTAL).manifest.id.value
+    return s, cfg, full, incr
+
+
+def test_verify_backup_sh_logs_one_line_per_set_and_fails_on_a_corrupted_one(tmp_path: Path) -> None:
+    s, cfg, full, incr = _full_then_incremental(tmp_path)
 
     r = script("verify_backup.sh", config=cfg)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -163,13 +170,7 @@ def test_restore_sh_passes_allow_old_and_verify_through(tmp_path: Path) -> None:
 def test_restore_sh_lists_candidates_with_age_and_verification_outcome(tmp_path: Path) -> None:
     """Issue #13: step 2 lists the candidates with their age and verification outcome. A review found
     `erp-backup list` showing a set whose last verification FAILED as plain `committed`, no age."""
-    root = tmp_path / "erp"
-    db = make_project(root)
-    s = make_settings(tmp_path, root=root, db=db)
-    cfg = write_config(tmp_path / "c.toml", s)
-    full = run_backup(s, BackupKind.FULL).manifest.id.value
-    (root / "apps" / "new.py").write_text("x = 1\n")
-    incr = run_backup(s, BackupKind.INCREMENTAL).manifest.id.value
+    s, cfg, full, incr = _full_then_incremental(tmp_path)
     art = s.storage.local_dir / incr / "files.tar.zst"
     flip_byte(art, art.stat().st_size // 2)
     assert script("verify_backup.sh", "--quick", config=cfg).returncode == 1
