@@ -159,6 +159,13 @@ def q(p: Path | str) -> str:
     return "'" + str(p).replace("'", "'\\''") + "'"
 
 
+def _linked_copy(repo: Path, r: Path) -> None:
+    """A hard-linked copy of a repository, without its lock file: erp-backup refuses a lock that
+    is a hard link (another repository's lock), and recreates it."""
+    sh(f"cp -al {q(repo)} {q(r)}")
+    (r / ".lock").unlink(missing_ok=True)
+
+
 def rm(p: Path) -> None:
     if p.is_dir():
         shutil.rmtree(p)
@@ -335,7 +342,7 @@ class Bench:
         for _ in range(self.repeat):
             r = self.p(f"repo-{key}")
             rm(r)
-            sh(f"cp -al {q(repo)} {q(r)}")
+            _linked_copy(repo, r)
             runs.append(self.eng_backup(r, "incremental", verify))
             rm(r)
         self.results[key] = self._summ(runs)
@@ -354,7 +361,7 @@ class Bench:
         for _ in range(self.repeat):
             r = self.p("repo-cli")
             rm(r)
-            sh(f"cp -al {q(repo)} {q(r)}")
+            _linked_copy(repo, r)
             cfg.write_text(f'[project]\nroot = "{self.root}"\n[database]\nurl = "sqlite:///{self.db}"\n'
                            f'[storage]\nlocal_dir = "{r}"\n[backup]\nmissing_parent = "fail"\n')
             runs.append(sh(f"{q(cli)} --config {q(cfg)} backup incremental", cwd=self.work, env=env))
