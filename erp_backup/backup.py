@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import cast
 
 from erp_backup import __version__
 from erp_backup import encryption as enc
@@ -117,7 +118,8 @@ class FilesResult:
     bytes_in: int
     skipped: tuple[tuple[str, str], ...]
     warnings: tuple[str, ...]
-    checked_inline: bool = False  # read back while written (adapters/archive/selfcheck.py)
+    checked_inline: str = ""  # read back while written (adapters/archive/selfcheck.py): "disk" (from the
+    # file itself, which also gave the artifact's SHA-256), "stream" (the bytes on their way to the encryptor)
 
 
 @dataclass(frozen=True)
@@ -126,7 +128,7 @@ class SealedSet:
 
     manifest: Manifest
     partial: Path
-    files_read_back: bool = False  # FilesResult.checked_inline
+    files_read_back: str = ""  # FilesResult.checked_inline
 
 
 @dataclass(frozen=True)
@@ -315,12 +317,20 @@ def archive_files(plan: BackupPlan, scanned: ScanResult) -> FilesResult:
     encrypted = enc.encrypts_local(plan.settings)
     name = enc.encrypted_name(FILES_ARTIFACT) if encrypted else FILES_ARTIFACT
     path = _fresh(plan.partial / name)
-    # the default (full) verification: the archive is read back as it is written (selfcheck)
-    check = InlineCheck(f"{plan.id}/{FILES_ARTIFACT}") if plan.settings.backup.verify == "full" else None
+    # the default (full) verification: the archive is read back as it is written (selfcheck); from the
+    # file itself when it is not encrypted (that read also gives SHA256SUMS its hash), else the
+    # compressed bytes on their way to gpg
+    where = f"{plan.id}/{FILES_ARTIFACT}"
+    full = plan.settings.backup.verify == "full"
+    check: InlineCheck | None = InlineCheck(where) if full and encrypted else None
+    mode = "" if not full else "stream" if encrypted else "disk"
     try:
         with enc.local_encryptor(plan.settings) as encryptor:
-            writer = archive.ArtifactWriter(path, level=plan.settings.backup.compression_level,
-                                            threads=plan.threads, encryptor=encryptor, inspector=check)
+            writer = archive.ArtifactWriter(
+                path, level=plan.settings.backup.compression_level, threads=plan.threads, encryptor=encryptor,
+                inspector=check, readback=(lambda p: InlineCheck(where, p)) if mode == "disk" else None)
+            if writer.readback is not None:
+                check = cast(InlineCheck, writer.readback)
             try:
                 res = archive.write_tar(plan.settings.project.root, scanned.changes.archive, writer.write,
                                         plan.id.value)
@@ -336,7 +346,7 @@ def archive_files(plan: BackupPlan, scanned: ScanResult) -> FilesResult:
     return FilesResult(artifact=Artifact(name=name, role="files", size=written.size, sha256=written.sha256,
                                          encryption=enc.METHOD if encrypted else None),
                        entries=res.entries, bytes_in=res.bytes_in, skipped=res.skipped, warnings=res.warnings,
-                       checked_inline=check is not None)
+                       checked_inline=mode)
 
 
 def seal(plan: BackupPlan, scanned: ScanResult, files: FilesResult, dumped: DumpResult | None,

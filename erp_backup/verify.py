@@ -219,15 +219,18 @@ def crypto_session(settings: Settings | None, *, restore: bool) -> Iterator[Sess
 def verify_dir(set_dir: Path, m: Manifest, *, level: str = "full", key_files: list[str] | None = None,
                repo: LocalRepository | None = None, settings: Settings | None = None,
                crypto: Session | None = None, without_key: str = "quick",
-               files_read_back: bool = False) -> VerifyReport:
+               files_read_back: str = "") -> VerifyReport:
     """Verify one set directory. With ``settings`` (or an open ``crypto`` session) and ``[encryption]
     sign = true`` the signature of ``SHA256SUMS`` is checked first. An encrypted set needs the
     private key for the full level; without it, ``without_key = "quick"`` verifies at the quick
     level (``NO_KEY_LEVEL``; the backup host holds no private key), ``"raise"`` fails.
 
     ``files_read_back``: the files archive was decompressed and parsed while it was written
-    (``adapters/archive/selfcheck.py``, the backup's own verification): the full level then only
-    checks its SHA-256 on disk instead of decompressing it and re-hashing every file again."""
+    (``adapters/archive/selfcheck.py``, the backup's own verification): the full level then does not
+    decompress it and re-hash every file again. ``"stream"``: the check saw the compressed bytes on
+    their way to gpg, so the artifact's SHA-256 is still checked on disk; ``"disk"``: the check read
+    the file itself back and computed the very SHA-256 that ``SHA256SUMS`` records, so nothing is
+    left to read."""
     if level == "none":
         return _Findings(m.id.value, level).freeze()
     if crypto is None and settings is not None:
@@ -256,11 +259,13 @@ def verify_dir(set_dir: Path, m: Manifest, *, level: str = "full", key_files: li
             return rep.freeze()
     read_back = files_read_back and level == "full"
     _check_artifacts(set_dir, m, rep, hash_now=level != "full",
-                     hash_roles=frozenset({"files"}) if read_back else frozenset())
+                     hash_roles=frozenset({"files"}) if read_back and files_read_back != "disk" else frozenset())
     if level != "full" or rep.problems:
         return rep.freeze()
     if read_back:
         rep.files_checked += sum(1 for e in m.files if e.type is EntryType.FILE and e.holder == m.id.value)
+        if files_read_back == "disk":  # read back from the file and hashed by the backup's own check
+            rep.bytes_checked += sum(a.size for a in m.artifacts if a.role == "files")
     else:
         _check_files_archive(set_dir, m, rep, decryptor)
     _check_database(set_dir, m, rep, decryptor)

@@ -5,6 +5,7 @@ does not hold the index's members."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -73,7 +74,7 @@ def test_a_flipped_byte_anywhere_in_the_compressed_stream_is_caught(tmp_path: Pa
 
 def test_a_truncated_stream_is_caught(tmp_path: Path) -> None:
     stream, raw, entries = _compressed(tmp_path)
-    for keep in (0, 100, len(stream) // 2, len(stream) - 1):
+    for keep in (0, 100, len(stream) // 2, len(stream) - 4, len(stream) - 1):
         with pytest.raises(IntegrityError):
             _check(stream[:keep], raw, entries)
 
@@ -117,3 +118,30 @@ def test_backup_with_default_verification_reads_back_inline_and_stays_verifiable
     again = verify_committed(LocalRepository(s.storage.local_dir), res.manifest.id.value, level="full")
     assert again.ok and again.files_checked == held, again.problems
     assert tree_state(root)  # the source is untouched
+
+
+def test_read_back_mode_checks_and_hashes_the_file_on_disk(tmp_path: Path) -> None:
+    """With a path, the check reads the file itself (not the bytes handed to it) and its SHA-256
+    is the file's: what SHA256SUMS records is what is on disk."""
+    stream, raw, entries = _compressed(tmp_path)
+    good = tmp_path / "good.tar.zst"
+    good.write_bytes(stream)
+    c = InlineCheck("S/files.tar.zst", good)
+    for at in range(0, len(stream), 700_000):  # the writer reports its progress in steps
+        c.written(min(len(stream), at + 700_000))
+    c.result(raw, entries)
+    assert c.sha256 == hashlib.sha256(stream).hexdigest() and c.size == len(stream)
+    bad = bytearray(stream)
+    bad[len(bad) // 2] ^= 0x10
+    damaged = tmp_path / "damaged.tar.zst"
+    damaged.write_bytes(bytes(bad))
+    c = InlineCheck("S/files.tar.zst", damaged)
+    c.written(len(bad))
+    with pytest.raises(IntegrityError):
+        c.result(raw, entries)
+    short = tmp_path / "short.tar.zst"
+    short.write_bytes(stream[:-3])
+    c = InlineCheck("S/files.tar.zst", short)
+    c.written(len(stream))  # the writer says more than the file gives back
+    with pytest.raises(IntegrityError, match="fewer bytes|cannot be read back"):
+        c.result(raw, entries)

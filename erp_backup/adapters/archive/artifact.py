@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol, cast
@@ -32,10 +33,13 @@ class Encryptor(Protocol):
 
 
 class HashingFile:
-    """Write-only file that hashes and counts what goes through it."""
+    """Write-only file that hashes and counts what goes through it (``hashing=False``: counts only,
+        and tells ``on_write`` the size after each write: a read-back check hashes it instead)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, hashing: bool = True, on_write: Callable[[int], None] | None = None) -> None:
         self.path = path
+        self._hashing = hashing
+        self.on_write = on_write
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE)
         except OSError as e:
@@ -46,7 +50,8 @@ class HashingFile:
         self.size = 0
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
-        self._hash.update(data)
+        if self._hashing:
+            self._hash.update(data)
         try:
             view = memoryview(data)
             done = 0
@@ -57,6 +62,8 @@ class HashingFile:
             raise StorageError(f"writing {self.path.name} failed: {e.strerror}",
                                hint="free space in the backup directory, then run the backup again") from e
         self.size += len(data)
+        if self.on_write is not None:
+            self.on_write(self.size)
         return n if n is not None else len(data)
 
     def flush(self) -> None:
@@ -93,6 +100,21 @@ class Inspector(Protocol):
     def close(self) -> None: ...
 
 
+class ReadBack(Protocol):
+    """Reads the artifact back from its file as it is written (``selfcheck.InlineCheck`` with a
+    path) and hashes it there: the writer then does not hash the bytes it writes."""
+
+    def written(self, size: int) -> None: ...
+
+    def close(self) -> None: ...
+
+    @property
+    def sha256(self) -> str: ...
+
+    @property
+    def size(self) -> int: ...
+
+
 class _Tee:
     def __init__(self, target: IO[bytes], inspector: Inspector) -> None:
         self._target = target
@@ -110,9 +132,21 @@ class ArtifactWriter:
     """``write(raw)`` -> zstd (threads) -> [inspector] -> [encryptor] -> hashing file."""
 
     def __init__(self, path: Path, *, level: int = 3, threads: int = -1, encryptor: Encryptor | None = None,
-                 inspector: Inspector | None = None):
+                 inspector: Inspector | None = None, readback: Callable[[Path], ReadBack] | None = None):
+        """``readback`` (no encryptor, no inspector): a check that reads the file back as it is
+        written; it is built once the file exists and computes the artifact's SHA-256."""
         self.path = path
-        self._file = HashingFile(path)
+        self.readback: ReadBack | None = None
+        if readback is not None and (encryptor is not None or inspector is not None):
+            raise ValueError("a read-back check sees the file itself: no encryptor, no inspector")
+        self._file = HashingFile(path, hashing=readback is None)
+        if readback is not None:
+            try:
+                self.readback = readback(path)
+            except BaseException:
+                self._file.close()
+                raise
+            self._file.on_write = self.readback.written
         self._enc_stream: IO[bytes] | None = encryptor.wrap(cast(IO[bytes], self._file)) if encryptor else None
         target = self._enc_stream or cast(IO[bytes], self._file)
         self._inspector = inspector
@@ -133,6 +167,11 @@ class ArtifactWriter:
         if self._enc_stream is not None:
             self._enc_stream.close()
         self._file.close()
+        if self.readback is not None:
+            self.readback.close()  # the check has read (and hashed) every byte, or failed
+            if self.readback.size != self._file.size or not self.readback.sha256:
+                return WrittenArtifact(self.path, self._file.size, "", self.raw_size)  # its result() says why
+            return WrittenArtifact(self.path, self._file.size, self.readback.sha256, self.raw_size)
         return WrittenArtifact(self.path, self._file.size, self._file.hexdigest(), self.raw_size)
 
     def abort(self) -> None:
@@ -142,6 +181,8 @@ class ArtifactWriter:
             pass
         if self._inspector is not None:
             self._inspector.close()
+        if self.readback is not None:
+            self.readback.close()
         if self._enc_stream is not None:
             try:
                 getattr(self._enc_stream, "abort", self._enc_stream.close)()
