@@ -52,35 +52,39 @@ _OCT7 = 8**7
 _OCT11 = 8**11
 
 
-def _ustar(e: FileEntry, size: int) -> bytes | None:
+def _ustar(path: str, typ: EntryType, mode: int, uid: int, gid: int, size: int, mtime_ns: int,
+           target: str | None) -> bytes | None:
     """A plain ustar header built directly (tarfile's PAX writer costs ~25 µs a member).
     None when the entry needs PAX (long or non-UTF-8 names, big numbers)."""
     try:
-        name = e.path.encode("utf-8") + (b"/" if e.type is EntryType.DIR else b"")
-        link = (e.target or "").encode("utf-8")
+        name = path.encode("utf-8") + (b"/" if typ is EntryType.DIR else b"")
+        link = target.encode("utf-8") if target else b""
     except UnicodeEncodeError:
         return None
-    mtime = e.mtime_ns // 1_000_000_000
+    mtime = mtime_ns // 1_000_000_000
     if len(name) > 100 or len(link) > 100 or not (0 <= mtime < _OCT11) or size >= _OCT11 \
-            or e.uid >= _OCT7 or e.gid >= _OCT7:
+            or uid >= _OCT7 or gid >= _OCT7:
         return None
     hdr = bytearray(BLOCK)
     hdr[0:len(name)] = name
-    hdr[100:108] = b"%07o\0" % e.mode
-    hdr[108:116] = b"%07o\0" % e.uid
-    hdr[116:124] = b"%07o\0" % e.gid
-    hdr[124:136] = b"%011o\0" % size
-    hdr[136:148] = b"%011o\0" % mtime
-    hdr[148:156] = b" " * 8
-    hdr[156:157] = _TYPEFLAG[e.type]
+    hdr[100:156] = b"%07o\0%07o\0%07o\0%011o\0%011o\0        " % (mode, uid, gid, size, mtime)
+    hdr[156:157] = _TYPEFLAG[typ]
     hdr[157:157 + len(link)] = link
     hdr[257:265] = b"ustar\x0000"
     hdr[148:156] = b"%06o\0 " % sum(hdr)
     return bytes(hdr)
 
 
-def _header(e: FileEntry, size: int) -> bytes:
-    return _ustar(e, size) or _tarinfo(e, size).tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+def _header(e: FileEntry, size: int, *, mode: int | None = None, uid: int | None = None, gid: int | None = None,
+            mtime_ns: int | None = None) -> bytes:
+    """The member header of ``e`` (with the given stat fields instead of the entry's, when set)."""
+    mode = e.mode if mode is None else mode
+    uid = e.uid if uid is None else uid
+    gid = e.gid if gid is None else gid
+    mtime_ns = e.mtime_ns if mtime_ns is None else mtime_ns
+    return _ustar(e.path, e.type, mode, uid, gid, size, mtime_ns, e.target) or _tarinfo(
+        replace(e, mode=mode, uid=uid, gid=gid, mtime_ns=mtime_ns), size).tobuf(
+        tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
 
 
 class _Batcher:
@@ -189,8 +193,8 @@ def write_tar(root: Path, entries: Iterable[FileEntry], out: Sink, holder: str) 
                 skipped.append((e.path, "no longer a regular file"))
                 continue
             size = st.st_size
-            w.write(_header(replace(e, mode=stat.S_IMODE(st.st_mode), mtime_ns=st.st_mtime_ns, uid=st.st_uid,
-                                    gid=st.st_gid), size))
+            mode = stat.S_IMODE(st.st_mode)
+            w.write(_header(e, size, mode=mode, uid=st.st_uid, gid=st.st_gid, mtime_ns=st.st_mtime_ns))
             h = hashlib.sha256()
             left = size
             # fewer blocks than bytes: holes, whose zeros are not read (the archive still holds them)
@@ -218,7 +222,7 @@ def write_tar(root: Path, entries: Iterable[FileEntry], out: Sink, holder: str) 
                 w.write(bytes(BLOCK - rem))
             bytes_in += size
             done.append(FileEntry(
-                path=e.path, type=EntryType.FILE, mode=shared_int(stat.S_IMODE(st.st_mode)), mtime_ns=st.st_mtime_ns,
+                path=e.path, type=EntryType.FILE, mode=shared_int(mode), mtime_ns=st.st_mtime_ns,
                 size=size, uid=shared_int(st.st_uid), gid=shared_int(st.st_gid), ino=ino, sha256=h.hexdigest(),
                 holder=holder))
         finally:
