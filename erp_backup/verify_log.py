@@ -41,7 +41,7 @@ class VerifyLine:
 
 
 def _field(text: str) -> str:
-    if text and all(c.isprintable() and not c.isspace() and c not in '"\\=' for c in text):
+    if text and text != "-" and all(c.isprintable() and not c.isspace() and c not in '"\\=' for c in text):
         return text
     return json.dumps(text, ensure_ascii=True) if text else "-"
 

@@ -7,7 +7,7 @@ import os
 from datetime import UTC, datetime
 from pathlib import Path
 
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from erp_backup import verify_log
@@ -34,6 +34,7 @@ def test_one_line_per_set_with_its_fields(tmp_path: Path) -> None:
 
 
 @given(st.text(max_size=60), st.text(max_size=60), st.booleans())
+@example(name="-", problem="-", ok=False)  # "-" is the empty marker: a literal one is quoted
 def test_any_set_name_or_problem_stays_one_line_and_parses_back(name: str, problem: str, ok: bool) -> None:
     text = verify_log.format_line(VerifyLine(name, "full", ok, problem), WHEN)
     assert text.count("\n") == 1 and text.endswith("\n")  # a crafted name cannot forge a second line
