@@ -860,14 +860,14 @@ class _ParallelLoader:
                 self._control(st, sql, splitter)
                 self.log.append((st, sql))
             elif kind is Kind.LOCAL:
-                self._wait_table(step.table)
+                self._wait_tables(step.waits)
                 self._control(st, sql, splitter)
             elif kind is Kind.BEGIN:
                 assert step.table is not None
                 exclusive = step.exclusive
                 if exclusive:
                     self._wait_all(f"table `{step.table}`")
-                self._wait_table(step.table)
+                self._wait_tables((table_key(step.table),))
                 section = self._free_session(step.table)
                 spool = _Spool(self.workdir, self.cond)
                 spool.append(st, sql)
@@ -914,12 +914,10 @@ class _ParallelLoader:
     def _wait_all(self, what: str) -> None:
         self._wait(lambda: all(w.table is None for w in self.sessions), what)
 
-    def _wait_table(self, table: str | None) -> None:
-        if table is None:
-            return
-        key = table_key(table)
-        self._wait(lambda: all(w.table is None or table_key(w.table) != key for w in self.sessions),
-                   f"table `{table}`")
+    def _wait_tables(self, keys: tuple[str, ...]) -> None:
+        """Until no session loads one of these tables (``table_key``)."""
+        self._wait(lambda: all(w.table is None or table_key(w.table) not in keys for w in self.sessions),
+                   f"table(s) {', '.join(f'`{k}`' for k in keys)}")
 
     def _wait(self, ready: Callable[[], bool], what: str) -> None:
         with self.cond:

@@ -530,8 +530,8 @@ _ANYWHERE = re.compile(
 # ---- The strings are tokenized exactly as ``_BLANK`` reads them (backslash escapes, doubled quotes,
 # ---- greedy), so the skeleton ``_BLANK`` would leave is the one this grammar accepted.
 _STRING = rb"'[^'\\]*+(?:(?:\\.|'')[^'\\]*+)*+'"
-_LITERAL = (rb"(?:" + _STRING + rb"|-?\d++(?:\.\d++)?+(?:[eE][+-]?\d++)?+|NULL|_[A-Za-z0-9]++\s*+" + _STRING
-            + rb"|0x[0-9A-Fa-f]++|[xXbB]'[0-9A-Fa-f]*+')")
+_LITERAL = (rb"(?:" + _STRING + rb"|0x[0-9A-Fa-f]++|-?\d++(?:\.\d++)?+(?:[eE][+-]?\d++)?+|NULL|_[A-Za-z0-9]++\s*+"
+            + _STRING + rb"|[xXbB]'[0-9A-Fa-f]*+')")  # possessive: 0x before the numbers (no way back)
 _ROW = rb"\(" + _LITERAL + rb"(?:," + _LITERAL + rb")*+\)"
 _PLAIN_INSERT = re.compile(rb"INSERT INTO `((?:[^`]|``){1,256})` VALUES\s*+" + _ROW + rb"(?:,\s*+" + _ROW + rb")*+",
                            re.S)

@@ -17,8 +17,11 @@ after a preamble of session settings (``SET NAMES``, ``FOREIGN_KEY_CHECKS=0``, `
   variables and user variables to literals or variables; ``SET NAMES``): it runs on the control
   session and is recorded; every data session replays the record before a section, so each runs
   with the session state the serial restore would have at that point.
-* ``LOCAL``: DDL of one table (``DROP TABLE IF EXISTS``, ``CREATE TABLE`` without ``SELECT``,
-  ``CREATE TRIGGER … ON``): runs on the control session once that table's data sections are done.
+* ``LOCAL``: DDL of one table (``DROP TABLE/VIEW/SEQUENCE IF EXISTS``, ``CREATE TABLE`` or
+  ``CREATE SEQUENCE`` without ``SELECT``, a view's stand-in ``CREATE VIEW `v` AS SELECT NULL AS
+  `c`…``, ``DO SETVAL(`s`, n, 0)``): runs on the control session once the data sections of that
+  table and of the tables it is linked to by a foreign key are done. A table's triggers
+  (``CREATE TRIGGER … ON``) run after a barrier (their bodies name other tables).
 * ``BEGIN`` / ``DATA`` / ``END``: a data section (``LOCK TABLES `t` WRITE`` … ``UNLOCK TABLES``
   holding only ``ALTER TABLE `t` DISABLE/ENABLE KEYS`` and plain INSERTs of literals into ``t``):
   one data session runs it. ``exclusive``: it must run alone (foreign key checks are on, or the
@@ -59,6 +62,7 @@ class Step:
     kind: Kind
     st: Statement
     table: str | None = None  # LOCAL, BEGIN: the table (as the dump names it)
+    waits: tuple[str, ...] = ()  # LOCAL: the tables whose data sections must be done first (table_key)
     exclusive: bool = False  # BEGIN: the section runs alone
     serial: bool = False  # BARRIER: every statement after it runs in order on one session
 
@@ -84,15 +88,24 @@ _SYSVAR = rb"(?:@@(?:session\.|local\.)?|(?:session|local)\s+)?([A-Za-z_]+)"
 _SOURCE = rb"(?:'[^'\\]*'|-?\d+|[A-Za-z0-9_]+|@[A-Za-z_][\w$]*|@@(?:session\.|local\.)?([A-Za-z_]+))"
 _ASSIGN = re.compile(rb"\s*(?:(@[A-Za-z_][\w$]*)|" + _SYSVAR + rb")\s*:?=\s*" + _SOURCE + rb"\s*(,|\Z)", re.I)
 _SET_NAMES = re.compile(rb"\s*SET\s+NAMES\s+'?[A-Za-z0-9_]+'?(?:\s+COLLATE\s+'?[A-Za-z0-9_]+'?)?\s*", re.I)
-_DROP_TABLE = re.compile(rb"\s*DROP\s+TABLE\s+(?:IF\s+EXISTS\s+)?" + _NAME + rb"\s*", re.I)
+_DROP_TABLE = re.compile(rb"\s*DROP\s+(?:TABLE|VIEW|SEQUENCE)\s+(?:IF\s+EXISTS\s+)?" + _NAME + rb"\s*", re.I)
 _CREATE_TABLE = re.compile(rb"\s*CREATE\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?" + _NAME + rb"\s*\(", re.I)
-_CREATE_TRIGGER = re.compile(rb"\s*CREATE\s+(?:DEFINER\s*=\s*\S+\s+)?TRIGGER\s+" + _NAME + rb"\s+(?:BEFORE|AFTER)\s+"
-                             rb"(?:INSERT|UPDATE|DELETE)\s+ON\s+" + _NAME + rb"\s+FOR\s+EACH\s+ROW\b", re.I)
+_BARE = rb"([A-Za-z0-9_$]{1,64})"  # an unquoted name (mariadb-dump writes trigger statements as they were created)
+_CREATE_TRIGGER = re.compile(rb"\s*CREATE\s+(?:DEFINER\s*=\s*\S+\s+)?TRIGGER\s+(?:" + _NAME + rb"|" + _BARE
+                             + rb")\s+(?:BEFORE|AFTER)\s+(?:INSERT|UPDATE|DELETE)\s+ON\s+(?:" + _NAME + rb"|" + _BARE
+                             + rb")\s+FOR\s+EACH\s+ROW\b", re.I)
+_SETVAL = re.compile(rb"\s*(?:SELECT|DO)\s+SETVAL\s*\(\s*" + _NAME
+                     + rb"\s*,\s*-?\d+\s*,\s*[01]\s*(?:,\s*\d+\s*)?\)\s*", re.I)
+_CREATE_SEQUENCE = re.compile(rb"\s*CREATE\s+SEQUENCE\s+(?:IF\s+NOT\s+EXISTS\s+)?" + _NAME + rb"\s", re.I)
+_STAND_IN = rb"(?:NULL|1)\s+AS\s+`(?:[^`]|``){1,256}`"  # the placeholder of a view until the tables exist
+_CREATE_STAND_IN = re.compile(rb"\s*CREATE\s+VIEW\s+" + _NAME + rb"\s+AS\s+SELECT\s+" + _STAND_IN
+                              + rb"(?:\s*,\s*" + _STAND_IN + rb")*\s*", re.I)
 _LOCK = re.compile(rb"\s*LOCK\s+TABLES\s+" + _NAME + rb"\s+WRITE\s*", re.I)
 _UNLOCK = re.compile(rb"\s*UNLOCK\s+TABLES\s*", re.I)
 _KEYS = re.compile(rb"\s*ALTER\s+TABLE\s+" + _NAME + rb"\s+(?:DISABLE|ENABLE)\s+KEYS\s*", re.I)
 _DDL = re.compile(rb"\s*(?:CREATE|DROP|ALTER)\b", re.I)
-_READS = re.compile(rb"\b(?:SELECT|LIKE|TEMPORARY)\b", re.I)  # a CREATE TABLE that reads another table
+_READS = re.compile(rb"\b(?:SELECT|LIKE|TEMPORARY|UNION)\b", re.I)  # a CREATE TABLE that reads other tables
+_REFERENCES = re.compile(rb"\bREFERENCES\s+(?:`(?:[^`]|``){1,256}`\s*\.\s*)?`((?:[^`]|``){1,256})`", re.I)
 _STATEFUL = re.compile(rb"@|\bTEMPORARY\b", re.I)
 _DEFINER = re.compile(rb"\bDEFINER\s*=\s*\S+", re.I)
 _IDENT = re.compile(rb"`(?:[^`]|``)*`")
@@ -141,6 +154,7 @@ class SectionPlanner:
         self.serial = False  # from now on, every statement in order on one session
         self.fk_checks_off = False  # the session has FOREIGN_KEY_CHECKS=0 (the server's default is 1)
         self.triggered: set[str] = set()  # tables with triggers (their INSERTs may write other tables)
+        self.children: dict[str, set[str]] = {}  # table -> the tables created with a foreign key to it
 
     def step(self, st: Statement) -> Step:
         if self.serial:
@@ -163,14 +177,30 @@ class SectionPlanner:
             return Step(Kind.BEGIN, st, table,
                         exclusive=not self.fk_checks_off or table_key(table) in self.triggered)
         if m := _DROP_TABLE.fullmatch(code):
-            return Step(Kind.LOCAL, st, _unquote(m.group(1)))
-        if (m := _CREATE_TABLE.match(code)) and not _READS.search(_IDENT.sub(b"``", code)):
-            return Step(Kind.LOCAL, st, _unquote(m.group(1)))
-        if m := _CREATE_TRIGGER.match(code):  # its body runs later, when its table is written
-            table = _unquote(m.group(2))
-            self.triggered.add(table_key(table))
-            return Step(Kind.LOCAL, st, table)
+            return self._local(st, _unquote(m.group(1)))
+        if ((m := _CREATE_TABLE.match(code) or _CREATE_SEQUENCE.match(code))
+                and not _READS.search(_IDENT.sub(b"``", code))):
+            # a table's foreign keys change what the server opens with its parents and children: a
+            # session holding LOCK TABLES on one of them would fail (ERROR 1100), so they finish first
+            parents = {table_key(_unquote(r)) for r in _REFERENCES.findall(code)}
+            return self._local(st, _unquote(m.group(1)), parents)
+        if m := _CREATE_STAND_IN.fullmatch(code):
+            return self._local(st, _unquote(m.group(1)))
+        if m := _SETVAL.fullmatch(code):  # a sequence's next value (mariadb-dump writes it after CREATE SEQUENCE)
+            return self._local(st, _unquote(m.group(1)))
+        if _CREATE_TRIGGER.match(code):  # its body names other tables: every section finishes first
+            m = _CREATE_TRIGGER.match(code)
+            assert m is not None
+            self.triggered.add(table_key(_unquote(m.group(3) or m.group(4))))
+            return Step(Kind.BARRIER, st)
         return self._barrier(st, code)
+
+    def _local(self, st: Statement, table: str, parents: set[str] | frozenset[str] = frozenset()) -> Step:
+        key = table_key(table)
+        for p in parents:
+            self.children.setdefault(p, set()).add(key)
+        waits = {key} | set(parents) | self.children.get(key, set())
+        return Step(Kind.LOCAL, st, table, waits=tuple(sorted(waits)))
 
     def _barrier(self, st: Statement, code: bytes | None = None) -> Step:
         code = code_of(st.sql) if code is None else code
