@@ -84,9 +84,9 @@ def test_a_mariadb_dump_splits_into_sections() -> None:
     b = steps[19:34]
     assert b[5] == (Kind.BEGIN, "b", False)
     assert b[10] == (Kind.END, "b", False)
-    assert b[11:] == [(Kind.SESSION, None, False), (Kind.SESSION, None, False), (Kind.LOCAL, "b", False),
+    assert b[11:] == [(Kind.SESSION, None, False), (Kind.SESSION, None, False), (Kind.BARRIER, None, False),
                       (Kind.SESSION, None, False)]
-    assert steps[34:] == [(Kind.BARRIER, None, False), (Kind.BARRIER, None, False), (Kind.SESSION, None, False),
+    assert steps[34:] == [(Kind.LOCAL, "v", False), (Kind.BARRIER, None, False), (Kind.SESSION, None, False),
                           (Kind.SESSION, None, False)]
 
 
@@ -194,3 +194,60 @@ def test_the_fast_path_agrees_with_the_full_checks(rows: list[list[bytes]], sep:
     if plain_insert_table(sql) is not None:  # literals only: the skeleton holds no @ and no keyword
         blank = ms._OPENER.sub(b" ", ms._BLANK.sub(b" ", sql))
         assert b"@" not in blank and not re.search(rb"(?i)\b(?:set|into\s+outfile|directory)\b", blank)
+
+
+# ---- the planner's invariants over generated dumps ------------------------------------------------
+
+_PIECE = st.one_of(
+    st.sampled_from(["a", "b", "Ab", "c`d"]).map(lambda n: ("table", n)),
+    st.sampled_from([
+        b"UPDATE `a` SET x = 1;\n", b"SET @x = 1;\n", b"SET sql_mode = 'ANSI_QUOTES';\n", b"SELECT 1;\n",
+        b"CREATE VIEW `v` AS SELECT 1 AS `x`;\n", b"DROP TABLE IF EXISTS `b`;\n", b"UNLOCK TABLES;\n",
+        b"LOCK TABLES `a` WRITE;\n", b"INSERT INTO `a` VALUES (1);\n", b"ALTER TABLE `a` ENABLE KEYS;\n",
+        b"SET FOREIGN_KEY_CHECKS=1;\n", b"SET FOREIGN_KEY_CHECKS=0;\n", b"DO SETVAL(`s`, 5, 0);\n",
+        b"CREATE TABLE `k` (`id` int, FOREIGN KEY (`id`) REFERENCES `a` (`id`));\n",
+    ]).map(lambda b: ("raw", b)),
+)
+
+
+def _render(pieces: list[tuple[str, object]]) -> bytes:
+    out = PREAMBLE
+    for kind, value in pieces:
+        out += table(str(value).replace("`", "``"), rows=1) if kind == "table" else value  # type: ignore[operator]
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_PIECE, max_size=12))
+def test_planner_invariants(pieces: list[tuple[str, object]]) -> None:
+    p = SectionPlanner()
+    open_table: str | None = None
+    serial = False
+    n = 0
+    for s in statements([_render(pieces)]):
+        step = p.step(s)
+        n += 1
+        assert step.st is s
+        if serial:
+            assert step.kind is Kind.SERIAL  # once serial, always serial: dump order on one session
+            continue
+        if step.kind is Kind.BEGIN:
+            assert open_table is None
+            open_table = step.table
+        elif step.kind in (Kind.DATA, Kind.END):
+            assert open_table is not None and step.table == open_table
+            if step.kind is Kind.DATA:
+                assert plain_insert_table(s.sql) in (open_table, None)
+                assert plain_insert_table(s.sql) == open_table or b"KEYS" in s.sql.upper()
+            else:
+                open_table = None
+        elif step.kind is Kind.ADOPT:
+            assert open_table is not None
+            serial = True
+        else:
+            assert open_table is None, step  # nothing runs on the control session inside a section
+            if step.kind is Kind.LOCAL:
+                assert step.table is not None and step.waits
+            if step.kind is Kind.BARRIER and step.serial:
+                serial = True
+    assert n > 0
