@@ -162,3 +162,13 @@ def test_restore_sessions_setting(monkeypatch) -> None:
     with pytest.raises(ConfigError) as e:
         restore_sessions(1)
     assert_actionable(e.value, "ERP_BACKUP_MYSQL_RESTORE_JOBS")
+
+
+def test_a_wrong_sessions_setting_fails_before_the_target_is_touched(my_db, workdir: Path, monkeypatch) -> None:
+    target = my_db("par_keep")
+    sql(target, "CREATE TABLE kept (id INT)")
+    monkeypatch.setenv("ERP_BACKUP_MYSQL_RESTORE_JOBS", "0")
+    with pytest.raises(ConfigError):
+        MysqlAdapter(target).restore(iter([b"SELECT 1;\n"]), None, target, replace=True,  # type: ignore[arg-type]
+                                     workdir=workdir)
+    assert sql(target, "SHOW TABLES") == [("kept",)], "the target was dropped before the setting was read"

@@ -52,6 +52,13 @@ logs in as a temporary account with the rights of the target database only, and 
 clauses become ``CURRENT_ROLE``, the database's owner role (``mysql_confine``). By hand, a
 trusted dump still restores with ``zstd -d < db.mysql.sql.zst | mariadb --sandbox
 --database=<new db>``.
+
+Table data loads in parallel (``_ParallelLoader``, default DEFAULT_RESTORE_SESSIONS data sessions,
+``restore --jobs N`` or ``$ERP_BACKUP_MYSQL_RESTORE_JOBS``; 1: serial): the checked statement
+stream is cut into mariadb-dump's per-table sections (``mysql_sections``); each table's data runs on
+a data session that first replays the dump's session settings, everything else on one control
+session in dump order, behind a barrier where the statement is not table-local. Every session logs
+in as the same confined account and runs the same checked, rewritten statements.
 """
 
 from __future__ import annotations
@@ -277,10 +284,10 @@ class MysqlAdapter:
         if target.engine != "mysql":
             raise RestoreError(f"cannot restore a MySQL dump into a {target.engine} database",
                                hint="give a mysql:// target URL")
+        sessions = restore_sessions(jobs)  # a wrong setting fails before the target is touched
         # the dump runs as a temporary account with the rights of the target database only
         with _connect(target, self.timeout, database=None) as admin, confined_login(admin, target) as login:
             _prepare_target(target, replace=replace, timeout=self.timeout)
-            sessions = restore_sessions(jobs)
             with _connect(login.url, self.timeout, database=target.name, restore=True) as conn:
                 if sessions <= 1:
                     _execute_dump(conn, chunks, target, self.timeout, definer=login.definer)
