@@ -3,6 +3,7 @@
     .venv/bin/python bench/bench_databases.py                  # ~1 GB PostgreSQL x2, ~300 MB MariaDB
     .venv/bin/python bench/bench_databases.py --scale small    # quick run (~30 s)
     .venv/bin/python bench/bench_databases.py --pg-scale 40 --random-mb 600 --mysql-mb 300
+    .venv/bin/python bench/bench_databases.py --only mysql --mysql-mb 330 --repeat 3   # MariaDB rows only
 
 Measured in one run, on databases generated here and dropped at the end (unless --keep):
   * PostgreSQL, pgbench-like (``pgbench -i -s N``, else generate_series) and a less compressible
@@ -11,11 +12,17 @@ Measured in one run, on databases generated here and dropped at the end (unless 
     compressed bytes, fsync); bare ``pg_restore -j 2`` of the -Fc file vs our restore
     (zstd decompress -> ``PostgresAdapter.restore(jobs=1)``, streamed: the default; jobs=2,
     which spools the raw dump to a file first, is reported too).
-  * MariaDB (~300 MB InnoDB): bare ``mariadb-dump --single-transaction --quick | zstd -3 -T0`` vs ours.
+  * MariaDB (~300 MB InnoDB, ``--mysql-tables`` tables of 40/30/20/10 % of the rows, a secondary index
+    each): bare ``mariadb-dump --single-transaction --quick | zstd -3 -T0`` vs ours; restore: bare
+    ``zstd -d | mariadb`` (the field notes' baseline) vs ours serial (``ERP_BACKUP_MYSQL_RESTORE_JOBS=1``)
+    and parallel (the default: 2 data sessions). Restore rows also report CPU-seconds: the client's
+    (user+sys, children included) and the server's (mariadbd's, from /proc), since on 2 cores the
+    server's CPU bounds a restore.
 Our dump runs in a fresh child Python process, which reports its peak RSS (VmHWM).
 
 Targets: DB stage <= 0.8x bare pg_dump -Fc (pgbench-like), <= 0.3x (less compressible);
-restore <= 1.1x bare pg_restore -j 2; MariaDB dump <= 1.1x bare mariadb-dump | zstd; peak RSS < 200 MB.
+restore <= 1.1x bare pg_restore -j 2; MariaDB dump <= 1.1x bare mariadb-dump | zstd; MariaDB restore
+(parallel) <= 0.7x bare ``mariadb < dump``; peak RSS < 200 MB.
 """
 
 from __future__ import annotations
@@ -150,21 +157,28 @@ def make_random(db: str, mb: int) -> None:
     pg_exec(db, "VACUUM ANALYZE docs")
 
 
-def make_mysql(db: str, mb: int) -> None:
+MYSQL_SHARES = (0.4, 0.3, 0.2, 0.1)  # of the rows, per table (an ERP has many tables; a few big ones)
+
+
+def make_mysql(db: str, mb: int, tables: int = 4) -> None:
     conn = pymysql.connect(host="127.0.0.1", user="root", password="", autocommit=True)
-    rows = mb * 1024 * 1024 // 160
+    total = mb * 1024 * 1024 // 160
+    shares = MYSQL_SHARES[:tables] if tables <= len(MYSQL_SHARES) else (1 / tables,) * tables
     with conn.cursor() as cur:
         cur.execute(f"DROP DATABASE IF EXISTS `{db}`")
         cur.execute(f"CREATE DATABASE `{db}`")
         cur.execute(f"USE `{db}`")
-        cur.execute("""CREATE TABLE ledger (id BIGINT PRIMARY KEY, account INT, amount DECIMAL(14,2),
-                       booked DATETIME, memo VARCHAR(100), ref CHAR(32)) ENGINE=InnoDB""")
-        step = 500_000
-        for start in range(0, rows, step):
-            n = min(step, rows - start)
-            cur.execute(f"""INSERT INTO ledger SELECT {start} + seq, seq % 5000, (seq % 100000) / 100,
-                           '2024-01-01' + INTERVAL seq SECOND, CONCAT('payment ', seq % 977, ' invoice ',
-                           seq % 10007), MD5(seq + {start}) FROM seq_1_to_{n}""")
+        for i, share in enumerate(shares):
+            name = "ledger" if i == 0 else f"ledger_{i}"
+            rows = int(total * share / sum(shares))
+            cur.execute(f"""CREATE TABLE {name} (id BIGINT PRIMARY KEY, account INT, amount DECIMAL(14,2),
+                           booked DATETIME, memo VARCHAR(100), ref CHAR(32), KEY (account)) ENGINE=InnoDB""")
+            step = 500_000
+            for start in range(0, rows, step):
+                n = min(step, rows - start)
+                cur.execute(f"""INSERT INTO {name} SELECT {start} + seq, seq % 5000, (seq % 100000) / 100,
+                               '2024-01-01' + INTERVAL seq SECOND, CONCAT('payment ', seq % 977, ' invoice ',
+                               seq % 10007), MD5(seq + {start}) FROM seq_1_to_{n}""")
     conn.close()
 
 
@@ -192,6 +206,37 @@ def timed(fn: Callable[[], object], repeat: int) -> tuple[float, object]:
         result = fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times), result
+
+
+def _cpu_self() -> float:
+    """User+sys CPU-seconds of this process and its waited-for children."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def _cpu_server() -> float:
+    """mariadbd's user+sys CPU-seconds (0 when it is not found)."""
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                if Path(f"/proc/{pid}/comm").read_text().strip() == "mariadbd":
+                    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            except OSError:
+                continue
+    return 0.0
+
+
+def timed_cpu(fn: Callable[[], object], repeat: int) -> tuple[float, float, float, object]:
+    """Median wall seconds, median client CPU-s, median server CPU-s, the last result."""
+    walls, clients, servers, result = [], [], [], None
+    for _ in range(repeat):
+        c0, s0, t0 = _cpu_self(), _cpu_server(), time.perf_counter()
+        result = fn()
+        walls.append(time.perf_counter() - t0)
+        clients.append(_cpu_self() - c0)
+        servers.append(_cpu_server() - s0)
+    return statistics.median(walls), statistics.median(clients), statistics.median(servers), result
 
 
 def bare_mysql_dump(db: str, out: Path) -> None:
@@ -283,12 +328,33 @@ def bench_mysql(db: str, tmp: Path, repeat: int, results: list[dict[str, object]
     if restore:
         info = DatabaseInfo(**runs[0]["info"])  # type: ignore[arg-type]
         bare_t, ours_t = db + "_rbare", db + "_rours"
-        rb_s, _ = timed(lambda: bare_mysql_restore(bare_file, bare_t), repeat)
-        ro_s, counts = timed(lambda: engine_database_restore(url, ours_file, info, url.with_name(ours_t), tmp, 1),
-                             repeat)
-        assert counts == info.tables, "restored row counts differ from the dump's"
+
+        def ours(sessions: int) -> dict[str, int]:
+            os.environ["ERP_BACKUP_MYSQL_RESTORE_JOBS"] = str(sessions)
+            try:
+                return engine_database_restore(url, ours_file, info, url.with_name(ours_t), tmp, 1)
+            finally:
+                del os.environ["ERP_BACKUP_MYSQL_RESTORE_JOBS"]
+
+        # interleaved, so that a busy spell of the machine hits every variant alike
+        bare, serial, par = [], [], []
+        for _ in range(repeat):
+            bare.append(timed_cpu(lambda: bare_mysql_restore(bare_file, bare_t), 1))
+            serial.append(timed_cpu(lambda: ours(1), 1))
+            par.append(timed_cpu(lambda: ours(2), 1))
+            assert serial[-1][3] == par[-1][3] == info.tables, "restored row counts differ from the dump's"
         drop_all([], [bare_t, ours_t])
-        row.update({"bare_mariadb_restore_s": rb_s, "ours_restore_s": ro_s, "restore_ratio": ro_s / rb_s})
+
+        def med(runs_: list[tuple[float, float, float, object]], i: int) -> float:
+            return statistics.median(float(r[i]) for r in runs_)  # type: ignore[arg-type]
+
+        rb_s, ro1_s, ro_s = med(bare, 0), med(serial, 0), med(par, 0)
+        row.update({"bare_mariadb_restore_s": rb_s, "ours_restore_s": ro_s, "restore_ratio": ro_s / rb_s,
+                    "ours_restore_serial_s": ro1_s, "restore_serial_ratio": ro1_s / rb_s,
+                    "restore_cpu_s": {name: {"client": med(r, 1), "server": med(r, 2)}
+                                      for name, r in (("bare", bare), ("serial", serial), ("parallel", par))},
+                    "restore_runs_s": {"bare": [r[0] for r in bare], "serial": [r[0] for r in serial],
+                                       "parallel": [r[0] for r in par]}})
     results.append(row)
     print(json.dumps(row), flush=True)
 
@@ -302,6 +368,9 @@ def main() -> None:
     p.add_argument("--pg-scale", type=int, help="pgbench scale factor (full: 65 ~ 1 GB, small: 5)")
     p.add_argument("--random-mb", type=int, help="size of the less compressible database (full: 1000)")
     p.add_argument("--mysql-mb", type=int, help="size of the MariaDB database (full: 300)")
+    p.add_argument("--mysql-tables", type=int, default=4, help="tables of the MariaDB database (default 4)")
+    p.add_argument("--only", choices=["pg", "mysql"], help="only the PostgreSQL or only the MariaDB rows")
+    p.add_argument("--db-prefix", default="bench_", help="prefix of the generated databases (default bench_)")
     p.add_argument("--repeat", type=int, default=1, help="runs per measurement (median)")
     p.add_argument("--no-restore", action="store_true")
     p.add_argument("--keep", action="store_true", help="keep the generated databases")
@@ -311,19 +380,24 @@ def main() -> None:
     pg_scale = a.pg_scale or (5 if small else 65)
     random_mb = a.random_mb or (60 if small else 1000)
     mysql_mb = a.mysql_mb or (30 if small else 300)
-    pg_dbs, my_dbs = ["bench_pgbench", "bench_random"], ["bench_mariadb"]
+    pg_dbs = [] if a.only == "mysql" else [a.db_prefix + "pgbench", a.db_prefix + "random"]
+    my_dbs = [] if a.only == "pg" else [a.db_prefix + "mariadb"]
     tmp = Path(tempfile.mkdtemp(prefix="erp-bench-db-", dir=a.workdir))
     os.chmod(tmp, 0o700)
     results: list[dict[str, object]] = []
     try:
         t0 = time.perf_counter()
-        make_pgbench(pg_dbs[0], pg_scale)
-        make_random(pg_dbs[1], random_mb)
-        make_mysql(my_dbs[0], mysql_mb)
+        if pg_dbs:
+            make_pgbench(pg_dbs[0], pg_scale)
+            make_random(pg_dbs[1], random_mb)
+        if my_dbs:
+            make_mysql(my_dbs[0], mysql_mb, a.mysql_tables)
         print(f"generated in {time.perf_counter() - t0:.0f} s", flush=True)
-        bench_pg("pgbench", pg_dbs[0], tmp, a.repeat, not a.no_restore, results)
-        bench_pg("less-compressible", pg_dbs[1], tmp, a.repeat, not a.no_restore, results)
-        bench_mysql(my_dbs[0], tmp, a.repeat, results, not a.no_restore)
+        if pg_dbs:
+            bench_pg("pgbench", pg_dbs[0], tmp, a.repeat, not a.no_restore, results)
+            bench_pg("less-compressible", pg_dbs[1], tmp, a.repeat, not a.no_restore, results)
+        if my_dbs:
+            bench_mysql(my_dbs[0], tmp, a.repeat, results, not a.no_restore)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         if not a.keep:
@@ -354,6 +428,17 @@ def report(results: list[dict[str, object]]) -> None:
             restore = "- | - | - | -"
         print(f"| {name} | {size:.0f} MB | {bare:.1f} s | {r['ours_s']:.1f} s | {ratio:.2f}x "
               f"| ≤{targets[name]} | {verdict} | {restore} | {r['peak_rss_mb']:.0f} MB |")
+        if "ours_restore_serial_s" in r:
+            rr = float(r["restore_serial_ratio"])  # type: ignore[arg-type]
+            print(f"| {name} (restore serial) | | | | | | | {r['bare_mariadb_restore_s']:.1f} / "
+                  f"{r['ours_restore_serial_s']:.1f} s | {rr:.2f}x | - | - | |")
+    for r in results:
+        cpu = r.get("restore_cpu_s")
+        if isinstance(cpu, dict):
+            print("\nMariaDB restore CPU-seconds (median; client = user+sys incl. children, server = mariadbd):")
+            for variant, c in cpu.items():
+                print(f"  {variant:9s} client {c['client']:6.1f}  server {c['server']:6.1f}")
+            print(f"  wall seconds of every run: {r['restore_runs_s']}")
 
 
 if __name__ == "__main__":

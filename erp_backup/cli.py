@@ -439,7 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--target-database", help="database URL without password (SQLite: the file path URL)")
     sp.add_argument("--force", action="store_true", help="write over a non-empty target / existing database")
     sp.add_argument("--yes", action="store_true", help="confirm restoring into the live database")
-    sp.add_argument("--jobs", type=int, default=1, help="parallel restore jobs (PostgreSQL)")
+    sp.add_argument("--jobs", type=int, default=1,
+                    help="parallel restore jobs (PostgreSQL; MariaDB: data sessions, default 2)")
     sp.add_argument("--keep-setid", action="store_true",
                     help="restore setuid/setgid bits as recorded (default: dropped, with a warning)")
     sp.add_argument("--from-remote", action="store_true",

@@ -52,13 +52,23 @@ logs in as a temporary account with the rights of the target database only, and 
 clauses become ``CURRENT_ROLE``, the database's owner role (``mysql_confine``). By hand, a
 trusted dump still restores with ``zstd -d < db.mysql.sql.zst | mariadb --sandbox
 --database=<new db>``.
+
+Table data loads in parallel (``_ParallelLoader``, default DEFAULT_RESTORE_SESSIONS data sessions,
+``restore --jobs N`` or ``$ERP_BACKUP_MYSQL_RESTORE_JOBS``; 1: serial): the checked statement
+stream is cut into mariadb-dump's per-table sections (``mysql_sections``); each table's data runs on
+a data session that first replays the dump's session settings, everything else on one control
+session in dump order, behind a barrier where the statement is not table-local. Every session logs
+in as the same confined account and runs the same checked, rewritten statements.
 """
 
 from __future__ import annotations
 
 import os
+import queue
 import re
 import shutil
+import struct
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -86,11 +96,13 @@ from erp_backup.adapters.databases.mysql_script import (
     CharsetGuard,
     DumpRejected,
     SessionModeTracker,
+    Statement,
     StatementSplitter,
     check_confined,
     confine_definers,
     splitter_statements,
 )
+from erp_backup.adapters.databases.mysql_sections import Kind, SectionPlanner, table_key
 from erp_backup.core.dburl import DatabaseUrl
 from erp_backup.core.errors import ConfigError, DatabaseError, RestoreError, ToolMissingError
 from erp_backup.core.models import DatabaseInfo
@@ -102,6 +114,8 @@ MAX_LOCK_SECONDS = 30  # never block writers longer than this, even without a si
 SERVER_STATUS_ANSI_QUOTES = 1 << 15  # MariaDB only
 MAX_PACKET = 1 << 30  # as --max-allowed-packet=1G of the dump
 TRAILER = b"-- Dump completed"
+RESTORE_JOBS_ENV = "ERP_BACKUP_MYSQL_RESTORE_JOBS"
+DEFAULT_RESTORE_SESSIONS = 2  # data sessions of a restore (this machine has 2 cores); 1: the serial restore
 
 # sections mariadb-dump writes only after START TRANSACTION WITH CONSISTENT SNAPSHOT
 _AFTER_SNAPSHOT = (
@@ -270,11 +284,16 @@ class MysqlAdapter:
         if target.engine != "mysql":
             raise RestoreError(f"cannot restore a MySQL dump into a {target.engine} database",
                                hint="give a mysql:// target URL")
+        sessions = restore_sessions(jobs)  # a wrong setting fails before the target is touched
         # the dump runs as a temporary account with the rights of the target database only
         with _connect(target, self.timeout, database=None) as admin, confined_login(admin, target) as login:
             _prepare_target(target, replace=replace, timeout=self.timeout)
             with _connect(login.url, self.timeout, database=target.name, restore=True) as conn:
-                _execute_dump(conn, chunks, target, self.timeout, definer=login.definer)
+                if sessions <= 1:
+                    _execute_dump(conn, chunks, target, self.timeout, definer=login.definer)
+                else:
+                    _ParallelLoader(conn, login.url, target, self.timeout, login.definer, sessions,
+                                    workdir).run(chunks)
         return self.row_counts(target)
 
     # ---- row counts ---------------------------------------------------------------------------
@@ -586,25 +605,361 @@ def _execute_dump(conn: pymysql.connections.Connection, chunks: Iterable[bytes],
                                    "is slow; the database is left partly restored")
             check_confined(st)  # a first line; the account it runs as can reach nothing else anyway
             charset.check(st)  # the splitter reads what the server reads: no charset that can hide a quote
-            try:
-                with conn.cursor(pymysql.cursors.SSCursor) as cur:  # unbuffered: results are drained, not kept
-                    cur.execute(confine_definers(st.sql, definer))
-                    if _SET_STATEMENT.match(st.sql):  # the server's word, whatever the guard made of it
-                        cur.execute("SELECT @@SESSION.character_set_client")
-                        now = str((cur.fetchone() or ("",))[0]).lower()
-                        if now in UNSAFE_CHARSETS:
-                            raise DumpRejected(f"a change of the client character set to {now} (statements "
-                                               "cannot be split safely in it)", st.line)
-            except (pymysql.err.Error, RuntimeError) as e:
-                raise RestoreError(f"restore into database '{target.name}' failed: {_statement_error(e, st.line)}",
-                                   hint=_restore_hint(e)) from None
+            _run_statement(conn, st, confine_definers(st.sql, definer), target)
             splitter.set_mode(**_session_mode(conn))
     except DumpRejected as e:
-        raise RestoreError(f"refusing to restore the rest of the dump into database '{target.name}': it holds "
-                           f"{e.problem} at line {e.line}, which no dump tool writes",
-                           hint="the backup set is damaged or was tampered with: the statements before "
-                           "it ran, nothing from it on; restore from another set (the database is left "
-                           "partly restored)") from None
+        raise _rejected(e, target) from None
+
+
+def _rejected(e: DumpRejected, target: DatabaseUrl) -> RestoreError:
+    return RestoreError(f"refusing to restore the rest of the dump into database '{target.name}': it holds "
+                        f"{e.problem} at line {e.line}, which no dump tool writes",
+                        hint="the backup set is damaged or was tampered with: the statements before "
+                        "it ran, nothing from it on; restore from another set (the database is left "
+                        "partly restored)")
+
+
+def _run_statement(conn: pymysql.connections.Connection, st: Statement, sql: bytes, target: DatabaseUrl,
+                   table: str | None = None) -> None:
+    """Execute one checked statement (``sql``: its DEFINER clauses confined); RestoreError on an error
+    (naming ``table``, the data section it belongs to), DumpRejected on an unsafe character set."""
+    try:
+        with conn.cursor(pymysql.cursors.SSCursor) as cur:  # unbuffered: results are drained, not kept
+            cur.execute(sql)
+            if _SET_STATEMENT.match(st.sql):  # the server's word, whatever the guard made of it
+                cur.execute("SELECT @@SESSION.character_set_client")
+                now = str((cur.fetchone() or ("",))[0]).lower()
+                if now in UNSAFE_CHARSETS:
+                    raise DumpRejected(f"a change of the client character set to {now} (statements "
+                                       "cannot be split safely in it)", st.line)
+    except (pymysql.err.Error, RuntimeError) as e:
+        where = f" (data of table `{table}`)" if table is not None else ""
+        raise RestoreError(f"restore into database '{target.name}' failed: {_statement_error(e, st.line)}{where}",
+                           hint=_restore_hint(e)) from None
+
+
+def restore_sessions(jobs: int) -> int:
+    """How many sessions load table data: ``jobs`` when more than 1 (``restore --jobs N``), else
+    ``$ERP_BACKUP_MYSQL_RESTORE_JOBS``, else DEFAULT_RESTORE_SESSIONS; 1 is the serial restore."""
+    if jobs > 1:
+        return jobs
+    raw = os.environ.get(RESTORE_JOBS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_RESTORE_SESSIONS
+    try:
+        n = int(raw)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ConfigError(f"{RESTORE_JOBS_ENV}={raw!r}: must be a whole number, 1 or more",
+                          hint="e.g. 2 (parallel data sessions) or 1 (serial restore)")
+    return n
+
+
+# ---- restore: table data in parallel sessions ---------------------------------------------------
+
+
+class _Spool:
+    """One data section's statements, from the reader of the dump (which never waits for it) to its
+    session (which follows): an unlinked file in the restore's scratch directory, records
+    ``line, length, sql``. Memory: one statement at a time on each side."""
+
+    _HEAD = struct.Struct("<QQ")
+
+    def __init__(self, workdir: Path, cond: threading.Condition) -> None:
+        fd, path = tempfile.mkstemp(prefix="mysql-section-", dir=workdir)
+        os.unlink(path)
+        self.fd = fd
+        self.cond = cond
+        self.size = 0  # bytes written (guarded by cond)
+        self.closed = False  # no more records will come
+        self.pos = 0  # reader's offset
+
+    def append(self, st: Statement, sql: bytes) -> None:
+        data = self._HEAD.pack(st.line, len(sql)) + sql
+        view = memoryview(data)
+        at = self.size
+        while view:
+            k = os.pwrite(self.fd, view, at)
+            view, at = view[k:], at + k
+        with self.cond:
+            self.size = at
+            self.cond.notify_all()
+
+    def close(self) -> None:
+        with self.cond:
+            self.closed = True
+            self.cond.notify_all()
+
+    def read(self, stopped: Callable[[], bool]) -> tuple[Statement, bytes] | None:
+        """The next statement; None at the end (or once ``stopped``)."""
+        with self.cond:
+            while self.pos >= self.size and not self.closed and not stopped():
+                self.cond.wait(0.5)
+            if self.pos >= self.size or stopped():
+                return None
+        line, n = self._HEAD.unpack(self._pread(self._HEAD.size))
+        sql = self._pread(n)
+        return Statement(sql, line), sql
+
+    def _pread(self, n: int) -> bytes:
+        parts = []
+        while n:
+            b = os.pread(self.fd, n, self.pos)
+            if not b:
+                raise RestoreError("a spooled data section of the restore is short",
+                                   hint="check the free space of the scratch directory, then restore again")
+            parts.append(b)
+            self.pos += len(b)
+            n -= len(b)
+        return b"".join(parts)
+
+    def dispose(self) -> None:
+        try:
+            os.close(self.fd)
+        except OSError:
+            pass
+
+
+class _Begin:
+    """A data section for a session: replay the session log up to ``log_len``, expect ``mode``, then
+    run what ``spool`` holds."""
+
+    def __init__(self, table: str, log_len: int, mode: dict[str, bool], spool: _Spool) -> None:
+        self.table, self.log_len, self.mode, self.spool = table, log_len, mode, spool
+
+
+_STOP = object()
+
+
+class _Session:
+    """A data session: a connection of the restoring account and the thread that feeds it."""
+
+    def __init__(self, loader: _ParallelLoader, index: int, conn: pymysql.connections.Connection) -> None:
+        self.loader = loader
+        self.conn = conn
+        self.q: queue.Queue[object] = queue.Queue()  # _Begin (one at a time: given to a free session) or _STOP
+        self.replayed = 0  # entries of the loader's session log this session ran
+        self.table: str | None = None  # the section it runs (guarded by loader.cond)
+        self.mode: dict[str, bool] = {}
+        self.thread = threading.Thread(target=self._loop, name=f"mysql-restore-{index}", daemon=True)
+
+    def _loop(self) -> None:
+        loader = self.loader
+        while True:
+            item = self.q.get()
+            if not isinstance(item, _Begin):
+                return
+            try:
+                if not loader.failed:
+                    self._section(item)
+            except BaseException as e:  # handed to the main thread, which raises the first
+                loader.fail(e, self.table)
+            finally:
+                item.spool.dispose()
+                with loader.cond:
+                    self.table = None
+                    loader.cond.notify_all()
+
+    def _section(self, job: _Begin) -> None:
+        loader = self.loader
+        for st, sql in loader.log[self.replayed:job.log_len]:
+            _run_statement(self.conn, st, sql, loader.target)
+        self.replayed = job.log_len
+        self.mode = job.mode
+        self._same_mode(None)
+        while (item := job.spool.read(lambda: loader.failed)) is not None:
+            st, sql = item
+            _run_statement(self.conn, st, sql, loader.target, job.table)
+            self._same_mode(st)
+
+    def _same_mode(self, st: Statement | None) -> None:
+        if _session_mode(self.conn) != self.mode:
+            where = f"at line {st.line}" if st is not None else "after replaying the session settings"
+            raise RestoreError(f"restore into database '{self.loader.target.name}' failed: the session loading "
+                               f"table `{self.table}` reads strings differently from the dump's {where}",
+                               hint="restore with ERP_BACKUP_MYSQL_RESTORE_JOBS=1 (serial); the database is "
+                               "left partly restored")
+
+
+class _ParallelLoader:
+    """The dump's statements, checked and rewritten as by the serial restore (``_execute_dump``),
+    run where ``mysql_sections.SectionPlanner`` says: table data in ``sessions`` data sessions,
+    everything else on the control session ``control``, in dump order. Every session logs in as
+    the restoring (confined) account. The dump is read as fast as it is checked: a data section
+    waits for its session in a spool file (``_Spool``), so the next table can start on another
+    session meanwhile. The first error stops every session and fails the restore."""
+
+    def __init__(self, control: pymysql.connections.Connection, login: DatabaseUrl, target: DatabaseUrl,
+                 timeout: float | None, definer: bytes, sessions: int, workdir: Path) -> None:
+        self.control = control
+        self.login = login
+        self.target = target
+        self.timeout = timeout
+        self.definer = definer
+        self.n = sessions
+        self.workdir = workdir
+        self.log: list[tuple[Statement, bytes]] = []  # the session settings run on the control session
+        self.cond = threading.Condition()
+        self.failed = False
+        self.error: BaseException | None = None
+        self.sessions: list[_Session] = []
+        self.deadline = time.monotonic() + timeout if timeout else None
+
+    def fail(self, e: BaseException, table: str | None) -> None:
+        with self.cond:
+            if self.error is None:
+                if isinstance(e, DumpRejected):
+                    e = _rejected(e, self.target)
+                elif not isinstance(e, RestoreError):
+                    e = RestoreError(f"restore into database '{self.target.name}' failed in the session loading "
+                                     f"table `{table}`: {one_line(str(e))}",
+                                     hint="the database is left partly restored: fix the cause, then restore "
+                                     "again with --force")
+                self.error = e
+            self.failed = True
+            self.cond.notify_all()
+
+    def run(self, chunks: Iterable[bytes]) -> None:
+        try:
+            for i in range(self.n):
+                self.sessions.append(_Session(self, i, _open(self.login, self.timeout, self.target.name, True)))
+            for w in self.sessions:
+                w.thread.start()
+            self._feed(chunks)
+            self._wait_all("the last tables")
+        except DumpRejected as e:
+            self.fail(e, None)
+            raise self.error from None  # type: ignore[misc]
+        except BaseException as e:
+            self.fail(e, None)
+            raise
+        finally:
+            self._stop()
+        if self.error is not None:
+            raise self.error
+
+    def _feed(self, chunks: Iterable[bytes]) -> None:
+        splitter = StatementSplitter()
+        splitter.set_mode(**_session_mode(self.control))
+        charset = CharsetGuard()
+        planner = SectionPlanner()
+        serial: pymysql.connections.Connection | None = None  # the one session of a serial restore from here
+        section: _Session | None = None
+        spool: _Spool | None = None
+        exclusive = False
+        for st in splitter_statements(splitter, chunks):
+            self._check_time(st.line)
+            self._raise_failed()
+            check_confined(st)
+            charset.check(st)
+            step = planner.step(st)
+            sql = confine_definers(st.sql, self.definer)
+            kind = step.kind
+            if kind is Kind.DATA:
+                spool.append(st, sql)  # type: ignore[union-attr]
+                continue
+            if kind is Kind.SERIAL:
+                assert serial is not None
+                _run_statement(serial, st, sql, self.target)
+                splitter.set_mode(**_session_mode(serial))
+            elif kind is Kind.SESSION:
+                self._control(st, sql, splitter)
+                self.log.append((st, sql))
+            elif kind is Kind.LOCAL:
+                self._wait_tables(step.waits)
+                self._control(st, sql, splitter)
+            elif kind is Kind.BEGIN:
+                assert step.table is not None
+                exclusive = step.exclusive
+                if exclusive:
+                    self._wait_all(f"table `{step.table}`")
+                self._wait_tables((table_key(step.table),))
+                section = self._free_session(step.table)
+                spool = _Spool(self.workdir, self.cond)
+                spool.append(st, sql)
+                section.q.put(_Begin(step.table, len(self.log), _session_mode(self.control), spool))
+            elif kind is Kind.END:
+                assert section is not None and spool is not None
+                spool.append(st, sql)
+                spool.close()
+                section = spool = None
+                if exclusive:
+                    self._wait_all(f"table `{step.table}`")
+            elif kind is Kind.BARRIER:
+                self._wait_all(f"line {st.line}")
+                self._control(st, sql, splitter)
+                if step.serial:
+                    serial = self.control
+            else:  # ADOPT: that section's session holds its locks: it runs the rest, in order
+                assert kind is Kind.ADOPT and section is not None and spool is not None
+                spool.close()
+                self._wait_all(f"line {st.line}")
+                serial = section.conn
+                _run_statement(serial, st, sql, self.target)
+                splitter.set_mode(**_session_mode(serial))
+                section = spool = None
+        if spool is not None:  # the dump ended inside a data section (the serial restore stops there too)
+            spool.close()
+
+    def _control(self, st: Statement, sql: bytes, splitter: StatementSplitter) -> None:
+        _run_statement(self.control, st, sql, self.target)
+        splitter.set_mode(**_session_mode(self.control))
+
+    def _free_session(self, table: str) -> _Session:
+        found: list[_Session] = []
+
+        def free() -> bool:
+            found[:] = [w for w in self.sessions if w.table is None]
+            if found:
+                found[0].table = table  # under cond: taken
+            return bool(found)
+
+        self._wait(free, f"a free session for table `{table}`")
+        return found[0]
+
+    def _wait_all(self, what: str) -> None:
+        self._wait(lambda: all(w.table is None for w in self.sessions), what)
+
+    def _wait_tables(self, keys: tuple[str, ...]) -> None:
+        """Until no session loads one of these tables (``table_key``)."""
+        self._wait(lambda: all(w.table is None or table_key(w.table) not in keys for w in self.sessions),
+                   f"table(s) {', '.join(f'`{k}`' for k in keys)}")
+
+    def _wait(self, ready: Callable[[], bool], what: str) -> None:
+        with self.cond:
+            while not ready():
+                self._raise_failed()
+                self._check_time(None, what)
+                self.cond.wait(0.5)
+        self._raise_failed()
+
+    def _raise_failed(self) -> None:
+        if self.failed and self.error is not None:
+            raise self.error
+
+    def _check_time(self, line: int | None, what: str = "") -> None:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            at = f"at line {line} of the dump" if line is not None else f"waiting for {what}"
+            raise RestoreError(f"restore into database '{self.target.name}' timed out {at}",
+                               hint="raise the timeout in the config or look at why the server is slow; the "
+                               "database is left partly restored")
+
+    def _stop(self) -> None:
+        """Stop every data session (a busy one stops after its statement: ``failed`` is set when the
+        restore did not finish) and close their connections."""
+        for w in self.sessions:
+            w.q.put(_STOP)
+        for w in self.sessions:
+            w.thread.join(30)
+            if not w.thread.is_alive():
+                try:
+                    w.conn.close()
+                except pymysql.err.Error:
+                    pass
+            else:
+                log.warning("a MySQL restore session did not stop within 30 s: its connection closes with "
+                            "this process")
 
 
 _SET_STATEMENT = re.compile(rb"\s*(?:/\*M?!\d*\s*)?set\b", re.I)

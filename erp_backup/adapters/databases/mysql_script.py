@@ -523,6 +523,37 @@ _ANYWHERE = re.compile(
     rb"|\b(?:data|index)\s+directory\b", re.I)
 
 
+# ---- the plain INSERT of a dump's data: ``INSERT INTO `t` VALUES (…),(…)`` holding literals only
+# ---- (numbers, NULL, hex, quoted strings with an optional character set introducer). Outside its
+# ---- strings such a statement holds no word but INSERT, INTO, VALUES, NULL and introducers, so the
+# ---- checks below have nothing to find in it: they skip their (costly, per-string) blanking for it.
+# ---- The strings are tokenized exactly as ``_BLANK`` reads them (backslash escapes, doubled quotes,
+# ---- greedy), so the skeleton ``_BLANK`` would leave is the one this grammar accepted.
+_STRING = rb"'[^'\\]*+(?:(?:\\.|'')[^'\\]*+)*+'"
+_LITERAL = (rb"(?:" + _STRING + rb"|0x[0-9A-Fa-f]++|-?\d++(?:\.\d++)?+(?:[eE][+-]?\d++)?+|NULL|_[A-Za-z0-9]++\s*+"
+            + _STRING + rb"|[xXbB]'[0-9A-Fa-f]*+')")  # possessive: 0x before the numbers (no way back)
+_ROW = rb"\(" + _LITERAL + rb"(?:," + _LITERAL + rb")*+\)"
+_PLAIN_INSERT = re.compile(rb"INSERT INTO `((?:[^`]|``){1,256})` VALUES\s*+" + _ROW + rb"(?:,\s*+" + _ROW + rb")*+",
+                           re.S)
+
+
+_last_insert: tuple[bytes, str | None] = (b"", None)  # the checks and the loader ask about one statement in turn
+
+
+def plain_insert_table(sql: bytes) -> str | None:
+    """The table of a plain data INSERT (see above), or None for any other statement."""
+    global _last_insert
+    if not sql.startswith(b"INSERT INTO `"):
+        return None
+    last = _last_insert
+    if last[0] is sql:
+        return last[1]
+    m = _PLAIN_INSERT.fullmatch(sql)
+    table = m.group(1).replace(b"``", b"`").decode("utf-8", "replace") if m else None
+    _last_insert = (sql, table)
+    return table
+
+
 def check_confined(st: Statement) -> None:
     """Raise DumpRejected if ``st`` would act beyond the database it is restored into: server files
     (INTO OUTFILE, LOAD DATA, LOAD_FILE, a table's DATA/INDEX DIRECTORY), accounts and privileges,
@@ -530,6 +561,8 @@ def check_confined(st: Statement) -> None:
     mysqldump of one database (as this tool runs them, without --databases) write none of these,
     except DATA DIRECTORY for a table created with one (refused too: its files would land outside
     the server's data directory, wherever the dump says)."""
+    if plain_insert_table(st.sql) is not None:
+        return  # literals only: nothing outside its strings to find (see _PLAIN_INSERT)
     text = _BLANK.sub(b" ", st.sql)
     text = _OPENER.sub(b" ", text)
     m = _LEADING.match(text) or _ANYWHERE.search(text)
@@ -566,6 +599,8 @@ class CharsetGuard:
         self._saved: set[bytes] = set()  # user variables holding the (safe) client character set
 
     def check(self, st: Statement) -> None:
+        if b"character_set_client" not in st.sql.lower() and plain_insert_table(st.sql) is not None:
+            return  # no variable assigned, no SET, and no saving of the character set (see _PLAIN_INSERT)
         raw = _OPENER.sub(b" ", st.sql)
         blank = _OPENER.sub(b" ", _BLANK.sub(b" ", st.sql))
         saves = {m.group(1).lower() for m in _SAVE_CLIENT_CHARSET.finditer(raw)}
