@@ -117,9 +117,11 @@ def child(mode: str, args: dict[str, str]) -> dict[str, float]:
             client.upload_file(args["src"], args["bucket"], key)
             s, cpu = time.perf_counter() - t0, cpu_s() - c0
         else:
-            from erp_backup.adapters.storage.s3 import S3Store
+            from erp_backup.config import RemoteConfig
+            from erp_backup.remote_store import store_for
 
-            store = S3Store(bucket, "bench")
+            # the store the engine builds (remote_store.store_for), with [remote]'s default settings
+            store = store_for(bucket, RemoteConfig(block="bench", prefix="bench"))
             if mode == "put_file":
                 t0, c0 = time.perf_counter(), cpu_s()
                 store.put_file(mode, Path(args["src"]))
