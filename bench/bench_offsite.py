@@ -316,9 +316,13 @@ def main() -> None:
         subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"], check=False)
 
         up = work / "upload.bin"
-        with open(ours_out, "rb") as f, open(up, "wb") as g:
+        with open(ours_out, "rb") as f, open(up, "wb") as g:  # --upload-mb of it, repeated if it is shorter
             for _ in range(a.upload_mb):
-                g.write(f.read(MIB))
+                block = f.read(MIB)
+                if len(block) < MIB:
+                    f.seek(0)
+                    block += f.read(MIB - len(block))
+                g.write(block)
         ours_out.unlink()
         moto, endpoint = start_moto()
         import boto3

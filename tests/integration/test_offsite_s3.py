@@ -304,3 +304,28 @@ def test_put_stream_part_failure_aborts_and_frees_buffers(moto_s3: S3Env) -> Non
     assert store.size("s/obj") is None
     (pool,) = store.pools
     assert pool.made and all(buf.closed for buf in pool.made)
+
+
+def test_put_stream_over_https_sends_aws_chunked_parts(moto_factory: Any) -> None:
+    """Over HTTPS botocore frames each part as aws-chunked with a CRC32 trailer (unsigned payload),
+    reading the part buffer in views: the object must still be the bytes read."""
+    import warnings
+
+    from urllib3.exceptions import InsecureRequestWarning
+
+    server = moto_factory(tls=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InsecureRequestWarning)  # moto's self-signed certificate
+        store = S3Store(server.bucket(verify=False), "erp", chunk_size=5 * MIB, concurrency=2)
+        client = store._client
+        parts = InFlight(client, "UploadPart")
+        try:
+            src = Stream(11 * MIB + 5)
+            assert store.put_stream("s/obj", cast(IO[bytes], src)) == 11 * MIB + 5
+        finally:
+            parts.close()
+        got = hashlib.sha256(client.get_object(Bucket=store.bucket_name, Key="erp/s/obj")["Body"].read())
+    assert got.hexdigest() == src.sha.hexdigest()
+    assert parts.calls == 3
+    encodings = {str(h.get("Content-Encoding", b""), "ascii", "replace") for h in parts.headers}
+    assert encodings == {"aws-chunked"}, parts.headers[:1]
