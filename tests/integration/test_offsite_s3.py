@@ -329,3 +329,17 @@ def test_put_stream_over_https_sends_aws_chunked_parts(moto_factory: Any) -> Non
     assert parts.calls == 3
     encodings = {str(h.get("Content-Encoding", b""), "ascii", "replace") for h in parts.headers}
     assert encodings == {"aws-chunked"}, parts.headers[:1]
+
+
+def test_put_stream_beyond_the_part_limit_is_a_config_error(moto_s3: S3Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """More parts than S3 allows (10,000; lowered to 2 here): not retried (ConfigError), aborted."""
+    from erp_backup.adapters.storage import s3
+    from erp_backup.core.errors import ConfigError
+
+    monkeypatch.setattr(s3, "_MAX_PARTS", 2)
+    store = S3Store(moto_s3.bucket, "erp", chunk_size=5 * MIB, concurrency=2)
+    with pytest.raises(ConfigError) as e:
+        store.put_stream("s/big", cast(IO[bytes], Stream(11 * MIB)))
+    assert_actionable(e.value, "more than 2 parts", "part_size_mib", secrets=(SECRET_KEY,))
+    _no_uploads_left(moto_s3.client(), moto_s3.bucket.bucket_name)
+    assert store.size("s/big") is None

@@ -12,10 +12,10 @@ botocore config come from the ``AwsCredentials`` block). Uploads are multipart a
   service has them (a retry resends them); they are read straight into at most
   ``in_memory_parts`` (default ``concurrency``) reused part buffers and sent from there without a
   copy, so its memory is ``in_memory_parts x chunk_size`` (15 MiB by default) and flat whatever
-  the size. boto3's ``upload_fileobj`` held one more part than its in-memory limit, copied each
-  1 MiB it hashed or sent, and cost 40-60 MB more than its buffers (issue #8). Checksums (CRC32 per
-  part), retries (botocore's, per request) and the abort of a failed upload are as boto3 does
-  them. The largest object streamed is 10,000 parts (48.8 GiB at the default 5 MiB parts).
+  the size. boto3's ``upload_fileobj`` held one part more than its in-memory limit and copied
+  each 1 MiB it hashed or sent: ~60 MB over the imports with 8 MiB x 4 (issue #8). Checksums
+  (CRC32 per part), retries (botocore's, per request) and the abort of a failed upload are as
+  boto3 does them. The largest object streamed is 10,000 parts (48.8 GiB at 5 MiB parts).
 
 Service settings (``AwsCredentials.aws_client_parameters``):
 
