@@ -117,9 +117,11 @@ def child(mode: str, args: dict[str, str]) -> dict[str, float]:
             client.upload_file(args["src"], args["bucket"], key)
             s, cpu = time.perf_counter() - t0, cpu_s() - c0
         else:
-            from erp_backup.adapters.storage.s3 import S3Store
+            from erp_backup.config import RemoteConfig
+            from erp_backup.remote_store import store_for
 
-            store = S3Store(bucket, "bench")
+            # the store the engine builds (remote_store.store_for), with [remote]'s default settings
+            store = store_for(bucket, RemoteConfig(block="bench", prefix="bench"))
             if mode == "put_file":
                 t0, c0 = time.perf_counter(), cpu_s()
                 store.put_file(mode, Path(args["src"]))
@@ -314,9 +316,13 @@ def main() -> None:
         subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"], check=False)
 
         up = work / "upload.bin"
-        with open(ours_out, "rb") as f, open(up, "wb") as g:
+        with open(ours_out, "rb") as f, open(up, "wb") as g:  # --upload-mb of it, repeated if it is shorter
             for _ in range(a.upload_mb):
-                g.write(f.read(MIB))
+                block = f.read(MIB)
+                if len(block) < MIB:
+                    f.seek(0)
+                    block += f.read(MIB - len(block))
+                g.write(block)
         ours_out.unlink()
         moto, endpoint = start_moto()
         import boto3

@@ -103,8 +103,10 @@ class RemoteConfig(_Section):
     # "erp-backup-ftp-storage/NAME" names the type, a bare NAME is looked up as S3 first, then FTP
     block: str = Field(min_length=1)
     prefix: str = "django_erp"
-    part_size_mib: int = Field(8, ge=5, le=5120)  # S3 multipart part size (5 MiB is S3's minimum)
-    concurrency: int = Field(4, ge=1, le=64)  # parts in flight per object
+    # S3 multipart part size (5 MiB is S3's minimum; an object streamed is at most 10,000 parts) and
+    # parts in flight per object: a stream being encrypted holds part_size_mib x concurrency in memory
+    part_size_mib: int = Field(5, ge=5, le=5120)
+    concurrency: int = Field(3, ge=1, le=64)
     retries: int = Field(3, ge=0, le=10)  # attempts per set after the first (on top of the client's own)
     retry_backoff_s: float = Field(2.0, ge=0)  # doubled after each failed attempt
     catch_up_days: float = Field(30, ge=0)  # local sets finished within this many days are sent if missing

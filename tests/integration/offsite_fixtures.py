@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -53,18 +54,20 @@ def _moto_binary() -> str:
 class MotoServer:
     """A ``moto_server`` subprocess on 127.0.0.1:<free port>."""
 
-    def __init__(self, log_dir: Path) -> None:
+    def __init__(self, log_dir: Path, *, tls: bool = False) -> None:
+        """``tls``: HTTPS with moto's self-signed certificate (clients need ``verify=False``)."""
         self.port = free_port()
-        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.endpoint = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self._log = open(log_dir / f"moto-{self.port}.log", "wb")  # closed in stop()
-        self.proc = subprocess.Popen([_moto_binary(), "-H", "127.0.0.1", "-p", str(self.port)],
-                                     stdout=self._log, stderr=subprocess.STDOUT)
+        argv = [_moto_binary(), "-H", "127.0.0.1", "-p", str(self.port), *(["-s"] if tls else [])]
+        self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT)
+        context = ssl._create_unverified_context() if tls else None
         deadline = time.monotonic() + 30
         while True:
             if self.proc.poll() is not None:
                 pytest.fail(f"moto_server exited with {self.proc.returncode}; see {self._log.name}")
             try:
-                with urllib.request.urlopen(f"{self.endpoint}/moto-api/", timeout=1):
+                with urllib.request.urlopen(f"{self.endpoint}/moto-api/", timeout=1, context=context):
                     break
             except OSError:
                 if time.monotonic() > deadline:
@@ -130,8 +133,8 @@ def moto_factory(tmp_path: Path) -> Iterator[Callable[[], MotoServer]]:
     """Private moto servers (a test may stop one); all stopped at teardown."""
     servers: list[MotoServer] = []
 
-    def start() -> MotoServer:
-        s = MotoServer(tmp_path)
+    def start(tls: bool = False) -> MotoServer:
+        s = MotoServer(tmp_path, tls=tls)
         servers.append(s)
         return s
 

@@ -207,3 +207,139 @@ def test_encrypted_artifact_round_trip_through_s3(moto_s3: S3Env, gpg_keys: GpgT
             out = r.read()
             assert r.hexdigest() == written.sha256 and r.compressed_size == written.size
     assert out == data
+
+
+class PooledStore(S3Store):
+    """The real store, keeping the part buffers of each ``put_stream`` for the test to inspect."""
+
+    pools: list[Any]
+
+    def _buffers(self) -> Any:
+        pool = super()._buffers()
+        self.__dict__.setdefault("pools", []).append(pool)
+        return pool
+
+
+@pytest.mark.parametrize("size", [0, 10, 5 * MIB - 1, 5 * MIB, 15 * MIB, 17 * MIB + 12345])
+def test_put_stream_parts_are_the_bytes_read(moto_s3: S3Env, size: int) -> None:
+    """Sizes around the part size: every byte arrives once and in order, through at most
+    ``concurrency`` reused part buffers, all unmapped when the upload returns."""
+    store = PooledStore(moto_s3.bucket, "erp", chunk_size=5 * MIB, concurrency=2)
+    client = moto_s3.client()
+    parts = InFlight(client, "UploadPart")
+    try:
+        src = Stream(size, seed=str(size).encode())
+        assert store.put_stream("s/obj", cast(IO[bytes], src)) == size
+    finally:
+        parts.close()
+    with store.get_stream("s/obj") as body:
+        got = hashlib.sha256()
+        while chunk := body.read(MIB):
+            got.update(chunk)
+    assert got.hexdigest() == src.sha.hexdigest()
+    want_parts = 0 if size < 5 * MIB else -(-size // (5 * MIB))
+    assert parts.calls == want_parts and parts.peak <= 2, (parts.calls, parts.peak)
+    (pool,) = store.pools
+    assert len(pool.made) <= 2 and (size == 0 or pool.made)
+    assert all(buf.closed for buf in pool.made)
+
+
+class FailingStream(Stream):
+    """Fails with ``error`` once ``fail_after`` bytes were read."""
+
+    def __init__(self, size: int, fail_after: int, error: BaseException) -> None:
+        super().__init__(size)
+        self.fail_after, self.error, self.given = fail_after, error, 0
+
+    def read(self, n: int = -1) -> bytes:
+        if self.given >= self.fail_after:
+            raise self.error
+        out = super().read(n)
+        self.given += len(out)
+        return out
+
+
+def _no_uploads_left(client: Any, bucket: str) -> None:
+    left = client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    assert left == [], left  # aborted: no parts kept (and billed) by the service
+
+
+def test_put_stream_source_failure_aborts_and_frees_buffers(moto_s3: S3Env) -> None:
+    from erp_backup.core.errors import CryptoError
+
+    store = PooledStore(moto_s3.bucket, "erp", chunk_size=5 * MIB, concurrency=3)
+    client, bucket = moto_s3.client(), moto_s3.bucket.bucket_name
+    boom = CryptoError("gpg failed while encrypting", hint="check the key")
+    with pytest.raises(CryptoError) as e:
+        store.put_stream("s/obj", cast(IO[bytes], FailingStream(40 * MIB, 12 * MIB, boom)))
+    assert e.value is boom  # the stream's own error, not a storage one
+    _no_uploads_left(client, bucket)
+    assert store.size("s/obj") is None
+    (pool,) = store.pools
+    assert pool.made and all(buf.closed for buf in pool.made)
+
+
+def test_put_stream_part_failure_aborts_and_frees_buffers(moto_s3: S3Env) -> None:
+    """A part the service refuses (after botocore's own retries): the upload stops reading, waits
+    for the parts under way, aborts, and reports the service's error."""
+    from botocore.exceptions import ClientError
+
+    store = PooledStore(moto_s3.bucket, "erp", chunk_size=5 * MIB, concurrency=2)
+    client, bucket = moto_s3.client(), moto_s3.bucket.bucket_name
+    src = Stream(60 * MIB)
+
+    def refuse_part_3(params: dict[str, Any], **_: Any) -> None:
+        if params.get("PartNumber") == 3:
+            raise ClientError({"Error": {"Code": "InternalError", "Message": "injected failure"}}, "UploadPart")
+
+    store._client.meta.events.register("before-parameter-build.s3.UploadPart", refuse_part_3, unique_id="t-refuse-3")
+    try:
+        with pytest.raises(StorageError) as e:
+            store.put_stream("s/obj", cast(IO[bytes], src))
+    finally:
+        store._client.meta.events.unregister("before-parameter-build.s3.UploadPart", unique_id="t-refuse-3")
+    assert_actionable(e.value, "InternalError", "erp/s/obj", secrets=(SECRET_KEY,))
+    assert src.left >= 40 * MIB, src.left  # it stopped reading soon after the failure (parts 1-4 read)
+    _no_uploads_left(client, bucket)
+    assert store.size("s/obj") is None
+    (pool,) = store.pools
+    assert pool.made and all(buf.closed for buf in pool.made)
+
+
+def test_put_stream_over_https_sends_aws_chunked_parts(moto_factory: Any) -> None:
+    """Over HTTPS botocore frames each part as aws-chunked with a CRC32 trailer (unsigned payload),
+    reading the part buffer in views: the object must still be the bytes read."""
+    import warnings
+
+    from urllib3.exceptions import InsecureRequestWarning
+
+    server = moto_factory(tls=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InsecureRequestWarning)  # moto's self-signed certificate
+        store = S3Store(server.bucket(verify=False), "erp", chunk_size=5 * MIB, concurrency=2)
+        client = store._client
+        parts = InFlight(client, "UploadPart")
+        try:
+            src = Stream(11 * MIB + 5)
+            assert store.put_stream("s/obj", cast(IO[bytes], src)) == 11 * MIB + 5
+        finally:
+            parts.close()
+        got = hashlib.sha256(client.get_object(Bucket=store.bucket_name, Key="erp/s/obj")["Body"].read())
+    assert got.hexdigest() == src.sha.hexdigest()
+    assert parts.calls == 3
+    encodings = {str(h.get("Content-Encoding", b""), "ascii", "replace") for h in parts.headers}
+    assert encodings == {"aws-chunked"}, parts.headers[:1]
+
+
+def test_put_stream_beyond_the_part_limit_is_a_config_error(moto_s3: S3Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """More parts than S3 allows (10,000; lowered to 2 here): not retried (ConfigError), aborted."""
+    from erp_backup.adapters.storage import s3
+    from erp_backup.core.errors import ConfigError
+
+    monkeypatch.setattr(s3, "_MAX_PARTS", 2)
+    store = S3Store(moto_s3.bucket, "erp", chunk_size=5 * MIB, concurrency=2)
+    with pytest.raises(ConfigError) as e:
+        store.put_stream("s/big", cast(IO[bytes], Stream(11 * MIB)))
+    assert_actionable(e.value, "more than 2 parts", "part_size_mib", secrets=(SECRET_KEY,))
+    _no_uploads_left(moto_s3.client(), moto_s3.bucket.bucket_name)
+    assert store.size("s/big") is None

@@ -3,10 +3,19 @@
 ``S3Store(bucket_block, prefix)`` implements ``RemoteStore``. Objects live under
 ``<bucket_folder of the S3Bucket block>/<prefix>/<key>``. All calls go through the boto3 client of
 the block's credentials (``bucket.credentials.get_s3_client()``: endpoint, region, retries and
-botocore config come from the ``AwsCredentials`` block); uploads are boto3 managed transfers:
-multipart above ``chunk_size``, ``concurrency`` parts in flight, streamed from any readable
-(non-seekable too: at most ``in_memory_parts`` parts are buffered, so memory stays flat);
-``put_file`` lets each thread read its parts from the file (boto3's ``upload_file``).
+botocore config come from the ``AwsCredentials`` block). Uploads are multipart above
+``chunk_size`` with ``concurrency`` parts in flight:
+
+* ``put_file``: boto3's ``upload_file`` (each thread reads its parts from the file).
+* ``put_stream`` (any readable, non-seekable too: a stream being encrypted): our own multipart
+  upload (``_StreamUpload``). A non-seekable stream's parts must be held in memory until the
+  service has them (a retry resends them); they are read straight into at most
+  ``in_memory_parts`` (default ``concurrency``) reused part buffers and sent from there without a
+  copy, so its memory is ``in_memory_parts x chunk_size`` (15 MiB by default) and flat whatever
+  the size. boto3's ``upload_fileobj`` held one part more than its in-memory limit and copied
+  each 1 MiB it hashed or sent: ~60 MB over the imports with 8 MiB x 4 (issue #8). Checksums
+  (CRC32 per part), retries (botocore's, per request) and the abort of a failed upload are as
+  boto3 does them. The largest object streamed is 10,000 parts (48.8 GiB at 5 MiB parts).
 
 Service settings (``AwsCredentials.aws_client_parameters``):
 
@@ -36,7 +45,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
+import mmap
+import threading
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any, cast
 
@@ -54,9 +67,13 @@ from botocore.exceptions import (
 from urllib3.exceptions import HTTPError as Urllib3Error
 
 from erp_backup.adapters.storage.base import RemoteObject
-from erp_backup.core.errors import BackupError, StorageError
+from erp_backup.core.errors import BackupError, ConfigError, StorageError
+
+log = logging.getLogger(__name__)
 
 MIB = 1 << 20
+_MAX_PARTS = 10_000  # the S3 API's limit per multipart upload
+_READ = MIB  # put_stream reads its source in pieces of this size into the part buffers
 _DELETE_BATCH = 1000  # the S3 API's limit per DeleteObjects request
 _ACCESS_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled",
                  "InvalidToken", "ExpiredToken", "AccountProblem", "403"}
@@ -76,7 +93,7 @@ def _content_md5(request: Any, **_: Any) -> None:
 class S3Store:
     """``RemoteStore`` on an S3 bucket (prefect-aws ``S3Bucket`` block with its ``AwsCredentials``)."""
 
-    def __init__(self, bucket: Any, prefix: str = "", *, chunk_size: int = 8 * MIB, concurrency: int = 4,
+    def __init__(self, bucket: Any, prefix: str = "", *, chunk_size: int = 5 * MIB, concurrency: int = 3,
                  in_memory_parts: int | None = None, page_size: int = 1000,
                  delete_batch: int = _DELETE_BATCH) -> None:
         self.bucket_name: str = bucket.bucket_name
@@ -90,8 +107,10 @@ class S3Store:
         self.transfer = TransferConfig(multipart_threshold=chunk_size, multipart_chunksize=chunk_size,
                                        max_concurrency=concurrency, use_threads=True,
                                        preferred_transfer_client="classic")
-        # parts read ahead of the uploads from a non-seekable stream (boto3's default is 10)
-        self.transfer.max_in_memory_upload_chunks = in_memory_parts or concurrency + 1
+        self.chunk_size = chunk_size
+        self.concurrency = concurrency
+        # parts of put_stream in memory at once (uploading, or being read from the stream)
+        self.in_memory_parts = max(in_memory_parts or concurrency, 1)
 
     # -- names
 
@@ -181,11 +200,24 @@ class S3Store:
 
     def put_stream(self, key: str, readable: IO[bytes]) -> int:
         full = self._full(key)
+        upload = _StreamUpload(self._client, self.bucket_name, full, self.chunk_size, self.concurrency)
+        buffers = self._buffers()
         try:
-            self._client.upload_fileobj(readable, self.bucket_name, full, Config=self.transfer)
+            upload.run(readable, buffers)
         except Exception as e:
+            if isinstance(e, _TooManyParts):  # a ConfigError: another attempt would fail the same way
+                raise ConfigError(f"cannot upload to {self._where(key)}: the object needs more than "
+                                  f"{_MAX_PARTS} parts of {self.chunk_size / MIB:g} MiB (S3's limit)",
+                                  hint="raise [remote] part_size_mib (the largest object streamed is "
+                                       f"{_MAX_PARTS} x part_size_mib)") from e
             raise self._error(e, "upload to", key) from e
+        finally:
+            buffers.close()
         return self._uploaded_size(key)
+
+    def _buffers(self) -> _Buffers:
+        """The part buffers of one ``put_stream`` (unmapped when it returns)."""
+        return _Buffers(self.chunk_size, self.in_memory_parts)
 
     def put_file(self, key: str, path: Path) -> int:
         full = self._full(key)
@@ -277,3 +309,206 @@ class _Body:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _TooManyParts(Exception):
+    pass
+
+
+class _Buffers:
+    """At most ``count`` part buffers of ``size`` bytes, allocated on first need and reused: anonymous
+    mmaps, so a buffer costs memory only for the pages a part filled, outside the malloc heap (no
+    fragmentation by parts freed in other threads), and ``close()`` gives it all back at once."""
+
+    def __init__(self, size: int, count: int) -> None:
+        self.size = size
+        self._slots = threading.Semaphore(count)
+        self._lock = threading.Lock()
+        self._free: list[mmap.mmap] = []
+        self.made: list[mmap.mmap] = []
+
+    def get(self) -> mmap.mmap:
+        """A free buffer; blocks while ``count`` are taken."""
+        self._slots.acquire()
+        with self._lock:
+            if self._free:
+                return self._free.pop()  # the last one given back: its pages are resident already
+            buf = mmap.mmap(-1, self.size)
+            self.made.append(buf)
+            return buf
+
+    def put(self, buf: mmap.mmap) -> None:
+        with self._lock:
+            self._free.append(buf)
+        self._slots.release()
+
+    def close(self) -> None:
+        with self._lock:
+            for buf in self.made:
+                try:
+                    buf.close()
+                except BufferError:  # a view of it still lives (an exception's traceback): freed with it
+                    pass
+            self._free.clear()
+
+
+def _fill(buf: mmap.mmap, readable: IO[bytes]) -> int:
+    """Read into ``buf`` until it is full or the stream ends; how many bytes it holds."""
+    n, size = 0, len(buf)
+    while n < size:
+        want = min(size - n, _READ)
+        chunk = readable.read(want)
+        if not chunk:
+            break
+        if len(chunk) > want:
+            raise StorageError(f"the stream being uploaded returned {len(chunk)} bytes for a read of {want}",
+                               hint="this is a bug: report it")
+        buf[n:n + len(chunk)] = chunk
+        n += len(chunk)
+    return n
+
+
+class _PartBody:
+    """The first ``size`` bytes of a part buffer as the seekable file botocore hashes (checksum,
+    SigV4 payload hash), sends and rewinds on a retry. Reads are views into the buffer, not copies:
+    hashlib, zlib, the socket and botocore's aws-chunked framing all take any bytes-like object, and
+    copies of 1 MiB per read in each upload thread cost ~1.5 MiB per thread (per-thread malloc
+    arenas) in the measurements of issue #8. The buffer is given back only when the request is over."""
+
+    def __init__(self, buf: mmap.mmap, size: int) -> None:
+        self._buf = buf
+        self._size = size
+        self._pos = 0
+
+    def read(self, n: int | None = -1) -> bytes | memoryview:
+        end = self._size if n is None or n < 0 else min(self._size, self._pos + n)
+        if end <= self._pos:
+            return b""
+        with memoryview(self._buf) as whole:
+            data = whole[self._pos:end]
+        self._pos = end
+        return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: self._size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+
+class _StreamUpload:
+    """One object from a non-seekable stream: a PutObject if it fits in one part, else a multipart
+    upload whose parts are read into the store's bounded buffers (``_Buffers``: the caller's thread
+    reads the next part while ``concurrency`` threads upload), completed in order, aborted if the
+    stream or any part fails. Checksums as boto3's managed transfers send them (CRC32 per part
+    unless ``request_checksum_calculation`` is ``when_required``); botocore retries each request."""
+
+    def __init__(self, client: Any, bucket: str, key: str, part_size: int, concurrency: int) -> None:
+        self._client = client
+        self._where = {"Bucket": bucket, "Key": key}
+        self._part_size = part_size
+        self._concurrency = max(concurrency, 1)
+        self._extra: dict[str, str] = {}
+        if getattr(client.meta.config, "request_checksum_calculation", None) == "when_supported":
+            from botocore.httpchecksum import DEFAULT_CHECKSUM_ALGORITHM
+
+            self._extra["ChecksumAlgorithm"] = DEFAULT_CHECKSUM_ALGORITHM
+        self._failed = threading.Event()
+        self._lock = threading.Lock()
+        self._first_error: BaseException | None = None
+
+    def run(self, readable: IO[bytes], buffers: _Buffers) -> None:
+        buf = buffers.get()
+        try:
+            n = _fill(buf, readable)
+            if n < self._part_size:  # the whole object
+                self._client.put_object(**self._where, Body=_PartBody(buf, n) if n else b"", **self._extra)
+                return
+        except BaseException:
+            buffers.put(buf)
+            raise
+        self._multipart(readable, buffers, buf, n)
+
+    def _multipart(self, readable: IO[bytes], buffers: _Buffers, buf: mmap.mmap, n: int) -> None:
+        try:
+            upload_id = self._client.create_multipart_upload(**self._where, **self._extra)["UploadId"]
+        except BaseException:
+            buffers.put(buf)
+            raise
+        pool = ThreadPoolExecutor(max_workers=self._concurrency, thread_name_prefix="s3-part")
+        futures: list[Future[dict[str, Any]]] = []
+        try:
+            number = 1
+            taken: mmap.mmap | None = buf
+            while taken is not None:
+                futures.append(pool.submit(self._part, buffers, taken, n, number, upload_id))
+                taken = None
+                if n < self._part_size:
+                    break  # that was the last part
+                taken = buffers.get()  # waits for a part to finish when all buffers are in flight
+                if self._failed.is_set():
+                    buffers.put(taken)
+                    break
+                try:
+                    n = _fill(taken, readable)
+                except BaseException:
+                    buffers.put(taken)
+                    raise
+                if n == 0:
+                    buffers.put(taken)
+                    break
+                number += 1
+                if number > _MAX_PARTS:
+                    buffers.put(taken)
+                    raise _TooManyParts()
+            for f in futures:
+                f.exception()  # wait for every part
+            if self._first_error is not None:
+                raise self._first_error
+            parts = [f.result() for f in futures]
+            self._client.complete_multipart_upload(**self._where, UploadId=upload_id,
+                                                   MultipartUpload={"Parts": parts})
+        except BaseException:
+            self._failed.set()
+            # parts not started are dropped (their buffers too: the caller unmaps them all); parts
+            # under way end first (botocore's timeouts bound them), then the upload is aborted
+            pool.shutdown(wait=True, cancel_futures=True)
+            self._abort(upload_id)
+            raise
+        finally:
+            pool.shutdown(wait=True)
+
+    def _part(self, buffers: _Buffers, buf: mmap.mmap, n: int, number: int, upload_id: str) -> dict[str, Any]:
+        try:
+            if self._failed.is_set():
+                return {}  # another part failed: the upload is aborted
+            resp = self._client.upload_part(**self._where, UploadId=upload_id, PartNumber=number,
+                                            Body=_PartBody(buf, n), **self._extra)
+        except BaseException as e:
+            with self._lock:
+                if self._first_error is None:
+                    self._first_error = e
+            self._failed.set()
+            raise
+        finally:
+            buffers.put(buf)
+        part: dict[str, Any] = {"ETag": resp["ETag"], "PartNumber": number}
+        member = f"Checksum{self._extra['ChecksumAlgorithm'].upper()}" if self._extra else ""
+        if member and member in resp:
+            part[member] = resp[member]
+        return part
+
+    def _abort(self, upload_id: str) -> None:
+        try:
+            self._client.abort_multipart_upload(**self._where, UploadId=upload_id)
+        except Exception as e:  # the original failure matters more; a lifecycle rule cleans up
+            log.warning("could not abort the multipart upload of s3://%s/%s (%s): its parts stay until the "
+                        "bucket's lifecycle rule removes them", self._where["Bucket"], self._where["Key"], e)
