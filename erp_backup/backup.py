@@ -11,9 +11,12 @@ A set that fails verification never becomes visible: verify runs on the sealed
 
 from __future__ import annotations
 
+import heapq
+import json
 import os
 import socket
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,17 +25,25 @@ from typing import cast
 from erp_backup import __version__
 from erp_backup import encryption as enc
 from erp_backup.adapters import archive, scan
-from erp_backup.adapters.archive.selfcheck import InlineCheck
+from erp_backup.adapters.archive.selfcheck import InlineCheck, MemberDigest
 from erp_backup.adapters.databases.base import DatabaseAdapter, adapter_for
 from erp_backup.adapters.databases.sqlite import COMPANIONS as SQLITE_COMPANIONS
+from erp_backup.adapters.index_file import IndexFile
 from erp_backup.adapters.storage.local import MANIFEST, SUMS, LocalRepository, write_private_stream
 from erp_backup.config import Settings
 from erp_backup.core import chain
 from erp_backup.core import manifest as mf
 from erp_backup.core.anomaly import SizeVerdict, size_anomaly
-from erp_backup.core.changes import ChangePlan, merge_index, plan_changes
+from erp_backup.core.changes import (
+    ARCHIVE,
+    CARRY,
+    DELETED,
+    ChangePlan,
+    plan_changes,
+    stream_changes,
+)
 from erp_backup.core.dburl import DatabaseUrl
-from erp_backup.core.errors import ChainError, SourceError
+from erp_backup.core.errors import ChainError, IntegrityError, SourceError, StorageError
 from erp_backup.core.models import (
     Artifact,
     BackupId,
@@ -96,10 +107,31 @@ class BackupPlan:
 
 
 @dataclass(frozen=True)
+class PlannedChanges:
+    """The change plan against the parent's snapshot index, as the scan wrote it to ``path`` (in
+    the partial set's ``.index`` directory, removed at the commit): one line per entry of the new
+    index, in path order, ``A`` + the entry to archive or ``C`` + the index line carried over (both
+    ``manifest.entry_line`` texts). Only counts and the few whole-set facts stay in memory."""
+
+    path: Path
+    archive_count: int  # entries to archive (files, dirs, links)
+    changed_files: int
+    changed_bytes: int
+    carried: int  # entries carried over
+    deleted: tuple[str, ...]  # paths of the parent's index that are gone
+    holders: tuple[str, ...]  # the other sets holding bytes of carried files
+    key_files: tuple[str, ...] = ()  # the configured key files the scan found
+
+    @property
+    def scanned(self) -> int:
+        return self.archive_count + self.carried
+
+
+@dataclass(frozen=True)
 class ScanResult:
     """The change plan against the parent's snapshot index, and what the walk could not take."""
 
-    changes: ChangePlan
+    changes: PlannedChanges
     skipped: tuple[tuple[str, str], ...]
 
 
@@ -114,21 +146,26 @@ class DumpResult:
 @dataclass(frozen=True)
 class FilesResult:
     artifact: Artifact
-    entries: tuple[FileEntry, ...]  # what was archived, with sha256 and holder
+    index: Path  # spill file: per ``A`` line of the plan, the archived entry's ``entry_line`` or VANISHED
+    index_count: int  # its entries
+    files_archived: int  # regular files archived (with sha256 and this set as holder)
     bytes_in: int
     skipped: tuple[tuple[str, str], ...]
     warnings: tuple[str, ...]
     checked_inline: str = ""  # read back while written (adapters/archive/selfcheck.py): "disk" (from the
     # file itself, which also gave the artifact's SHA-256), "stream" (the bytes on their way to the encryptor)
+    key_files: tuple[str, ...] = ()  # the configured key files in the index
 
 
 @dataclass(frozen=True)
 class SealedSet:
-    """manifest.json and SHA256SUMS written into the still invisible ``.partial`` directory."""
+    """manifest.json and SHA256SUMS written into the still invisible ``.partial`` directory. The
+    manifest's index is an ``IndexFile`` view of that file (not held in memory)."""
 
     manifest: Manifest
     partial: Path
     files_read_back: str = ""  # FilesResult.checked_inline
+    key_files: tuple[str, ...] = ()  # FilesResult.key_files: verify need not read the index for them
 
 
 @dataclass(frozen=True)
@@ -246,16 +283,159 @@ def prepare(settings: Settings, checked: Preflight, *, now: datetime | None = No
                       passed_over=tuple(f"not building on {p.id}: it {p.reason}" for p in passed))
 
 
+SPILL_DIR = ".index"  # inside the partial set: the change plan and the new index (removed at the commit)
+PLAN_FILE = "plan.idx"
+ARCHIVED_FILE = "archived.idx"
+VANISHED = "-"  # archived.idx: the plan's entry was not archived (it vanished, or is no longer a file)
+_LINES = 4096  # spill lines per write
+
+
+def _spill_dir(plan: BackupPlan) -> Path:
+    d = plan.partial / SPILL_DIR
+    d.mkdir(mode=0o700, exist_ok=True)
+    return d
+
+
+def _clear_spill(plan: BackupPlan) -> None:
+    d = plan.partial / SPILL_DIR
+    if d.exists():
+        for p in d.iterdir():
+            p.unlink()
+        d.rmdir()
+
+
 def scan_changes(plan: BackupPlan) -> ScanResult:
+    """Walk the tree in path order and merge it with the parent's index (read line by line, also in
+    path order): the plan goes to a spill file as it is made, so neither the scan nor the index is
+    ever held whole. A parent index that is not a sorted, line-per-entry one (another layout, a
+    crafted order) is read whole instead, as before."""
     p = plan.settings.project
+    excludes = _auto_excludes(plan.settings, plan.database)
+    path = _fresh(_spill_dir(plan) / PLAN_FILE)
+    keys = {k.strip("/") for k in p.key_files}
     skipped: list[tuple[str, str]] = []
-    # the walk is consumed by the change plan entry by entry: an unchanged file's fresh entry is
-    # dropped at once (the parent's stands), so the whole scan is never held next to the index
-    found = scan.iter_tree(p.root, p.include, p.exclude, _auto_excludes(plan.settings, plan.database), skipped)
-    reference = None
-    if plan.parent is not None:  # the parent's index is read here and dropped with this frame (memory)
-        reference = {e.path: e for e in plan.repo.read_manifest(plan.parent.id).files}
-    return ScanResult(plan_changes(found, reference), tuple(skipped))
+    found = scan.iter_sorted(p.root, p.include, p.exclude, excludes, skipped)
+    if plan.parent is None:
+        planned = _write_plan(path, stream_changes(found, (), _no_path, _no_carry), keys)
+        return ScanResult(planned, tuple(skipped))
+    pid = plan.parent.id
+    where = f"{pid}/{MANIFEST}"
+    try:
+        with open(plan.repo.set_dir(pid) / MANIFEST, encoding="utf-8", newline="") as f:
+            header, lines = mf.open_index(f, where=where)
+            if header.id != pid:
+                raise IntegrityError(f"{where} describes set {header.id}", hint="verify it")
+            planned = _write_plan(path, stream_changes(found, lines, mf.line_path, mf.carry_line), keys)
+        return ScanResult(planned, tuple(skipped))
+    except (IntegrityError, UnicodeDecodeError, OSError):
+        pass  # read it the general way below (which raises what is really wrong with it)
+    skipped = []
+    found = scan.iter_sorted(p.root, p.include, p.exclude, excludes, skipped)
+    # the parent's index is read whole here and dropped with this frame (memory)
+    reference = {e.path: e for e in plan.repo.read_manifest(pid).files}
+    planned = _write_plan(path, _plan_events(plan_changes(found, reference)), keys)
+    return ScanResult(planned, tuple(skipped))
+
+
+def _no_path(_r: object) -> str:
+    return ""
+
+
+def _no_carry(_e: FileEntry, _r: object) -> None:
+    return None
+
+
+def _plan_events(cp: ChangePlan) -> Iterator[tuple[str, object]]:
+    """A whole ``ChangePlan`` as ``stream_changes`` events, in path order (carried: (line, holder))."""
+    merged = heapq.merge(((e.path, ARCHIVE, e) for e in cp.archive), ((e.path, CARRY, e) for e in cp.carried))
+    for _, kind, e in merged:
+        yield kind, (mf.entry_line(e), e.holder if e.type is EntryType.FILE else None, e.path) if kind == CARRY else e
+    for d in cp.deleted:
+        yield DELETED, d
+
+
+class _Spill:
+    """A spill file of the partial set, written in batches of lines; a write error (a full disk)
+    is a StorageError that says so."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._buf: list[str] = []
+        try:
+            self._f = open(path, "w", encoding="utf-8", newline="")
+        except OSError as e:
+            raise self._error(e) from e
+
+    def _error(self, e: OSError) -> StorageError:
+        return StorageError(f"writing {self.path} failed: {e.strerror}",
+                            hint="free space in the backup directory, then run the backup again")
+
+    def add(self, line: str) -> None:
+        self._buf.append(line)
+        if len(self._buf) >= _LINES:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._buf:
+            try:
+                self._f.write("\n".join(self._buf) + "\n")
+            except OSError as e:
+                raise self._error(e) from e
+            self._buf = []
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            try:
+                self._f.close()
+            except OSError as e:
+                raise self._error(e) from e
+
+    def __enter__(self) -> _Spill:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is None:
+            self.close()
+        else:
+            try:
+                self._f.close()
+            except OSError:
+                pass
+
+
+def _write_plan(path: Path, events: Iterable[tuple[str, object]], keys: set[str]) -> PlannedChanges:
+    archive_count = files = size = carried = 0
+    deleted: list[str] = []
+    holders: set[str] = set()
+    found_keys: list[str] = []
+    line = mf.entry_line
+    with _Spill(path) as out:
+        add = out.add
+        for kind, x in events:
+            if kind == DELETED:
+                deleted.append(x)  # type: ignore[arg-type]
+                continue
+            if kind == CARRY:
+                text, holder, cpath = cast("tuple[str, str | None, str]", x)
+                add("C" + text)
+                carried += 1
+                if holder:
+                    holders.add(holder)
+                if keys and cpath in keys:
+                    found_keys.append(cpath)
+                continue
+            e: FileEntry = x  # type: ignore[assignment]
+            add("A" + line(e))
+            archive_count += 1
+            if e.type is EntryType.FILE:
+                files += 1
+                size += e.size
+            if keys and e.path in keys:
+                found_keys.append(e.path)
+    return PlannedChanges(path, archive_count, files, size, carried, tuple(deleted), tuple(sorted(holders)),
+                          tuple(found_keys))
 
 
 def _fresh(path: Path) -> Path:
@@ -314,9 +494,14 @@ def dump_database(plan: BackupPlan) -> DumpResult | None:
 
 
 def archive_files(plan: BackupPlan, scanned: ScanResult) -> FilesResult:
+    """Archive what the plan says. Each archived entry (with its sha256 and this set as holder)
+    goes to a spill file as the tar writer finishes it, one line per ``A`` line of the plan
+    (``-`` for a file that vanished meanwhile): the seal merges the two into the new index. The
+    carried lines are not touched here."""
     encrypted = enc.encrypts_local(plan.settings)
     name = enc.encrypted_name(FILES_ARTIFACT) if encrypted else FILES_ARTIFACT
     path = _fresh(plan.partial / name)
+    out = _fresh(_spill_dir(plan) / ARCHIVED_FILE)
     # the default (full) verification: the archive is read back as it is written (selfcheck); from the
     # file itself when it is not encrypted (that read also gives SHA256SUMS its hash), else the
     # compressed bytes on their way to gpg
@@ -324,39 +509,82 @@ def archive_files(plan: BackupPlan, scanned: ScanResult) -> FilesResult:
     full = plan.settings.backup.verify == "full"
     check: InlineCheck | None = InlineCheck(where) if full and encrypted else None
     mode = "" if not full else "stream" if encrypted else "disk"
+    members = MemberDigest()
+    count = files = 0
+    pending = False  # an entry handed to the tar writer and not archived (yet)
     try:
-        with enc.local_encryptor(plan.settings) as encryptor:
-            writer = archive.ArtifactWriter(
-                path, level=plan.settings.backup.compression_level, threads=plan.threads, encryptor=encryptor,
-                inspector=check, readback=(lambda p: InlineCheck(where, p)) if mode == "disk" else None)
-            if writer.readback is not None:
-                check = cast(InlineCheck, writer.readback)
-            try:
-                res = archive.write_tar(plan.settings.project.root, scanned.changes.archive, writer.write,
-                                        plan.id.value)
-                written = writer.close()
-                if check is not None:
-                    check.result(written.raw_size, res.entries)
-            except BaseException:
-                writer.abort()
-                raise
+        with open(scanned.changes.path, encoding="utf-8", newline="") as src, _Spill(out) as dst:
+            def wanted() -> Iterator[FileEntry]:
+                nonlocal pending
+                if not scanned.changes.archive_count:
+                    return
+                for text in src:
+                    if text[0] == "A":
+                        if pending:
+                            dst.add(VANISHED)
+                        pending = True
+                        yield mf.entry_from_dict(json.loads(text[1:]))
+
+            def done(e: FileEntry) -> None:
+                nonlocal count, files, pending
+                dst.add(mf.entry_line(e))
+                pending = False
+                members.add(e)
+                count += 1
+                files += e.type is EntryType.FILE
+
+            with enc.local_encryptor(plan.settings) as encryptor:
+                writer = archive.ArtifactWriter(
+                    path, level=plan.settings.backup.compression_level, threads=plan.threads, encryptor=encryptor,
+                    inspector=check, readback=(lambda p: InlineCheck(where, p)) if mode == "disk" else None)
+                if writer.readback is not None:
+                    check = cast(InlineCheck, writer.readback)
+                try:
+                    res = archive.write_tar(plan.settings.project.root, wanted(), writer.write, plan.id.value,
+                                            on_done=done)
+                    if pending:
+                        dst.add(VANISHED)
+                    written = writer.close()
+                    if check is not None:
+                        check.result(written.raw_size, members)
+                except BaseException:
+                    writer.abort()
+                    raise
     except BaseException:
         path.unlink(missing_ok=True)
         raise
+    gone = {p for p, _ in res.skipped}
     return FilesResult(artifact=Artifact(name=name, role="files", size=written.size, sha256=written.sha256,
                                          encryption=enc.METHOD if encrypted else None),
-                       entries=res.entries, bytes_in=res.bytes_in, skipped=res.skipped, warnings=res.warnings,
-                       checked_inline=mode)
+                       index=out, index_count=scanned.changes.carried + count, files_archived=files,
+                       bytes_in=res.bytes_in, skipped=res.skipped, warnings=res.warnings,
+                       checked_inline=mode,
+                       key_files=tuple(k for k in scanned.changes.key_files if k not in gone))
+
+
+def _index_lines(planned: Path, archived: Path) -> Iterator[str]:
+    """The new index, in path order: the plan's carried lines and, for each of its ``A`` lines,
+    what the archive stage wrote (nothing for a file that vanished)."""
+    with open(planned, encoding="utf-8", newline="") as p, open(archived, encoding="utf-8", newline="") as a:
+        for text in p:
+            if text[0] == "C":
+                yield text[1:-1]
+            else:
+                got = a.readline()
+                if not got.endswith("\n"):
+                    raise IntegrityError(f"{archived} ends before the plan {planned}", hint="run the backup again")
+                if got != VANISHED + "\n":
+                    yield got[:-1]
 
 
 def seal(plan: BackupPlan, scanned: ScanResult, files: FilesResult, dumped: DumpResult | None,
          finished: datetime | None = None) -> SealedSet:
-    """Write manifest.json (with the snapshot index) and SHA256SUMS into the partial set."""
-    index = merge_index(files.entries, scanned.changes.carried)
+    """Write manifest.json (with the snapshot index, streamed from the archive stage's spill file)
+    and SHA256SUMS into the partial set."""
     artifacts = tuple(a.artifact for a in (files, dumped) if a is not None)
     stats = BackupStats(
         files_scanned=scanned.changes.scanned,
-        files_changed=sum(1 for e in files.entries if e.type is EntryType.FILE),
+        files_changed=files.files_archived,
         files_deleted=len(scanned.changes.deleted),
         bytes_in=files.bytes_in + (dumped.info.raw_size if dumped else 0),
         bytes_out=sum(a.size for a in artifacts),
@@ -368,23 +596,26 @@ def seal(plan: BackupPlan, scanned: ScanResult, files: FilesResult, dumped: Dump
         started_at=plan.started_at, finished_at=finished or datetime.now(UTC),
         host=socket.gethostname(), tool_version=__version__,
         source_root=str(plan.settings.project.root),
-        database=dumped.info if dumped else None, artifacts=artifacts, files=index,
+        database=dumped.info if dumped else None, artifacts=artifacts,
         deleted=scanned.changes.deleted, skipped=scanned.skipped + files.skipped, stats=stats,
-        depends_on=chain.holders_of(index, plan.id),
+        # the archived files name this set; the carried ones the sets the scan found
+        depends_on=tuple(sorted(BackupId(h) for h in scanned.changes.holders if h != plan.id.value)),
         recipients=enc.recipients(plan.settings) if any(a.encryption for a in artifacts) else (),
     )
-    size, digest = write_private_stream(plan.partial / MANIFEST, mf.dump_lines(m))
+    size, digest = write_private_stream(plan.partial / MANIFEST,
+                                        mf.dump_with_index(m, _index_lines(scanned.changes.path, files.index)))
     # SHA256SUMS covers the manifest too: a damaged index (modes, times, holders) is caught
     covered = [*artifacts, Artifact(name=MANIFEST, role="manifest", size=size, sha256=digest)]
     write_private_stream(plan.partial / SUMS, [mf.sha256sums(covered)])
     enc.sign_set(plan.settings, plan.partial)  # SHA256SUMS.sig, when [encryption] sign = true
-    return SealedSet(m, plan.partial, files.checked_inline)
+    m = replace(m, files=IndexFile(plan.partial / MANIFEST, files.index_count))
+    return SealedSet(m, plan.partial, files.checked_inline, files.key_files)
 
 
 def verify_sealed(plan: BackupPlan, sealed: SealedSet) -> VerifyReport:
     rep = verify_dir(sealed.partial, sealed.manifest, level=plan.settings.backup.verify,
                      key_files=plan.settings.project.key_files, repo=plan.repo, settings=plan.settings,
-                     files_read_back=sealed.files_read_back)
+                     files_read_back=sealed.files_read_back, key_files_found=sealed.key_files)
     rep.raise_if_bad()
     return rep
 
@@ -392,7 +623,12 @@ def verify_sealed(plan: BackupPlan, sealed: SealedSet) -> VerifyReport:
 def commit(plan: BackupPlan, sealed: SealedSet, verified: VerifyReport) -> CommittedSet:
     verified.raise_if_bad()  # never commit what did not verify, whoever calls this
     _clear_work(plan)
-    committed = CommittedSet(sealed.manifest, plan.repo.commit(plan.id), verified)
+    _clear_spill(plan)
+    final = plan.repo.commit(plan.id)
+    m = sealed.manifest
+    if isinstance(m.files, IndexFile):  # the index view follows the set to its committed place
+        m = replace(m, files=m.files.moved(final / MANIFEST))
+    committed = CommittedSet(m, final, verified)
     _release_safety_copies(plan.repo.root)
     return committed
 

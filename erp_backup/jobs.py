@@ -71,7 +71,7 @@ def _say_scan(r: engine.ScanResult) -> str:
     _skipped(r.skipped)
     c = r.changes
     return (f"{c.scanned} entries, {c.changed_files} files to archive ({c.changed_bytes} bytes), "
-            f"{len(c.carried)} carried over, {len(c.deleted)} deleted")
+            f"{c.carried} carried over, {len(c.deleted)} deleted")
 
 
 def _say_dump(r: engine.DumpResult | None) -> str:

@@ -22,8 +22,9 @@ import hashlib
 import os
 import stat
 import time
+from array import array
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,6 +45,7 @@ from erp_backup.core.errors import (
     RestoreError,
     UnsafeArchiveError,
 )
+from erp_backup.core.index_table import IndexTable
 from erp_backup.core.models import BackupId, EntryType, FileEntry, Manifest
 
 if TYPE_CHECKING:
@@ -440,11 +442,11 @@ def check_set(repo: LocalRepository, m: Manifest, database_rel: str | None = Non
     one type per path, parents that are directories, the sets it needs, and a SQLite database
     path inside the target that is no entry of the index and lies under no link or file of it."""
     types: dict[str, EntryType] = {}
-    for e in m.files:
-        p = check_rel(e.path)
-        if types.setdefault(p, e.type) is not e.type:
+    for path, typ in _path_types(m.files):
+        p = check_rel(path)
+        if types.setdefault(p, typ) is not typ:
             raise UnsafeArchiveError(f"refusing {p!r}: the index lists it as a {types[p].value} and a "
-                                     f"{e.type.value}", hint=_BAD)
+                                     f"{typ.value}", hint=_BAD)
     for path in types:
         parent = path.rpartition("/")[0]
         if parent and types.get(parent, EntryType.DIR) is not EntryType.DIR:
@@ -461,7 +463,11 @@ def check_set(repo: LocalRepository, m: Manifest, database_rel: str | None = Non
                 raise UnsafeArchiveError(f"refusing SQLite database path {database_rel!r}: its parent {parent!r} "
                                          f"is a {types[parent].value} in the index", hint=_BAD)
             parent = parent.rpartition("/")[0]
-    holders = {e.holder for e in m.files if e.type is EntryType.FILE and e.holder and e.holder != m.id.value}
+    if isinstance(m.files, IndexTable):
+        t = m.files
+        holders = {h for i in range(len(t)) if t.type(i) is EntryType.FILE and (h := t.holder(i)) and h != m.id.value}
+    else:
+        holders = {e.holder for e in m.files if e.type is EntryType.FILE and e.holder and e.holder != m.id.value}
     missing = sorted(d for d in {*m.depends_on, *map(BackupId, holders)} if not repo.exists(d))
     if missing:
         raise ChainError(f"set {m.id} needs set {missing[0]}, which is not in {repo.root}",
@@ -474,12 +480,16 @@ def restore_files(repo: LocalRepository, m: Manifest, safe: SafeTarget, *, keep_
     ``preflight``: empty, or ``force``)."""
     rep = _Counts()
     setid = _SetidPolicy(keep_setid)
-    dirs = [e for e in m.files if e.type is EntryType.DIR]
+    # positions in the index, not entries: the index stays packed (IndexTable), entries are built
+    # one at a time as they are restored
+    files = m.files if isinstance(m.files, Sequence) else tuple(m.files)
+    dirs = list(_of_type(files, EntryType.DIR))
     for d in dirs:
         safe.mkdir(d.path)
-    groups = chain.files_by_holder(m.files)
+    groups = _positions_by_holder(files)
     for holder in sorted(groups):
-        wanted = {e.path: e for e in groups[holder]}
+        wanted = {_path_at(files, i): i for i in groups[holder]}
+        groups[holder] = array("I")
         hm = m if holder == m.id.value else repo.read_header(BackupId(holder))
         art = hm.artifact("files")
         if art is None:
@@ -493,7 +503,7 @@ def restore_files(repo: LocalRepository, m: Manifest, safe: SafeTarget, *, keep_
             for member in tar.members():
                 if member.name not in wanted:
                     continue
-                e = wanted.pop(member.name)
+                e = files[wanted.pop(member.name)]
                 if not member.isfile():
                     raise IntegrityError(f"{where}: {member.name} is not a regular file", hint="verify the set")
                 fd = safe.open_file(e.path)
@@ -513,16 +523,55 @@ def restore_files(repo: LocalRepository, m: Manifest, safe: SafeTarget, *, keep_
             first = next(iter(wanted))
             raise IntegrityError(f"{holder}/{art.name} lacks {len(wanted)} file(s) of the index, e.g. {first}",
                                  hint="verify the set; restore from another one")
-    for e in m.files:
-        if e.type is EntryType.SYMLINK:
-            safe.symlink(e.path, e.target or "", e)
-            rep.symlinks += 1
+    for e in _of_type(files, EntryType.SYMLINK):
+        safe.symlink(e.path, e.target or "", e)
+        rep.symlinks += 1
     for d in sorted(dirs, key=lambda e: e.path.count("/"), reverse=True):
         _dir_meta(safe, d, setid.mode(d))
         rep.dirs += 1
     safe.check_in_place()
     return FilesRestored(tuple(rep.sets_read), rep.files, rep.dirs, rep.symlinks, rep.bytes,
                          setid.dropped, tuple(setid.examples))
+
+
+def _path_types(files: Iterable[FileEntry]) -> Iterator[tuple[str, EntryType]]:
+    if isinstance(files, IndexTable):  # without building the entries
+        return ((files.path(i), files.type(i)) for i in range(len(files)))
+    return ((e.path, e.type) for e in files)
+
+
+def _of_type(files: Sequence[FileEntry], typ: EntryType) -> Iterator[FileEntry]:
+    if isinstance(files, IndexTable):
+        return (files[i] for i in range(len(files)) if files.type(i) is typ)
+    return (e for e in files if e.type is typ)
+
+
+def _path_at(files: Sequence[FileEntry], i: int) -> str:
+    return files.path(i) if isinstance(files, IndexTable) else files[i].path
+
+
+def _positions_by_holder(files: Sequence[FileEntry]) -> dict[str, array[int]]:
+    """``chain.files_by_holder`` as positions in the index (4 bytes a file, not an entry)."""
+    groups: dict[str, array[int]] = {}
+    table = files if isinstance(files, IndexTable) else None
+    for i in range(len(files)):
+        if table is not None:
+            if table.type(i) is not EntryType.FILE:
+                continue
+            holder = table.holder(i)
+        else:
+            e = files[i]
+            if e.type is not EntryType.FILE:
+                continue
+            holder = e.holder
+        if not holder:
+            raise ChainError(f"snapshot index entry {_path_at(files, i)!r} names no holding set",
+                             hint="the manifest is damaged: restore from another set")
+        g = groups.get(holder)
+        if g is None:
+            g = groups[holder] = array("I")
+        g.append(i)
+    return groups
 
 
 _HOLE = 1 << 16  # all-zero blocks of this size (aligned on the file offset) become holes

@@ -219,7 +219,7 @@ def crypto_session(settings: Settings | None, *, restore: bool) -> Iterator[Sess
 def verify_dir(set_dir: Path, m: Manifest, *, level: str = "full", key_files: list[str] | None = None,
                repo: LocalRepository | None = None, settings: Settings | None = None,
                crypto: Session | None = None, without_key: str = "quick",
-               files_read_back: str = "") -> VerifyReport:
+               files_read_back: str = "", key_files_found: tuple[str, ...] | None = None) -> VerifyReport:
     """Verify one set directory. With ``settings`` (or an open ``crypto`` session) and ``[encryption]
     sign = true`` the signature of ``SHA256SUMS`` is checked first. An encrypted set needs the
     private key for the full level; without it, ``without_key = "quick"`` verifies at the quick
@@ -230,14 +230,19 @@ def verify_dir(set_dir: Path, m: Manifest, *, level: str = "full", key_files: li
     decompress it and re-hash every file again. ``"stream"``: the check saw the compressed bytes on
     their way to gpg, so the artifact's SHA-256 is still checked on disk; ``"disk"``: the check read
     the file itself back and computed the very SHA-256 that ``SHA256SUMS`` records, so nothing is
-    left to read."""
+    left to read.
+
+    ``key_files_found``: the key files the index holds, when the caller knows (the backup that
+    just wrote it): the index is then not read again for them (nor, read back, for the count of
+    the files this set holds: ``stats.files_changed``)."""
     if level == "none":
         return _Findings(m.id.value, level).freeze()
     if crypto is None and settings is not None:
         full_encrypted = level == "full" and any(a.encryption for a in m.artifacts)
         with crypto_session(settings, restore=full_encrypted) as s:
             return verify_dir(set_dir, m, level=level, key_files=key_files, repo=repo, crypto=s,
-                              without_key=without_key, files_read_back=files_read_back)
+                              without_key=without_key, files_read_back=files_read_back,
+                              key_files_found=key_files_found)
     decryptor: Decryptor = None
     if level == "full" and crypto is not None and any(a.encryption for a in m.artifacts):
         if without_key == "quick" and not crypto.can_decrypt(m):
@@ -263,13 +268,18 @@ def verify_dir(set_dir: Path, m: Manifest, *, level: str = "full", key_files: li
     if level != "full" or rep.problems:
         return rep.freeze()
     if read_back:
-        rep.files_checked += sum(1 for e in m.files if e.type is EntryType.FILE and e.holder == m.id.value)
+        if key_files_found is not None:
+            rep.files_checked += m.stats.files_changed  # the files this set archived: the ones it holds
+        else:
+            rep.files_checked += sum(1 for e in m.files if e.type is EntryType.FILE and e.holder == m.id.value)
         if files_read_back == "disk":  # read back from the file and hashed by the backup's own check
             rep.bytes_checked += sum(a.size for a in m.artifacts if a.role == "files")
     else:
         _check_files_archive(set_dir, m, rep, decryptor)
     _check_database(set_dir, m, rep, decryptor)
-    index = {e.path for e in m.files}
+    wanted = {k.strip("/") for k in key_files or []}
+    index = set(key_files_found) if key_files_found is not None else \
+        {e.path for e in m.files if e.path in wanted} if wanted else set()
     own = len(rep.problems)
     for k in key_files or []:
         if k.strip("/") not in index:

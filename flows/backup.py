@@ -69,7 +69,7 @@ def scan_task(plan: BackupPlan) -> ScanResult:
     c = res.changes
     log = get_run_logger()
     log.info("scanned %d entries: %d files to archive (%d bytes), %d carried over, %d deleted",
-             c.scanned, c.changed_files, c.changed_bytes, len(c.carried), len(c.deleted))
+             c.scanned, c.changed_files, c.changed_bytes, c.carried, len(c.deleted))
     for path, why in res.skipped:
         log.warning("skipped %s: %s", path, why)
     return res

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from erp_backup.core.errors import SourceError
-from erp_backup.core.models import EntryType, FileEntry, shared_int
+from erp_backup.core.models import _SHARED, EntryType, FileEntry, shared_int
 
 
 @dataclass
@@ -50,27 +50,26 @@ class Excluder:
         return self._path is not None and bool(self._path.match(rel))
 
 
+_TYPE_OF = {stat.S_IFREG: EntryType.FILE, stat.S_IFDIR: EntryType.DIR, stat.S_IFLNK: EntryType.SYMLINK}
+_FILE = EntryType.FILE
+
+
 def _entry(rel: str, st: os.stat_result, target: str | None = None) -> FileEntry | None:
+    # runs once per path of the tree (200,000 on a big one): plain positional arguments, and the
+    # shared ints looked up inline (``shared_int`` only for a value not seen yet)
     mode = st.st_mode
-    if stat.S_ISREG(mode):
-        typ = EntryType.FILE
-    elif stat.S_ISDIR(mode):
-        typ = EntryType.DIR
-    elif stat.S_ISLNK(mode):
-        typ = EntryType.SYMLINK
-    else:
+    typ = _TYPE_OF.get(mode & 0o170000)
+    if typ is None:
         return None
-    return FileEntry(
-        path=rel,
-        type=typ,
-        mode=shared_int(stat.S_IMODE(mode)),
-        mtime_ns=st.st_mtime_ns,
-        size=st.st_size if typ is EntryType.FILE else 0,
-        uid=shared_int(st.st_uid),
-        gid=shared_int(st.st_gid),
-        ino=st.st_ino,
-        target=target,
-    )
+    perm, uid, gid = mode & 0o7777, st.st_uid, st.st_gid
+    sh = _SHARED
+    return FileEntry(rel, typ, sh[perm] if perm in sh else shared_int(perm), st.st_mtime_ns,
+                     st.st_size if typ is _FILE else 0, sh[uid] if uid in sh else shared_int(uid),
+                     sh[gid] if gid in sh else shared_int(gid), st.st_ino, None, None, target)
+
+
+def _first(t: tuple[str, str, os.stat_result, str]) -> str:
+    return t[0]
 
 
 def _kind_name(mode: int) -> str:
@@ -98,7 +97,8 @@ def scan_tree(root: Path, include: Iterable[str] = (".",), exclude: Iterable[str
 def iter_tree(root: Path, include: Iterable[str] = (".",), exclude: Iterable[str] = (),
               auto_exclude: Iterable[Path] = (), skipped: list[tuple[str, str]] | None = None
               ) -> Iterator[FileEntry]:
-    """``scan_tree``'s entries one at a time, in walk order (not sorted), as they are found: a
+    """``scan_tree``'s entries one at a time, as they are found (in path order for the whole tree,
+    ``include = ["."]``; include by include otherwise: ``iter_sorted`` sorts those): a
     consumer that keeps only some of them (the change plan keeps the parent's entry for an
     unchanged file) never holds the whole scan. What is skipped, and why, goes to ``skipped``.
     The root is checked here, before the walk starts."""
@@ -129,12 +129,31 @@ def iter_tree(root: Path, include: Iterable[str] = (".",), exclude: Iterable[str
     return _walk_all(root, list(include), rules, [] if skipped is None else skipped)
 
 
+def iter_sorted(root: Path, include: Iterable[str] = (".",), exclude: Iterable[str] = (),
+                auto_exclude: Iterable[Path] = (), skipped: list[tuple[str, str]] | None = None
+                ) -> Iterator[FileEntry]:
+    """``iter_tree``'s entries sorted by path (what ``scan_tree`` lists). The whole tree streams in
+    that order as it is walked; a list of include paths is collected and sorted first."""
+    found = iter_tree(root, include, exclude, auto_exclude, skipped)
+    if _whole(include):
+        return found
+    return iter(sorted(found, key=_path))
+
+
+def _path(e: FileEntry) -> str:
+    return e.path
+
+
+def _whole(include: Iterable[str]) -> bool:
+    return [PurePosixPath(i).as_posix().strip("/") for i in include] in ([""], ["."])
+
+
 def _walk_all(root: Path, include: list[str], rules: Excluder, skipped: list[tuple[str, str]]
               ) -> Iterator[FileEntry]:
     # overlapping include paths could find a path twice; the whole tree (the default) cannot.
     # ``walked``: directories already walked (an include's ancestor is listed, not walked: a later
     # include that covers it still walks it)
-    whole = [PurePosixPath(i).as_posix().strip("/") for i in include] in ([""], ["."])
+    whole = _whole(include)
     seen: set[str] | None = None if whole else set()
     walked: set[str] | None = None if whole else set()
 
@@ -149,24 +168,51 @@ def _walk_all(root: Path, include: list[str], rules: Excluder, skipped: list[tup
             skipped.append((rel, f"{_kind_name(st.st_mode)} not backed up"))
         return e
 
-    def walk(rel_dir: str, full_dir: str) -> Iterator[FileEntry]:
+    def listing(rel_dir: str, full_dir: str) -> list[tuple[str, str, os.stat_result, str]]:
         try:
             it = os.scandir(full_dir)
         except OSError as err:
             skipped.append((rel_dir or ".", f"directory not readable: {err.strerror}"))
-            return
+            return []
+        # In path order (what a sorted index holds), not plain depth-first order: a directory's
+        # subtree sorts as "name/", after a sibling "name.py" or "name-x" (``.`` and ``-`` sort
+        # before ``/``). So each directory is listed twice, as "name" (its own entry) and as
+        # "name/" (its subtree), and the keys are sorted together.
+        keyed: list[tuple[str, str, os.stat_result, str]] = []
+        excluded = rules.excluded
         with it:
-            children = sorted(it, key=lambda d: d.name)
-        for d in children:
-            rel = f"{rel_dir}/{d.name}" if rel_dir else d.name
-            if rules.excluded(rel, d.name):
-                continue
-            try:
-                st = d.stat(follow_symlinks=False)
-            except OSError as err:
-                skipped.append((rel, f"cannot stat: {err.strerror}"))
-                continue
-            yield from visit(rel, st, d.path)
+            for d in it:
+                name = d.name
+                rel = f"{rel_dir}/{name}" if rel_dir else name
+                if excluded(rel, name):
+                    continue
+                try:
+                    st = d.stat(follow_symlinks=False)
+                except OSError as err:
+                    skipped.append((rel, f"cannot stat: {err.strerror}"))
+                    continue
+                keyed.append((name, rel, st, d.path))
+                if stat.S_ISDIR(st.st_mode):
+                    keyed.append((name + "/", rel, st, d.path))
+        keyed.sort(key=_first)
+        return keyed
+
+    def walk(rel_dir: str, full_dir: str) -> Iterator[FileEntry]:
+        # a stack of listings, not nested generators: each entry is yielded once, not once a level
+        stack = [iter(listing(rel_dir, full_dir))]
+        while stack:
+            for key, rel, st, full in stack[-1]:
+                if key[-1] != "/":
+                    found = entry(rel, st, full)
+                    if found is not None:
+                        yield found
+                elif walked is None or rel not in walked:
+                    if walked is not None:
+                        walked.add(rel)
+                    stack.append(iter(listing(rel, full)))
+                    break
+            else:
+                stack.pop()
 
     def visit(rel: str, st: os.stat_result, full: str) -> Iterator[FileEntry]:
         found = entry(rel, st, full)

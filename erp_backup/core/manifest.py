@@ -13,9 +13,11 @@ import re
 import sys
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
+from itertools import islice
 from typing import Any
 
 from erp_backup.core.errors import IntegrityError
+from erp_backup.core.index_table import IndexTable
 from erp_backup.core.models import (
     SCHEMA_VERSION,
     Artifact,
@@ -155,27 +157,46 @@ def _jstr(text: str) -> str:
 def entry_line(e: FileEntry) -> str:
     """One snapshot-index entry as one JSON line (same fields as ``entry_to_dict``, built directly: an
     index has tens of thousands of entries and this runs on every backup)."""
-    head = f'{{"path":{_jstr(e.path)},"type":"{e.type.value}","mode":"{e.mode:04o}","mtime_ns":{e.mtime_ns}'
     if e.type is EntryType.FILE:
         sha = f'"{e.sha256}"' if e.sha256 else "null"
         holder = f'"{e.holder}"' if e.holder else "null"
-        head += f',"size":{e.size},"sha256":{sha},"holder":{holder}'
-    elif e.type is EntryType.SYMLINK:
-        head += f',"target":{_jstr(e.target) if e.target is not None else "null"}'
-    return head + f',"uid":{e.uid},"gid":{e.gid},"ino":{e.ino}}}'
+        return _line_head(e) + f',"sha256":{sha},"holder":{holder}' + _line_tail(e)
+    return _line_head(e) + _line_tail(e)
+
+
+def _line_head(e: FileEntry) -> str:
+    head = f'{{"path":{_jstr(e.path)},"type":"{e.type.value}","mode":"{e.mode:04o}","mtime_ns":{e.mtime_ns}'
+    if e.type is EntryType.FILE:
+        return head + f',"size":{e.size}'
+    if e.type is EntryType.SYMLINK:
+        return head + f',"target":{_jstr(e.target) if e.target is not None else "null"}'
+    return head
+
+
+def _line_tail(e: FileEntry) -> str:
+    return f',"uid":{e.uid},"gid":{e.gid},"ino":{e.ino}}}'
 
 
 def dump_lines(m: Manifest) -> Iterator[str]:
     """The manifest text piece by piece (a writer streams it: no whole copy in memory)."""
+    return dump_with_index(m, (entry_line(e) for e in m.files))
+
+
+def dump_with_index(m: Manifest, index: Iterable[str]) -> Iterator[str]:
+    """The manifest text of ``m``'s header with ``index`` (``entry_line`` texts, sorted by path) as
+    its snapshot index, whatever ``m.files`` holds: the index streams from wherever it is (a
+    backup writes it from a file), byte for byte what ``dump_lines`` writes for the same entries."""
     head = json.dumps(_header(m), indent=2, ensure_ascii=True)
-    if not m.files:
+    it = iter(index)
+    batch = list(islice(it, _BATCH))
+    if not batch:
         yield head[:-2] + ',\n  "files": []\n}\n'
         return
     yield head[:-2] + ",\n" + FILES_MARKER + "\n"
-    files, n = m.files, len(m.files)
-    for start in range(0, n, _BATCH):  # a few thousand lines a piece: fewer, larger writes
-        piece = ",\n".join(["    " + entry_line(e) for e in files[start:start + _BATCH]])
-        yield piece + (",\n" if start + _BATCH < n else "\n")
+    while batch:  # a few thousand lines a piece: fewer, larger writes
+        nxt = list(islice(it, _BATCH))
+        yield "    " + ",\n    ".join(batch) + (",\n" if nxt else "\n")
+        batch = nxt
     yield "  ]\n}\n"
 
 
@@ -278,37 +299,120 @@ def load_lines(lines: Iterable[str], *, where: str = "manifest.json") -> Manifes
     the decoded JSON of the whole index never exists at once, so memory follows the entries only.
     Raises IntegrityError on anything unexpected; callers may then fall back to ``loads``."""
     it = iter(lines)
-    head: list[str] = []
-    marker = None
-    for line in it:
-        if line.startswith(FILES_MARKER):
-            marker = line
-            break
-        head.append(line)
+    head, marker = _head(it)
     if marker is None:
         return loads("".join(head), where=where)
     header = loads(header_text("".join(head)), where=where)
-    files: list[FileEntry] = []
-    if marker.strip() != '"files": []':
-        closed = False
-        batch: list[str] = []
-        for line in it:
-            text = line.strip()
-            if text.startswith("{"):
-                if closed:
-                    raise IntegrityError(f"{where}: entries after the end of the index", hint="the set is damaged")
-                batch.append(text.rstrip(","))
-                if len(batch) >= _BATCH:
-                    files += _entries(batch, where)
-                    batch = []
-            elif text in ("]", "}", ""):
-                closed = True
-            else:
-                raise IntegrityError(f"{where}: unexpected line in the index", hint="the set is damaged")
-        files += _entries(batch, where)
-        if not closed:
-            raise IntegrityError(f"{where}: the index is truncated", hint="the set is damaged")
-    return dataclasses.replace(header, files=tuple(files))
+    files = IndexTable()  # packed: a third of the memory of a tuple of entries
+    batch: list[str] = []
+    for text in _index_texts(it, marker, where):
+        batch.append(text)
+        if len(batch) >= _BATCH:
+            for e in _entries(batch, where):
+                files.append(e)
+            batch = []
+    for e in _entries(batch, where):
+        files.append(e)
+    return dataclasses.replace(header, files=files)
+
+
+def iter_entries(lines: Iterable[str], *, where: str = "manifest.json") -> Iterator[FileEntry]:
+    """The snapshot index of a manifest as this tool writes it, entry by entry (decoded a few
+    thousand lines at a time): nothing but the current batch is held. IntegrityError on another
+    layout or a malformed line."""
+    it = iter(lines)
+    head, marker = _head(it)
+    if marker is None:
+        raise IntegrityError(f"{where}: no index line marker", hint="read it whole (manifest.loads)")
+    batch: list[str] = []
+    for text in _index_texts(it, marker, where):
+        batch.append(text)
+        if len(batch) >= _BATCH:
+            yield from _entries(batch, where)
+            batch = []
+    yield from _entries(batch, where)
+
+
+def _head(it: Iterator[str]) -> tuple[list[str], str | None]:
+    head: list[str] = []
+    for line in it:
+        if line.startswith(FILES_MARKER):
+            return head, line
+        head.append(line)
+    return head, None
+
+
+def _index_texts(it: Iterator[str], marker: str, where: str) -> Iterator[str]:
+    """The entry texts (one JSON object each, without the indent and the comma) after ``marker``;
+    IntegrityError on anything else, on entries after the end, on a truncated index."""
+    if marker.strip() == '"files": []':
+        return
+    closed = False
+    for line in it:
+        text = line.strip()
+        if text.startswith("{"):
+            if closed:
+                raise IntegrityError(f"{where}: entries after the end of the index", hint="the set is damaged")
+            yield text.rstrip(",")
+        elif text in ("]", "}", ""):
+            closed = True
+        else:
+            raise IntegrityError(f"{where}: unexpected line in the index", hint="the set is damaged")
+    if not closed:
+        raise IntegrityError(f"{where}: the index is truncated", hint="the set is damaged")
+
+
+def open_index(lines: Iterable[str], *, where: str = "manifest.json") -> tuple[Manifest, Iterator[str]]:
+    """(header, the index entry texts in file order) of a manifest as this tool writes it: for a
+    merge against the index without decoding it (``line_path``, ``carry_line``). IntegrityError
+    (now, or while iterating) on another layout: callers then fall back to ``load_lines``/``loads``."""
+    it = iter(lines)
+    head, marker = _head(it)
+    if marker is None:
+        raise IntegrityError(f"{where}: no index line marker", hint="read it whole (manifest.loads)")
+    return loads(header_text("".join(head)), where=where), _index_texts(it, marker, where)
+
+
+_PATH_END = '","type":"'
+
+
+def line_path(text: str) -> str:
+    """The path of an index line as ``entry_line`` writes it (IntegrityError for any other line).
+    Inside a JSON string every ``"`` is escaped, so the first ``","type":"`` ends the path."""
+    end = text.find(_PATH_END, 9) if text.startswith('{"path":"') else -1
+    if end < 0:
+        raise IntegrityError("index line not in this tool's layout", hint="read the index whole")
+    raw = text[9:end]
+    if "\\" not in raw:
+        return raw
+    try:
+        path = json.loads('"' + raw + '"')
+    except ValueError as e:
+        raise IntegrityError(f"index line with a malformed path ({e})", hint="the set is damaged") from e
+    return path
+
+
+_LABELS = "full|monthly|incr|diff"  # models._LABEL_KIND
+_CARRY_MID = re.compile(r',"sha256":(?:"[0-9a-f]{64}"|null),"holder":"([0-9]{8}T[0-9]{6}Z-(?:' + _LABELS + r'))"')
+
+
+def carry_line(current: FileEntry, text: str) -> tuple[str, str | None, str] | None:
+    """``changes.same_stat_carry`` on the text of the reference's index line: (the line to carry,
+    the set holding the file's bytes, the path) when ``text`` is exactly the line of ``current``'s stat data
+    with a sha256 and a holder (a file) or nothing more (a directory, a link), else None (archive
+    ``current`` again). The carried line is then exactly what ``entry_line`` writes for the
+    carried entry; a reference with a malformed sha256 or holder is not carried, but archived
+    again rather than copied into the new index."""
+    if current.type is not EntryType.FILE:
+        return (text, None, current.path) if text == entry_line(current) else None
+    e = current  # the file case inlines ``_line_head``/``_line_tail``: it runs once per unchanged file
+    head = (f'{{"path":{_jstr(e.path)},"type":"file","mode":"{e.mode:04o}","mtime_ns":{e.mtime_ns}'
+            f',"size":{e.size}')
+    tail = f',"uid":{e.uid},"gid":{e.gid},"ino":{e.ino}}}'
+    if not (text.startswith(head) and text.endswith(tail)):
+        return None
+    m = _CARRY_MID.fullmatch(text, len(head), len(text) - len(tail))
+    return (text, m.group(1), e.path) if m else None
 
 
 _BATCH = 2048  # index lines decoded per json.loads call (one C-level parse instead of one per line)

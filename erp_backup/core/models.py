@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -181,7 +182,9 @@ class Manifest:
     tags: tuple[str, ...] = ()
     database: DatabaseInfo | None = None
     artifacts: tuple[Artifact, ...] = ()
-    files: tuple[FileEntry, ...] = ()
+    # the snapshot index, sorted by path: a tuple when read, or a view that reads it from disk
+    # (``adapters/index_file.py``: what a backup hands on after writing its manifest)
+    files: Collection[FileEntry] = ()
     deleted: tuple[str, ...] = ()
     skipped: tuple[tuple[str, str], ...] = ()  # (path, reason): sockets, fifos, unreadable...
     stats: BackupStats = BackupStats()

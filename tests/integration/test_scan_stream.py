@@ -45,3 +45,16 @@ def test_the_stream_is_the_scan_without_duplicates(tmp_path: Path, include: tupl
 def test_a_missing_root_fails_at_the_call_not_later(tmp_path: Path) -> None:
     with pytest.raises(SourceError, match="does not exist"):
         iter_tree(tmp_path / "gone")  # not iterated: the check is eager
+
+
+def test_the_whole_tree_streams_in_path_order(tmp_path: Path) -> None:
+    """The backup merges the walk with the parent's sorted index, so the walk itself must come in
+    path order: a directory's subtree after its siblings ``name.py``, ``name-x``, ``name x``
+    (``.``, ``-`` and `` `` sort before ``/``), which plain depth-first order gets wrong."""
+    root = tmp_path / "erp"
+    for p in ["a/x", "a.py", "a-b/y", "a b", "a/z/q", "a/z.txt", "a/z-1/r", "b", "ab/c", "a0/k", "é/k", "a/z/q.py"]:
+        write_file(root / p, "x")
+    (root / "lnk").symlink_to("a")
+    paths = [e.path for e in iter_tree(root)]
+    assert paths == sorted(paths) and len(paths) == len(set(paths)) == 20, paths
+    assert paths.index("a.py") < paths.index("a/x")  # not depth-first

@@ -45,16 +45,29 @@ def _member_line(name: str, typ: bytes, size: int, link: str) -> bytes:
                                    link.encode("utf-8", "surrogateescape"))
 
 
+class MemberDigest:
+    """``expected_digest`` fed one entry at a time, as the tar writer finishes it (so that a
+    backup need not keep its archived entries for the check)."""
+
+    def __init__(self) -> None:
+        self._h = hashlib.sha256()
+        self.count = 0
+
+    def add(self, e: FileEntry) -> None:
+        self._h.update(_member_line(e.path, _TYPE[e.type], e.size if e.type is EntryType.FILE else 0,
+                                    e.target or "" if e.type is EntryType.SYMLINK else ""))
+        self.count += 1
+
+    def result(self) -> tuple[str, int]:
+        return self._h.hexdigest(), self.count
+
+
 def expected_digest(entries: Iterable[FileEntry]) -> tuple[str, int]:
     """(digest, count) of the members the tar writer wrote for ``entries`` (in archive order)."""
-    h = hashlib.sha256()
-    n = 0
+    d = MemberDigest()
     for e in entries:
-        typ = _TYPE[e.type]
-        h.update(_member_line(e.path, typ, e.size if e.type is EntryType.FILE else 0,
-                              e.target or "" if e.type is EntryType.SYMLINK else ""))
-        n += 1
-    return h.hexdigest(), n
+        d.add(e)
+    return d.result()
 
 
 class FrameWalk:
@@ -331,7 +344,7 @@ class InlineCheck:
             if self._fd is not None:
                 os.close(self._fd)
 
-    def result(self, raw_size: int, entries: Iterable[FileEntry]) -> None:
+    def result(self, raw_size: int, entries: Iterable[FileEntry] | MemberDigest) -> None:
         """Raise ``IntegrityError`` unless the stream decompressed to ``raw_size`` bytes holding
         exactly the members of ``entries``."""
         self.close()
@@ -343,7 +356,7 @@ class InlineCheck:
         if self._raw != raw_size:
             raise IntegrityError(f"{self.where}: the archive as written decompresses to {self._raw} bytes, "
                                  f"not the {raw_size} written", hint="run the backup again")
-        digest, n = expected_digest(entries)
+        digest, n = entries.result() if isinstance(entries, MemberDigest) else expected_digest(entries)
         if (self._digest, self._members) != (digest, n):
             raise IntegrityError(f"{self.where}: the archive as written holds {self._members} members that do not "
                                  f"match the {n} entries of the index", hint="run the backup again")

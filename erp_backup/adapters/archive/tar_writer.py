@@ -162,14 +162,19 @@ def _read_from(fd: int, pos: int, size: int, view: memoryview) -> Iterator[memor
     yield from _chunks(fd, size - pos, view)
 
 
-def write_tar(root: Path, entries: Iterable[FileEntry], out: Sink, holder: str) -> TarResult:
+def write_tar(root: Path, entries: Iterable[FileEntry], out: Sink, holder: str,
+              on_done: Callable[[FileEntry], object] | None = None) -> TarResult:
     """Stream ``entries`` (from the change plan) as a tar into ``out``.
 
     Each file is opened without following links, fstat-ed, and exactly the
     fstat size is archived (a file that shrinks while read is padded with
     zeros and reported; one that grows is cut at that size). The snapshot
-    index gets the fstat data and the SHA-256 of the bytes archived."""
-    done: list[FileEntry] = []
+    index gets the fstat data and the SHA-256 of the bytes archived.
+
+    ``on_done``: called with each archived entry as soon as it is written, in order; the result's
+    ``entries`` are then left empty (a caller that spills them to disk keeps no list of them)."""
+    kept: list[FileEntry] = []
+    done = kept.append if on_done is None else on_done
     skipped: list[tuple[str, str]] = []
     warnings: list[str] = []
     bytes_in = 0
@@ -180,7 +185,7 @@ def write_tar(root: Path, entries: Iterable[FileEntry], out: Sink, holder: str) 
     for e in entries:
         if e.type is not EntryType.FILE:
             w.write(_header(e, 0))
-            done.append(e)
+            done(e)
             continue
         try:
             fd = _open_nofollow(os.path.join(root_s, e.path))
@@ -221,7 +226,7 @@ def write_tar(root: Path, entries: Iterable[FileEntry], out: Sink, holder: str) 
             if rem:
                 w.write(bytes(BLOCK - rem))
             bytes_in += size
-            done.append(FileEntry(
+            done(FileEntry(
                 path=e.path, type=EntryType.FILE, mode=shared_int(mode), mtime_ns=st.st_mtime_ns,
                 size=size, uid=shared_int(st.st_uid), gid=shared_int(st.st_gid), ino=ino, sha256=h.hexdigest(),
                 holder=holder))
@@ -229,6 +234,6 @@ def write_tar(root: Path, entries: Iterable[FileEntry], out: Sink, holder: str) 
             os.close(fd)
     w.write(bytes(BLOCK * 2))  # end-of-archive marker
     w.flush()
-    return TarResult(tuple(done), tuple(skipped), tuple(warnings), bytes_in)
+    return TarResult(tuple(kept), tuple(skipped), tuple(warnings), bytes_in)
 
 
