@@ -47,6 +47,7 @@ from erp_backup.adapters.databases.common import (
     reraise_background,
     version_tuple,
 )
+from erp_backup.adapters.databases.pgdump_rows import RowCounter
 from erp_backup.adapters.databases.postgres_confine import OWNER_PREFIX, TEMP_PREFIX, confined_role, owner_role
 from erp_backup.core.dburl import DatabaseUrl
 from erp_backup.core.errors import ConfigError, DatabaseError, RestoreError
@@ -76,6 +77,16 @@ WHERE c.relkind = 'r'
   AND NOT EXISTS (SELECT 1 FROM pg_depend d
                   WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')
 ORDER BY 1, 2
+"""
+
+# legacy inheritance between the tables above (a partitioned parent is not one of them): SELECT count(*)
+# of a parent counts its descendants' rows too, pg_dump's COPY of it holds its own rows only
+_INHERITS_SQL = """
+SELECT pn.nspname, p.relname, cn.nspname, c.relname
+FROM pg_inherits i
+JOIN pg_class p ON p.oid = i.inhparent JOIN pg_namespace pn ON pn.oid = p.relnamespace
+JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_namespace cn ON cn.oid = c.relnamespace
+WHERE p.relkind = 'r'
 """
 
 # relations the dump needs to read that the current user cannot
@@ -123,7 +134,7 @@ class PostgresAdapter:
         proc.which("pg_dump")
         tool = self._pg_dump_version()
         conn = _open(self.url, self.timeout)
-        counter: Background[dict[str, int]] | None = None
+        fallback: list[Background[dict[str, int]]] = []  # count(*) of every table, when the stream cannot
         try:
             _check_client_version(tool, conn.server_version)  # the tool it records must fit this server
             conn.set_session(isolation_level=psycopg2.extensions.ISOLATION_LEVEL_REPEATABLE_READ,
@@ -133,10 +144,22 @@ class PostgresAdapter:
                 snapshot, server_version = cur.fetchone()
                 cur.execute(_TABLES_SQL)
                 tables = [(s, t) for s, t in cur.fetchall()]
-            counter = Background(lambda: _count(conn, tables, self.url), name="pg-row-counts")
+                cur.execute(_INHERITS_SQL)
+                inherits = [((ps, pt), (cs, ct)) for ps, pt, cs, ct in cur.fetchall()]
+            counter = RowCounter()
+
+            def count_all(reason: str) -> None:
+                log.warning("row counts of database %s: %s; counting them with SELECT count(*) in the "
+                            "dump's snapshot instead", self.url.name, reason)
+                fallback.append(Background(lambda: _count(conn, tables, self.url), name="pg-row-counts"))
 
             def guarded(chunk: bytes) -> None:
-                reraise_background(counter)  # a count failed (e.g. permission): stop pg_dump now
+                if fallback:
+                    reraise_background(fallback[0])  # a count failed (e.g. permission): stop pg_dump now
+                elif counter.failed is None:
+                    counter.feed(chunk)
+                    if counter.failed is not None:
+                        count_all(f"cannot read them from the dump stream ({counter.failed})")
                 write(chunk)
 
             argv = ["pg_dump", "--format=custom", "--compress=0", f"--snapshot={snapshot}", "--no-password",
@@ -144,14 +167,23 @@ class PostgresAdapter:
             try:
                 result = self._stream_dump(argv, guarded)
             except DatabaseError:
-                counter.join(5)
-                reraise_background(counter)  # its error is the cause (pg_dump then lost the snapshot)
+                if fallback:
+                    fallback[0].join(5)
+                    reraise_background(fallback[0])  # its error is the cause (pg_dump then lost the snapshot)
                 raise
-            counts = counter.result()
+            if not fallback:
+                counter.finish()
+                if counter.failed is not None:
+                    count_all(f"cannot read them from the dump stream ({counter.failed})")
+            if fallback:
+                counts = fallback[0].result()
+            else:
+                # the transaction (and so the snapshot) is still open: what the stream lacks is counted in it
+                counts = _stream_counts(conn, counter, tables, inherits, self.url)
         except BaseException:
-            if counter is not None and not counter.done():
+            if fallback and not fallback[0].done():
                 conn.cancel()
-                counter.join(10)
+                fallback[0].join(10)
             raise
         finally:
             _close(conn)
@@ -472,6 +504,49 @@ def _check_readable(conn: psycopg2.extensions.connection, url: DatabaseUrl) -> N
 
 
 # ---- row counts ------------------------------------------------------------------------------------
+
+
+def _stream_counts(conn: psycopg2.extensions.connection, counter: RowCounter, tables: list[tuple[str, str]],
+                   inherits: list[tuple[tuple[str, str], tuple[str, str]]], url: DatabaseUrl) -> dict[str, int]:
+    """The counts read from the dump stream, keyed like ``_count``'s, with the semantics of
+    ``SELECT count(*)``: an inheritance parent's count includes its descendants' rows. A table the
+    stream has no data for (or a parent with a descendant it has none for, e.g. a foreign table) is
+    counted with ``SELECT count(*)`` in ``conn``'s still open snapshot."""
+    codec = psycopg2.extensions.encodings.get(conn.encoding, "utf-8")
+    own: dict[tuple[str, str], int] = {}
+    for (namespace, tag), rows in counter.counts.items():
+        try:
+            own[(namespace.decode(codec), tag.decode(codec))] = rows
+        except (UnicodeDecodeError, LookupError):
+            continue  # counted below
+    children: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    for parent, child in inherits:
+        children.setdefault(parent, []).append(child)
+
+    def total(table: tuple[str, str], seen: frozenset[tuple[str, str]]) -> int | None:
+        if table not in own or table in seen:
+            return None
+        rows = own[table]
+        for child in children.get(table, []):
+            more = total(child, seen | {table})
+            if more is None:
+                return None
+            rows += more
+        return rows
+
+    counts: dict[str, int] = {}
+    missing: list[tuple[str, str]] = []
+    for table in tables:
+        found = total(table, frozenset())
+        if found is None:
+            missing.append(table)
+        else:
+            counts[f"{table[0]}.{table[1]}"] = found
+    if missing:
+        log.info("database %s: %d table(s) without data in the dump stream counted with SELECT count(*): %s",
+                 url.name, len(missing), ", ".join(f"{s}.{t}" for s, t in missing[:5]))
+        counts.update(_count(conn, missing, url))
+    return {f"{s}.{t}": counts[f"{s}.{t}"] for s, t in tables}
 
 
 def _count(conn: psycopg2.extensions.connection, tables: list[tuple[str, str]],
