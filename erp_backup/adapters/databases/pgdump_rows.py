@@ -21,8 +21,8 @@ chunk ``\\.\\n\\n\\n`` and the zero length. Walking millions of 5-byte chunk hea
 too slow, so after checking that the block's first chunk is one row, the rest of the block is
 counted with C-speed scans only (``bytes.count``, ``bytes.find``, one regular expression):
 
-* the block ends at the first ``00 05000000 '\\.\\n\\n\\n' 00 00000000`` (the terminator chunk and
-  the zero length): rows hold no NUL, so these bytes can only be that chunk;
+* the block ends at the first five zero bytes (the zero length): a chunk header holds at most four
+  and rows hold no NUL; the terminator chunk ``00 05000000 '\\.\\n\\n\\n'`` must precede them;
 * newlines in the block = one per row + those inside chunk lengths (a length byte ``0x0A``);
 * a newline inside a length is 2-5 bytes after the previous row's newline (the header is 5 bytes),
   while a row's newline is at least 6 bytes after the previous newline of any kind (a row is >= 1
@@ -47,10 +47,9 @@ BLK_DATA = 1
 BLK_BLOBS = 3
 MAX_NAME = 1024  # tags, descs, namespaces kept (identifiers are <= 63 bytes); longer ones are skipped
 COPY_END = b"\\.\n\n\n"
-# the COPY terminator chunk (sign 0, length 5) and the zero length (sign 0, 0) that ends the block
-_BLOCK_END = b"\x00\x05\x00\x00\x00" + COPY_END + b"\x00\x00\x00\x00\x00"
-_KEEP = len(_BLOCK_END) - 1  # bytes held back between pieces so _BLOCK_END is seen across a cut
-_ZEROS = bytes(5)
+_TERMINATOR = b"\x00\x05\x00\x00\x00" + COPY_END  # the COPY terminator chunk (sign 0, length 5)
+_ZEROS = bytes(5)  # the zero length (sign 0, 0) that ends a block
+_KEEP = len(_TERMINATOR) + len(_ZEROS) - 1  # held back between pieces: both are seen across a cut
 _PAIR = re.compile(rb"\n(?=[^\n]{0,4}\n)")  # a newline with another one within the next 5 bytes
 
 
@@ -188,30 +187,33 @@ class RowCounter:
         where the block ends in ``data``, or ``len(data)`` when it goes on."""
         ctx = req.ctx
         buf = ctx + data[pos:] if ctx else data[pos:]
-        end = buf.find(_BLOCK_END)
-        decided = end if end >= 0 else len(buf) - _KEEP
-        if decided <= 0 and end < 0:
-            req.ctx = buf
-            return len(data)
         # five zero bytes cannot occur among one-row chunks (a header has at most four, between
-        # non-zero bytes): they would be a block end this scan went past
-        if buf.find(_ZEROS, 0, decided + 4 if end < 0 else decided) >= 0:
-            raise DumpFormatError("a table data block is not laid out one row per chunk")
-        _check_one_row_chunk(buf, decided)
-        req.newlines += buf.count(b"\n", 0, decided)
-        if end < 0:
+        # non-zero bytes): the first ones are the zero length that ends the block
+        zeros = buf.find(_ZEROS)
+        if zeros < 0:
+            decided = len(buf) - _KEEP
+            if decided <= 0:
+                req.ctx = buf
+                return len(data)
+            _check_one_row_chunk(buf, decided)
+            req.newlines += buf.count(b"\n", 0, decided)
             # the lookahead of a position before `decided` stays inside buf
             req.pairs += len(_PAIR.findall(buf, 0, decided + 5)) - len(_PAIR.findall(buf, decided, decided + 5))
             req.last = buf[decided - 1]
             req.ctx = buf[decided:]
             return len(data)
-        # beyond `end` come the terminator chunk's 5 header bytes (no newline): a lookahead cut at
-        # `end` decides the same
+        end = zeros - len(_TERMINATOR)
+        if end < 0 or buf[end:zeros] != _TERMINATOR:
+            raise DumpFormatError("a table data block without the COPY terminator")
         if (buf[end - 1] if end else req.last) != 0x0A:
             raise DumpFormatError("a table data block does not end with a whole row")
+        _check_one_row_chunk(buf, end)
+        req.newlines += buf.count(b"\n", 0, end)
+        # beyond `end` come the terminator chunk's 5 header bytes (no newline): a lookahead cut at
+        # `end` decides the same
         req.pairs += len(_PAIR.findall(buf, 0, end))
         self._send(req.newlines - req.pairs)
-        return pos + end + len(_BLOCK_END) - len(ctx)
+        return pos + zeros + len(_ZEROS) - len(ctx)
 
     # ---- the structure ----------------------------------------------------------------------------
 
