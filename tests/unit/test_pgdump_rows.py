@@ -38,8 +38,13 @@ def decoded(counter: RowCounter) -> dict[tuple[str, str], int]:
     return {(ns.decode(), tag.decode()): rows for (ns, tag), rows in counter.counts.items()}
 
 
-def count(data: bytes, cuts: list[int]) -> RowCounter:
-    counter = RowCounter()
+FAST = {"fast_after": 1, "fast_below": 1 << 40}  # after the first row, the rest at C speed
+WALK = {"fast_after": 1 << 40}  # chunk by chunk to the end
+MODES = [{}, FAST, WALK]
+
+
+def count(data: bytes, cuts: list[int], **mode: int) -> RowCounter:
+    counter = RowCounter(**mode)
     start = 0
     for cut in sorted(set(cuts)) + [len(data)]:
         counter.feed(data[start:cut])
@@ -56,15 +61,19 @@ def test_golden_dump_counts_every_table() -> None:
     assert counter.failed is None
     assert counter.version == (1, 14, 0)
     assert decoded(counter) == GOLDEN_COUNTS
-    assert counter.fast_blocks == 16 and counter.exact_blocks == 2  # the two empty tables walk their one chunk
+    # short rows are counted fast after the first 32 (many, ten, blank, bin, parted_a, parted_b, ...)
+    assert counter.fast_blocks == 7 and counter.exact_blocks == 11
+    assert decoded(count(GOLDEN_BYTES, [], **FAST)) == GOLDEN_COUNTS
+    assert decoded(count(GOLDEN_BYTES, [], **WALK)) == GOLDEN_COUNTS
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.integers(0, len(GOLDEN_BYTES)), max_size=60),
-       st.lists(st.integers(0, 20_000), max_size=30))
-def test_golden_dump_cut_anywhere_gives_the_same_counts(cuts: list[int], head_cuts: list[int]) -> None:
+       st.lists(st.integers(0, 20_000), max_size=30), st.sampled_from(MODES))
+def test_golden_dump_cut_anywhere_gives_the_same_counts(cuts: list[int], head_cuts: list[int],
+                                                        mode: dict[str, int]) -> None:
     # head_cuts: many cuts in the header and table of contents (mid-int, mid-string)
-    counter = count(GOLDEN_BYTES, cuts + head_cuts)
+    counter = count(GOLDEN_BYTES, cuts + head_cuts, **mode)
     assert counter.failed is None, counter.failed
     assert decoded(counter) == GOLDEN_COUNTS
 
@@ -160,20 +169,21 @@ rows_strategy = st.lists(st.one_of(plain_rows, plain_rows, special_rows), max_si
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(rows_strategy, min_size=1, max_size=4), st.lists(st.integers(0, 3_000_000), max_size=25),
        st.none() | st.lists(st.integers(0, 10_000), max_size=8),
-       st.none() | st.lists(st.binary(max_size=300), max_size=3))
+       st.none() | st.lists(st.binary(max_size=300), max_size=3), st.sampled_from(MODES))
 def test_synthetic_dump_counts_every_row(tables: list[list[bytes]], cuts: list[int], regroup: list[int] | None,
-                                         blobs: list[bytes] | None) -> None:
+                                         blobs: list[bytes] | None, mode: dict[str, int]) -> None:
     data = dump(tables, regroup=regroup, blobs=blobs)
-    counter = count(data, [c % (len(data) + 1) for c in cuts])
+    counter = count(data, [c % (len(data) + 1) for c in cuts], **mode)
     assert counter.failed is None, counter.failed
     assert counter.counts == {(b"public", f"t{i}".encode()): len(rows) for i, rows in enumerate(tables)}
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(st.one_of(plain_rows, st.sampled_from([n for n in SPECIAL if n < 3000]).map(row_of)), max_size=40))
-def test_synthetic_dump_fed_byte_by_byte(rows: list[bytes]) -> None:
+@given(st.lists(st.one_of(plain_rows, st.sampled_from([n for n in SPECIAL if n < 3000]).map(row_of)), max_size=40),
+       st.sampled_from(MODES))
+def test_synthetic_dump_fed_byte_by_byte(rows: list[bytes], mode: dict[str, int]) -> None:
     data = dump([rows[:12]], blobs=[b"\n\x00\n" * 3])
-    counter = RowCounter()
+    counter = RowCounter(**mode)
     for i in range(len(data)):
         counter.feed(data[i:i + 1])
     counter.finish()
@@ -186,6 +196,8 @@ def test_rows_of_ten_bytes_every_one_with_a_newline_in_its_chunk_length() -> Non
     counter = count(dump([rows]), [])
     assert counter.counts == {(b"public", b"t0"): 5307}
     assert counter.fast_blocks == 1
+    for mode in (FAST, WALK):
+        assert count(dump([rows]), list(range(0, 70_000, 999)), **mode).counts == {(b"public", b"t0"): 5307}
 
 
 def test_rows_grouped_after_a_one_row_first_chunk_are_refused() -> None:
@@ -193,8 +205,9 @@ def test_rows_grouped_after_a_one_row_first_chunk_are_refused() -> None:
     text = b"".join(rows[1:])
     data = (header() + i32(1) + entry(1, b"TABLE DATA", b"public", b"t0", True)
             + table_block(1, [rows[0], *(text[i:i + 60] for i in range(0, len(text), 60)), COPY_END]))
-    counter = count(data, [])
+    counter = count(data, [], **FAST)
     assert counter.failed == "a table data block is not laid out one row per chunk"
+    assert count(data, [], **WALK).counts == {(b"public", b"t0"): 1000}
 
 
 def test_a_chunk_of_several_rows_is_counted_chunk_by_chunk() -> None:
@@ -230,6 +243,7 @@ def test_a_table_data_block_without_the_copy_terminator_fails() -> None:
     for cuts in ([], list(range(0, len(data), 7))):
         counter = count(data, cuts)
         assert counter.failed == "a table data block without the COPY terminator"
+        assert count(data, cuts, **FAST).failed == "a table data block without the COPY terminator"
 
 
 def test_a_block_for_an_unknown_dump_id_fails() -> None:

@@ -17,9 +17,11 @@ little-endian; a string is an int length (-1 = NULL) and its bytes.
 Table data is COPY text: every row ends with a newline and holds no other one (newlines in values
 are written ``\\n``) and no NUL byte; pg_dump writes **one chunk per row** (each
 ``PQgetCopyData`` row goes to ``WriteData``, which ``-Z0`` turns into a chunk as is), then the
-chunk ``\\.\\n\\n\\n`` and the zero length. Walking millions of 5-byte chunk headers in Python is
-too slow, so after checking that the block's first chunk is one row, the rest of the block is
-counted with C-speed scans only (``bytes.count``, ``bytes.find``, one regular expression):
+chunk ``\\.\\n\\n\\n`` and the zero length. A block is first walked chunk by chunk (``_walk``:
+exact for any chunking; a row's newline is found with ``bytes.find``, memchr). That costs ~1 us of
+Python per chunk: fine for long rows, too slow for millions of short ones. So once 32 chunks were
+one row each and averaged under 512 bytes, the rest of the block is counted with C-speed scans
+only (``_fast``: ``bytes.count``, ``bytes.find``, one regular expression), ~1 ns per byte:
 
 * the block ends at the first five zero bytes (the zero length): a chunk header holds at most four
   and rows hold no NUL; the terminator chunk ``00 05000000 '\\.\\n\\n\\n'`` must precede them;
@@ -28,10 +30,10 @@ counted with C-speed scans only (``bytes.count``, ``bytes.find``, one regular ex
   while a row's newline is at least 6 bytes after the previous newline of any kind (a row is >= 1
   byte; a length byte ``0x0A`` means a length >= 10). So the length newlines are exactly the
   newlines that follow another newline within 5 bytes, and rows = newlines - newlines that have
-  another one within the next 5 bytes (``_PAIR``; rare in real data, so cheap).
+  another one within the next 5 bytes (``_PAIR``; rare in real data, so cheap);
+* once per piece, one chunk is checked to be one row (``_check_one_row_chunk``).
 
-A block whose first chunk is not exactly one row is walked chunk by chunk (exact for any
-chunking, only slower). Large-object blocks are skipped chunk by chunk.
+Large-object blocks are skipped chunk by chunk.
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ SUPPORTED_VERSIONS = {(1, 14)}  # K_VERS_1_14: pg_dump 12, 13, 14, 15
 ARCH_CUSTOM = 1
 BLK_DATA = 1
 BLK_BLOBS = 3
+FAST_AFTER = 32  # one-row chunks walked before the rest of a block may be counted fast
+FAST_BELOW = 512  # ... if they averaged fewer bytes than this (longer rows: walking is cheaper)
 MAX_NAME = 1024  # tags, descs, namespaces kept (identifiers are <= 63 bytes); longer ones are skipped
 COPY_END = b"\\.\n\n\n"
 _TERMINATOR = b"\x00\x05\x00\x00\x00" + COPY_END  # the COPY terminator chunk (sign 0, length 5)
@@ -84,11 +88,8 @@ class _Need:
 
 
 @dataclass
-class _Payload:
+class _Payload:  # bytes to skip
     remaining: int
-    count: bool
-    newlines: int = 0
-    tail: bytes = b""
 
 
 @dataclass
@@ -99,11 +100,28 @@ class _Fast:
     last: int = 0x0A
 
 
-_Request = _Need | _Payload | _Fast
+@dataclass
+class _Walk:
+    """Chunk by chunk through a table data block, in the driver's loop (no generator round trip)."""
+    header: bytes = b""  # a chunk header cut by the end of a piece
+    remaining: int = 0  # payload bytes left in the current chunk (cut by the end of a piece)
+    size: int = 0  # the current chunk's length
+    chunk_newlines: int = 0  # in the current (cut) chunk
+    small: bytearray = field(default_factory=bytearray)  # a cut chunk of the terminator's size
+    terminator: bool = False  # the last chunk was the COPY terminator
+    newlines: int = 0
+    one_row: int = 0  # chunks so far that were exactly one row
+    one_row_bytes: int = 0
+    other: bool = False  # a chunk that was not exactly one row
+
+
+_Request = _Need | _Payload | _Fast | _Walk
 
 
 @dataclass
 class RowCounter:
+    fast_after: int = FAST_AFTER
+    fast_below: int = FAST_BELOW
     counts: dict[tuple[bytes, bytes], int] = field(default_factory=dict)
     failed: str | None = None
     version: tuple[int, int, int] | None = None
@@ -171,16 +189,84 @@ class RowCounter:
                 self._send(value)
             elif isinstance(req, _Payload):
                 take = min(req.remaining, n - pos)
-                end = pos + take
-                if req.count:
-                    req.newlines += data.count(b"\n", pos, end)
-                    req.tail = (req.tail + data[max(pos, end - 5):end])[-5:]
                 req.remaining -= take
-                pos = end
+                pos += take
                 if req.remaining == 0:
-                    self._send((req.newlines, req.tail))
+                    self._send(None)
+            elif isinstance(req, _Walk):
+                pos = self._walk(req, data, pos)
             else:
                 pos = self._fast(req, data, pos)
+
+    def _walk(self, req: _Walk, data: bytes, pos: int) -> int:
+        """Walk a table data block chunk by chunk, counting newlines (exact for any chunking); once
+        enough chunks were one row each and short, hand the rest of the block to ``_fast``. Return
+        where the block (or the walk) ends in ``data``, or ``len(data)``.
+
+        Newlines are looked for with ``find`` (memchr, several times faster than ``count``): a row
+        has only its last one."""
+        n = len(data)
+        head = 1 + self._int_size
+        while pos < n:
+            if req.remaining:  # the rest of a chunk cut by the end of the previous piece
+                take = min(req.remaining, n - pos)
+                end = pos + take
+                req.remaining -= take
+                if data.find(b"\n", pos, end) >= 0:
+                    req.chunk_newlines += data.count(b"\n", pos, end)
+                if req.size == len(COPY_END):
+                    req.small += data[pos:end]
+                pos = end
+                if req.remaining:
+                    return n
+                last_row = req.chunk_newlines == 1 and data[end - 1] == 0x0A
+                req.newlines += req.chunk_newlines
+                req.terminator = bytes(req.small) == COPY_END
+            else:
+                if req.header or n - pos < head:
+                    take = head - len(req.header)
+                    req.header += data[pos:pos + take]
+                    pos = min(n, pos + take)
+                    if len(req.header) < head:
+                        return n
+                    raw, req.header = req.header, b""
+                else:
+                    raw = data[pos:pos + head]
+                    pos += head
+                size = int.from_bytes(raw[1:], "little")
+                if raw[0] and size:
+                    raise DumpFormatError("negative chunk length")
+                if not size:  # the zero length: the block ends
+                    if not req.terminator:
+                        raise DumpFormatError("a table data block without the COPY terminator")
+                    self.exact_blocks += 1
+                    self._send(("rows", req.newlines - COPY_END.count(b"\n")))
+                    return pos
+                end = pos + size
+                req.size = size
+                if end > n:  # cut by the end of the piece
+                    req.remaining = end - n
+                    req.chunk_newlines = data.count(b"\n", pos, n) if data.find(b"\n", pos, n) >= 0 else 0
+                    req.small = bytearray(data[pos:n]) if size == len(COPY_END) else bytearray()
+                    return n
+                if data[end - 1] == 0x0A and data.find(b"\n", pos, end - 1) < 0:
+                    req.newlines += 1
+                    last_row = True
+                else:
+                    req.newlines += data.count(b"\n", pos, end)
+                    last_row = False
+                req.terminator = size == len(COPY_END) and data[pos:end] == COPY_END
+                pos = end
+            if not last_row:
+                req.other = True
+                continue
+            req.one_row += 1
+            req.one_row_bytes += req.size
+            if not req.other and req.one_row >= self.fast_after and req.one_row_bytes < self.fast_below * req.one_row:
+                self.fast_blocks += 1
+                self._send(("fast", req.newlines))
+                return pos
+        return n
 
     def _fast(self, req: _Fast, data: bytes, pos: int) -> int:
         """Count the rows of a table data block from ``data[pos:]`` on (module docstring); return
@@ -232,7 +318,7 @@ class RowCounter:
             return b""
         if keep and size <= MAX_NAME:
             return bytes((yield _Need(size)))
-        yield _Payload(size, count=False)
+        yield _Payload(size)
         return None if keep else b""
 
     def _parse(self) -> Generator[_Request, Any, None]:
@@ -313,23 +399,10 @@ class RowCounter:
 
     def _skip_chunks(self) -> Generator[_Request, Any, None]:
         while size := (yield from self._chunk()):
-            yield _Payload(size, count=False)
+            yield _Payload(size)
 
     def _table_data(self) -> Generator[_Request, Any, int]:
-        size = yield from self._chunk()
-        if size == 0:
-            raise DumpFormatError("a table data block without the COPY terminator")
-        newlines, tail = yield _Payload(size, count=True)
-        if newlines == 1 and tail.endswith(b"\n"):  # one chunk per row: count the rest fast
-            self.fast_blocks += 1
-            rest = yield _Fast()
-            return 1 + rest
-        self.exact_blocks += 1
-        last = tail
-        while size := (yield from self._chunk()):
-            more, tail = yield _Payload(size, count=True)
-            newlines += more
-            last = (last + tail)[-5:]
-        if last != COPY_END:
-            raise DumpFormatError("a table data block without the COPY terminator")
-        return newlines - COPY_END.count(b"\n")
+        kind, rows = yield _Walk()
+        if kind == "fast":  # the chunks were rows, and short: the rest of the block at C speed
+            rows += yield _Fast()
+        return rows
