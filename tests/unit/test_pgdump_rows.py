@@ -236,14 +236,15 @@ def test_a_table_data_block_without_the_copy_terminator_fails() -> None:
     data = header() + i32(1) + entry(1, b"TABLE DATA", b"public", b"t", True) + table_block(1, [b"a\nb\n"])
     counter = count(data, [])
     assert counter.failed is not None and "COPY terminator" in counter.failed
-    # one row per chunk: the fast scan stops at the block's zero length, which must follow the terminator
+    # one row per chunk: walked, the block fails at its zero length; counted fast, the scan runs into
+    # the next block, which is then missing at the end
     data = (header() + i32(2) + entry(1, b"TABLE DATA", b"public", b"t", True)
             + entry(2, b"TABLE DATA", b"public", b"u", True)
             + table_block(1, [b"a\n"] * 50) + table_block(2, [b"b\n"] * 50 + [COPY_END]))
     for cuts in ([], list(range(0, len(data), 7))):
-        counter = count(data, cuts)
-        assert counter.failed == "a table data block without the COPY terminator"
-        assert count(data, cuts, **FAST).failed == "a table data block without the COPY terminator"
+        assert count(data, cuts, **WALK).failed == "a table data block without the COPY terminator"
+        assert count(data, cuts).failed == "no data block for dump id(s) 2"
+        assert count(data, cuts, **FAST).failed == "no data block for dump id(s) 2"
 
 
 def test_a_block_for_an_unknown_dump_id_fails() -> None:

@@ -23,8 +23,10 @@ Python per chunk: fine for long rows, too slow for millions of short ones. So on
 one row each and averaged under 512 bytes, the rest of the block is counted with C-speed scans
 only (``_fast``: ``bytes.count``, ``bytes.find``, one regular expression), ~1 ns per byte:
 
-* the block ends at the first five zero bytes (the zero length): a chunk header holds at most four
-  and rows hold no NUL; the terminator chunk ``00 05000000 '\\.\\n\\n\\n'`` must precede them;
+* the block ends at the first terminator chunk and zero length, ``00 05000000 '\\.\\n\\n\\n'
+  00 00000000``: rows hold no NUL, so these bytes are no row's. pg_dump ends every table data
+  block so; were one to lack them, the scan would run into the next block, and that block would
+  be missing at the end: ``finish()`` fails unless every entry with data had its block;
 * newlines in the block = one per row + those inside chunk lengths (a length byte ``0x0A``);
 * a newline inside a length is 2-5 bytes after the previous row's newline (the header is 5 bytes),
   while a row's newline is at least 6 bytes after the previous newline of any kind (a row is >= 1
@@ -51,9 +53,9 @@ FAST_AFTER = 32  # one-row chunks walked before the rest of a block may be count
 FAST_BELOW = 512  # ... if they averaged fewer bytes than this (longer rows: walking is cheaper)
 MAX_NAME = 1024  # tags, descs, namespaces kept (identifiers are <= 63 bytes); longer ones are skipped
 COPY_END = b"\\.\n\n\n"
-_TERMINATOR = b"\x00\x05\x00\x00\x00" + COPY_END  # the COPY terminator chunk (sign 0, length 5)
-_ZEROS = bytes(5)  # the zero length (sign 0, 0) that ends a block
-_KEEP = len(_TERMINATOR) + len(_ZEROS) - 1  # held back between pieces: both are seen across a cut
+# the COPY terminator chunk (sign 0, length 5) and the zero length (sign 0, 0) that ends the block
+_BLOCK_END = b"\x00\x05\x00\x00\x00" + COPY_END + bytes(5)
+_KEEP = len(_BLOCK_END) - 1  # bytes held back between pieces so _BLOCK_END is seen across a cut
 _PAIR = re.compile(rb"\n(?=[^\n]{0,4}\n)")  # a newline with another one within the next 5 bytes
 
 
@@ -131,6 +133,7 @@ class RowCounter:
     _off_size: int = 8
     _pending: bytearray = field(default_factory=bytearray)
     _finished: bool = False
+    _unseen: set[int] = field(default_factory=set)  # entries with data whose block has not come yet
 
     def __post_init__(self) -> None:
         self._gen = self._parse()
@@ -155,6 +158,8 @@ class RowCounter:
         req = self._req
         if not (self._finished or (isinstance(req, _Need) and req.boundary and not self._pending)):
             self._fail("the dump ended early (truncated)")
+        elif self._unseen:
+            self._fail(f"no data block for dump id(s) {', '.join(map(str, sorted(self._unseen)[:5]))}")
 
     def _fail(self, reason: str) -> None:
         self.failed = reason
@@ -273,10 +278,8 @@ class RowCounter:
         where the block ends in ``data``, or ``len(data)`` when it goes on."""
         ctx = req.ctx
         buf = ctx + data[pos:] if ctx else data[pos:]
-        # five zero bytes cannot occur among one-row chunks (a header has at most four, between
-        # non-zero bytes): the first ones are the zero length that ends the block
-        zeros = buf.find(_ZEROS)
-        if zeros < 0:
+        end = buf.find(_BLOCK_END)
+        if end < 0:
             decided = len(buf) - _KEEP
             if decided <= 0:
                 req.ctx = buf
@@ -288,9 +291,6 @@ class RowCounter:
             req.last = buf[decided - 1]
             req.ctx = buf[decided:]
             return len(data)
-        end = zeros - len(_TERMINATOR)
-        if end < 0 or buf[end:zeros] != _TERMINATOR:
-            raise DumpFormatError("a table data block without the COPY terminator")
         if (buf[end - 1] if end else req.last) != 0x0A:
             raise DumpFormatError("a table data block does not end with a whole row")
         _check_one_row_chunk(buf, end)
@@ -299,7 +299,7 @@ class RowCounter:
         # `end` decides the same
         req.pairs += len(_PAIR.findall(buf, 0, end))
         self._send(req.newlines - req.pairs)
-        return pos + zeros + len(_ZEROS) - len(ctx)
+        return pos + end + len(_BLOCK_END) - len(ctx)
 
     # ---- the structure ----------------------------------------------------------------------------
 
@@ -372,16 +372,16 @@ class RowCounter:
                     if tag is None or namespace is None:
                         raise DumpFormatError(f"TABLE DATA entry {dump_id} without a name")
                     tables[dump_id] = (namespace, tag)
-        seen: set[int] = set()
+        self._unseen = set(with_data)
         while True:
             kind = yield _Need(1, boundary=True)
             block = kind[0]
             if block not in (BLK_DATA, BLK_BLOBS):
                 raise DumpFormatError(f"unknown data block type {block}")
             dump_id = yield from self._int()
-            if dump_id not in with_data or dump_id in seen:
+            if dump_id not in self._unseen:
                 raise DumpFormatError(f"data block for unexpected dump id {dump_id}")
-            seen.add(dump_id)
+            self._unseen.discard(dump_id)
             if block == BLK_DATA:
                 if dump_id in tables:
                     self.counts[tables[dump_id]] = yield from self._table_data()

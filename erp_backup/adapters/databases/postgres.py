@@ -2,12 +2,23 @@
 
 Consistency
 -----------
-The row counts recorded in the manifest come from the very snapshot pg_dump
+The row counts recorded in the manifest are those of the very snapshot pg_dump
 dumps: we open a REPEATABLE READ, read-only transaction with psycopg2, export
 its snapshot (``pg_export_snapshot()``) and start ``pg_dump --snapshot=<id>``
-while that transaction stays open. The per-table ``COUNT(*)`` queries run in
-the same transaction, in a thread, while pg_dump streams (they see exactly the
-rows pg_dump writes, whatever commits meanwhile).
+while that transaction stays open (until pg_dump has ended).
+
+Row counts
+----------
+They are read from the dump stream itself as it passes to the compressor
+(``pgdump_rows``: the rows of each ``TABLE DATA`` block), so the tables are not
+scanned a second time. They keep ``SELECT count(*)``'s meaning: an inheritance
+parent's count includes its descendants' rows. A table the stream has no data
+for (e.g. the parent of a foreign table) is counted with ``SELECT count(*)``
+after the dump, in the still open snapshot; if the stream cannot be read (an
+archive version the parser does not know, an unexpected layout) every table is,
+in a thread while pg_dump goes on, and a warning says why. Either way the
+counts are exactly those of the dumped snapshot (``counts_consistent``).
+``row_counts()`` (after a restore) uses ``SELECT count(*)``.
 
 By hand
 -------
@@ -106,7 +117,7 @@ ORDER BY 1, 2
 class PostgresAdapter:
     engine = "postgresql"
     artifact_name = "db.postgresql.pgdump.zst"
-    counts_consistent = True  # one snapshot for the dump and the counts
+    counts_consistent = True  # the counts are those of the dumped snapshot
 
     def __init__(self, url: DatabaseUrl, *, timeout: float | None = None) -> None:
         if url.engine != "postgresql":
