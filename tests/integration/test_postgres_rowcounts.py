@@ -14,6 +14,8 @@ import pytest
 from erp_backup.adapters.databases import pgdump_rows, postgres
 from erp_backup.adapters.databases.postgres import PostgresAdapter
 from erp_backup.core.dburl import DatabaseUrl
+from erp_backup.core.errors import ConfigError
+from tests.integration.conftest import assert_actionable
 
 pytestmark = pytest.mark.integration
 
@@ -129,3 +131,16 @@ def test_an_inheritance_parent_with_a_foreign_child_is_counted_with_count_star(p
     # pg_dump writes no data for a foreign table: only the parent is counted with count(*)
     assert count_calls == [[("public", "fparent")]]
     assert info.tables == {"public.fparent": 8, "public.lonely": 1, "public.remote_rows": 6}
+
+
+def test_count_star_can_be_chosen_and_a_wrong_choice_is_refused(src, count_calls, monkeypatch, tmp_path: Path,
+                                                                 caplog) -> None:
+    monkeypatch.setenv(postgres.ROW_COUNTS_ENV, "count")
+    info = PostgresAdapter(src).dump(lambda b: None, tmp_path)
+    assert info.tables == EXPECTED
+    assert len(count_calls) == 1 and len(count_calls[0]) == len(EXPECTED)
+    assert FALLBACK not in caplog.text  # chosen, not a fallback: no warning
+    monkeypatch.setenv(postgres.ROW_COUNTS_ENV, "guess")
+    with pytest.raises(ConfigError) as e:
+        PostgresAdapter(src).dump(lambda b: None, tmp_path)
+    assert_actionable(e.value, "ERP_BACKUP_PG_ROW_COUNTS='guess'", "'stream' (the default) or 'count'")

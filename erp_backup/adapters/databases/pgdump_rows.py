@@ -3,7 +3,8 @@
 Pure (no I/O): ``RowCounter.feed(piece)`` takes the dump in pieces cut anywhere, ``finish()`` at
 its end; ``counts`` maps ``(namespace, table)`` (bytes, in the dump's encoding) to the rows of that
 table's ``TABLE DATA``. On anything it does not know (archive version, compression, layout) it stops
-with ``failed`` set to the reason, and the caller counts another way. It holds at most a few KiB.
+with ``failed`` set to the reason, and the caller counts another way. Besides (a copy of) the
+piece being fed, it holds a few KiB at most.
 
 The layout (``pg_backup_archiver.c`` / ``pg_backup_custom.c``, archive version 1.14 = pg_dump
 12-15): header (``PGDMP``, version, int size, offset size, format, compression, creation time,

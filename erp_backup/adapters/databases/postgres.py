@@ -20,6 +20,13 @@ in a thread while pg_dump goes on, and a warning says why. Either way the
 counts are exactly those of the dumped snapshot (``counts_consistent``).
 ``row_counts()`` (after a restore) uses ``SELECT count(*)``.
 
+``ERP_BACKUP_PG_ROW_COUNTS=count`` chooses ``SELECT count(*)`` (in a thread, while pg_dump
+runs) instead of the stream. Measured here (data in the page cache, 2 loaded cores), reading the
+stream costs the backup process ~1.5-2 CPU-s per GB of dump for short rows (pgbench), about twice
+what the count(*) scans cost the server, and it runs in the thread that feeds the compressor;
+the stream spares the server that second scan (and its disk reads when the database does not fit
+in memory).
+
 By hand
 -------
 ``zstd -d < db.postgresql.pgdump.zst | pg_restore --exit-on-error --no-owner
@@ -65,6 +72,9 @@ from erp_backup.core.errors import ConfigError, DatabaseError, RestoreError
 from erp_backup.core.models import DatabaseInfo
 
 DUMP_FORMAT = "pg_dump-custom"
+# how dump() counts rows: "stream" (default: read from pg_dump's output, no second scan of the tables)
+# or "count" (SELECT count(*) of every table in the dump's snapshot, in a thread while pg_dump runs)
+ROW_COUNTS_ENV = "ERP_BACKUP_PG_ROW_COUNTS"
 
 # URL query options passed on to libpq (psycopg2 keywords; PG* variables for the clients)
 _LIBPQ_ENV = {
@@ -159,10 +169,14 @@ class PostgresAdapter:
                 inherits = [((ps, pt), (cs, ct)) for ps, pt, cs, ct in cur.fetchall()]
             counter = RowCounter()
 
-            def count_all(reason: str) -> None:
-                log.warning("row counts of database %s: %s; counting them with SELECT count(*) in the "
-                            "dump's snapshot instead", self.url.name, reason)
+            def count_all(reason: str | None) -> None:
+                if reason:
+                    log.warning("row counts of database %s: %s; counting them with SELECT count(*) in the "
+                                "dump's snapshot instead", self.url.name, reason)
                 fallback.append(Background(lambda: _count(conn, tables, self.url), name="pg-row-counts"))
+
+            if row_counts_method() == "count":
+                count_all(None)  # chosen: SELECT count(*) in a thread while pg_dump streams
 
             def guarded(chunk: bytes) -> None:
                 if fallback:
@@ -314,6 +328,15 @@ class PostgresAdapter:
             counts = _count(conn, tables, url)
             conn.rollback()
             return counts
+
+
+def row_counts_method() -> str:
+    """``stream`` or ``count`` from ``$ERP_BACKUP_PG_ROW_COUNTS`` (module docstring: Row counts)."""
+    value = os.environ.get(ROW_COUNTS_ENV, "stream").strip().lower() or "stream"
+    if value not in ("stream", "count"):
+        raise ConfigError(f"{ROW_COUNTS_ENV}={value!r} is not a row count method",
+                          hint=f"set {ROW_COUNTS_ENV} to 'stream' (the default) or 'count', or unset it")
+    return value
 
 
 def _spool(chunks: Iterable[bytes], fd: int) -> None:
