@@ -1,6 +1,6 @@
-"""Row counts read from pg_dump's stream (``pgdump_rows``) against ``SELECT count(*)`` on the real
-PostgreSQL 15 server: the same numbers, no second scan, and the count(*) safety net in the dump's
-snapshot when the stream cannot be read."""
+"""Row counts read from pg_dump's stream (``pgdump_rows``, ``ERP_BACKUP_PG_ROW_COUNTS=stream``)
+against ``SELECT count(*)`` on the real PostgreSQL 15 server: the same numbers, no second scan,
+and the count(*) safety net in the dump's snapshot when the stream cannot be read."""
 
 from __future__ import annotations
 
@@ -27,6 +27,11 @@ EXPECTED = {
     "public.scratch": 9, "public.ten": 300, "public.texts": 10, 'we ird.sch"ema ü.ta.ble "q" 顧客': 7,
 }
 FALLBACK = "counting them with SELECT count(*)"
+
+
+@pytest.fixture(autouse=True)
+def _stream(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(postgres.ROW_COUNTS_ENV, "stream")
 
 
 @pytest.fixture
@@ -133,9 +138,13 @@ def test_an_inheritance_parent_with_a_foreign_child_is_counted_with_count_star(p
     assert info.tables == {"public.fparent": 8, "public.lonely": 1, "public.remote_rows": 6}
 
 
-def test_count_star_can_be_chosen_and_a_wrong_choice_is_refused(src, count_calls, monkeypatch, tmp_path: Path,
-                                                                 caplog) -> None:
-    monkeypatch.setenv(postgres.ROW_COUNTS_ENV, "count")
+@pytest.mark.parametrize("setting", [None, "", "count", " Count "])
+def test_count_star_is_the_default_and_a_wrong_choice_is_refused(src, count_calls, monkeypatch, tmp_path: Path,
+                                                                 caplog, setting: str | None) -> None:
+    if setting is None:
+        monkeypatch.delenv(postgres.ROW_COUNTS_ENV)
+    else:
+        monkeypatch.setenv(postgres.ROW_COUNTS_ENV, setting)
     info = PostgresAdapter(src).dump(lambda b: None, tmp_path)
     assert info.tables == EXPECTED
     assert len(count_calls) == 1 and len(count_calls[0]) == len(EXPECTED)
@@ -143,4 +152,4 @@ def test_count_star_can_be_chosen_and_a_wrong_choice_is_refused(src, count_calls
     monkeypatch.setenv(postgres.ROW_COUNTS_ENV, "guess")
     with pytest.raises(ConfigError) as e:
         PostgresAdapter(src).dump(lambda b: None, tmp_path)
-    assert_actionable(e.value, "ERP_BACKUP_PG_ROW_COUNTS='guess'", "'stream' (the default) or 'count'")
+    assert_actionable(e.value, "ERP_BACKUP_PG_ROW_COUNTS='guess'", "'count' (the default) or 'stream'")
