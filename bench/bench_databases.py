@@ -18,7 +18,11 @@ Measured in one run, on databases generated here and dropped at the end (unless 
     and parallel (the default: 2 data sessions). Restore rows also report CPU-seconds: the client's
     (user+sys, children included) and the server's (mariadbd's, from /proc), since on 2 cores the
     server's CPU bounds a restore.
-Our dump runs in a fresh child Python process, which reports its peak RSS (VmHWM).
+Our dump runs in a fresh child Python process, which reports its peak RSS (VmHWM) and its
+CPU-seconds (pg_dump and the compressor threads included); PostgreSQL rows also report the server's
+CPU-seconds (the backends', from the postmaster's reaped-children counters when its data directory
+is readable here; other clients of the server add noise). ``ERP_BACKUP_PG_ROW_COUNTS=stream``
+measures the row counts read from pg_dump's output instead of count(*).
 
 Targets: DB stage <= 0.8x bare pg_dump -Fc (pgbench-like), <= 0.3x (less compressible);
 restore <= 1.1x bare pg_restore -j 2; MariaDB dump <= 1.1x bare mariadb-dump | zstd; MariaDB restore
@@ -100,17 +104,39 @@ def _child_dump(url_text: str, out: str, workdir: str) -> None:
     t0 = time.perf_counter()
     info, sha, size = engine_database_stage(url, Path(out), Path(workdir))
     seconds = time.perf_counter() - t0
+    cpu = _cpu_self()
     hwm = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
                if line.startswith("VmHWM:"))
-    print(json.dumps({"seconds": seconds, "rss_mb": hwm / 1024, "raw": info.raw_size, "out": size,
+    print(json.dumps({"seconds": seconds, "cpu_s": cpu, "rss_mb": hwm / 1024, "raw": info.raw_size, "out": size,
                       "sha256": sha, "info": info.__dict__}))
 
 
 def ours_dump(url: DatabaseUrl, url_text: str, out: Path, workdir: Path) -> dict[str, object]:
+    s0 = _cpu_pg_server()
     r = subprocess.run(
         [sys.executable, __file__, "_child-dump", url_text, str(out), str(workdir)],
         check=True, capture_output=True, text=True)
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    result: dict[str, object] = json.loads(r.stdout.strip().splitlines()[-1])
+    result["server_cpu_s"] = _cpu_pg_server() - s0
+    return result
+
+
+def _cpu_pg_server() -> float:
+    """CPU-seconds of the PostgreSQL backends that ended so far (the postmaster's cutime + cstime;
+    0 when its data directory is not readable here)."""
+    try:
+        conn = psycopg2.connect(host="127.0.0.1", user="postgres", dbname="postgres")
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT current_setting('data_directory')")
+                datadir = str(cur.fetchone()[0])
+        finally:
+            conn.close()
+        pid = int((Path(datadir) / "postmaster.pid").read_text().split()[0])
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, psycopg2.Error):
+        return 0.0
 
 
 # ---- generation ------------------------------------------------------------------------------------
@@ -258,15 +284,20 @@ def bench_pg(label: str, db: str, tmp: Path, repeat: int, restore: bool, results
     url_text = PG + db
     url = parse_database_url(url_text)
     bare_file = tmp / f"{db}.bare.dump"
+    c0, s0 = _cpu_self(), _cpu_pg_server()
     bare_s, _ = timed(lambda: run(["pg_dump", "-h", "127.0.0.1", "-U", "postgres", "-Fc", "-f",
                                    str(bare_file), db]), repeat)
+    bare_cpu, bare_server = (_cpu_self() - c0) / repeat, (_cpu_pg_server() - s0) / repeat
     ours_file = tmp / f"{db}.pgdump.zst"
     runs = [ours_dump(url, url_text, ours_file, tmp) for _ in range(repeat)]
     ours_s = statistics.median(float(r["seconds"]) for r in runs)  # type: ignore[arg-type]
     rss = max(float(r["rss_mb"]) for r in runs)  # type: ignore[arg-type]
     row: dict[str, object] = {
         "db": label, "size_mb": pg_size(db) / 1e6, "bare_pg_dump_Fc_s": bare_s, "ours_s": ours_s,
-        "ratio": ours_s / bare_s, "bare_mb": bare_file.stat().st_size / 1e6,
+        "ratio": ours_s / bare_s, "bare_cpu_s": bare_cpu, "bare_server_cpu_s": bare_server,
+        "ours_cpu_s": statistics.median(float(r["cpu_s"]) for r in runs),  # type: ignore[arg-type]
+        "ours_server_cpu_s": statistics.median(float(r["server_cpu_s"]) for r in runs),  # type: ignore[arg-type]
+        "bare_mb": bare_file.stat().st_size / 1e6,
         "ours_mb": ours_file.stat().st_size / 1e6, "raw_mb": float(runs[0]["raw"]) / 1e6,  # type: ignore[arg-type]
         "peak_rss_mb": rss,
     }
@@ -432,6 +463,10 @@ def report(results: list[dict[str, object]]) -> None:
             rr = float(r["restore_serial_ratio"])  # type: ignore[arg-type]
             print(f"| {name} (restore serial) | | | | | | | {r['bare_mariadb_restore_s']:.1f} / "
                   f"{r['ours_restore_serial_s']:.1f} s | {rr:.2f}x | - | - | |")
+    for r in results:
+        if "ours_cpu_s" in r:
+            print(f"CPU-s {r['db']} dump (median; client + server): bare pg_dump -Fc {r['bare_cpu_s']:.2f} + "
+                  f"{r['bare_server_cpu_s']:.2f}; ours {r['ours_cpu_s']:.2f} + {r['ours_server_cpu_s']:.2f}")
     for r in results:
         cpu = r.get("restore_cpu_s")
         if isinstance(cpu, dict):

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -224,6 +225,8 @@ def stream_out(argv: Sequence[str], write: Callable[[bytes], object], *,
     descriptors the child inherits (e.g. an in-memory option file with a password)."""
     secrets = tuple(secrets)
     proc = _start(argv, env_extra, subprocess.DEVNULL, subprocess.PIPE, cwd, pass_fds)
+    assert proc.stdout is not None
+    _widen_pipe(proc.stdout.fileno())
     tail = _Tail(proc.stderr)  # type: ignore[arg-type]
     flag = threading.Event()
     timer = _timer(proc, timeout, flag)
@@ -247,6 +250,19 @@ def stream_out(argv: Sequence[str], write: Callable[[bytes], object], *,
         if timer:
             timer.cancel()
     return ProcResult(proc.returncode, b"", err, n)
+
+
+def _widen_pipe(fd: int) -> None:
+    """Let the child write up to CHUNK bytes ahead in its pipe (Linux; 64 KiB by default): the reader
+    then gets fewer, larger pieces, and every piece costs a Python call in each consumer (row
+    counter, compressor, hash). Best effort: refused (pipe-max-size, a user's pipe quota), it stays."""
+    setsize = getattr(fcntl, "F_SETPIPE_SZ", None)
+    if setsize is None:
+        return
+    try:
+        fcntl.fcntl(fd, setsize, CHUNK)
+    except OSError:
+        pass
 
 
 def stream_in(argv: Sequence[str], chunks: Iterable[bytes], *, env_extra: dict[str, str] | None = None,

@@ -156,8 +156,10 @@ class Writer(threading.Thread):
             self.error = e
 
 
+@pytest.mark.parametrize("method", ["count", "stream"])  # SELECT count(*) / read from pg_dump's output
 def test_counts_come_from_the_dump_snapshot_under_concurrent_writes(pg_db, pg_connect_fn, dump_to_file,
-                                                                   workdir) -> None:
+                                                                   workdir, monkeypatch, method: str) -> None:
+    monkeypatch.setenv("ERP_BACKUP_PG_ROW_COUNTS", method)
     src = pg_db("live")
     execute(src, ORDERS_SCHEMA)
     writer = Writer(src, pg_connect_fn)
