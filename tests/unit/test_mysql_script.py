@@ -249,3 +249,37 @@ def test_strings_and_comments_are_data(inner: str) -> None:
     text = inner.replace("'", "''").replace("\\", "\\\\").encode()
     for sql in (b"INSERT INTO t VALUES ('" + text + b"')", b"SELECT 1 /* " + inner.replace("*/", "").encode() + b" */"):
         assert confine_definers(sql) == sql
+
+
+# ---- NO_BACKSLASH_ESCAPES / ANSI_QUOTES: the checks read strings as the server does (a review hid
+# ---- INTO OUTFILE after 'a\' with the mode on, and a DEFINER rewrite changed a routine's string)
+from erp_backup.adapters.databases.mysql_script import (  # noqa: E402
+    check_confined,
+)
+
+
+def test_a_statement_hidden_after_a_backslash_under_no_backslash_escapes_is_refused() -> None:
+    dump = (b"SET sql_mode='NO_BACKSLASH_ESCAPES';\nCREATE TABLE `t` (a TEXT);\n"
+            b"SELECT 'a\\' INTO OUTFILE '/tmp/x.txt' -- '\n;\n")
+    with pytest.raises(DumpRejected, match="beyond the restored database"):
+        for s in statements([dump], SessionModeTracker()):
+            check_confined(s)
+    hidden_global = Statement(b"SET @a='x\\', @@GLOBAL.max_connections=5 -- '", 1, nbe=True)
+    with pytest.raises(DumpRejected):
+        check_confined(hidden_global)
+    # the same text without the mode is one string: nothing to refuse
+    check_confined(Statement(b"SET @a='x\\', @@GLOBAL.max_connections=5 -- '", 1))
+
+
+def test_a_plain_insert_under_no_backslash_escapes_is_checked_in_full() -> None:
+    sneaky = Statement(b"INSERT INTO `t` VALUES ('a\\'),('b') INTO OUTFILE '/tmp/y' -- '),('c')", 1, nbe=True)
+    with pytest.raises(DumpRejected):
+        check_confined(sneaky)
+
+
+def test_definer_rewrite_leaves_strings_alone_in_every_mode() -> None:
+    body = b"CREATE DEFINER=`bob`@`%` PROCEDURE p() SELECT 'C:\\' AS a, 'note: definer = bob' AS b"
+    out = confine_definers(body, nbe=True)
+    assert out == b"CREATE DEFINER=CURRENT_ROLE PROCEDURE p() SELECT 'C:\\' AS a, 'note: definer = bob' AS b"
+    ansi = b'CREATE DEFINER=`bob`@`%` TRIGGER tr BEFORE INSERT ON "t" FOR EACH ROW SET @x = "definer = y"'
+    assert confine_definers(ansi, ansi=True).count(b"CURRENT_ROLE") == 1

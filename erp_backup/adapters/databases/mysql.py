@@ -104,7 +104,7 @@ from erp_backup.adapters.databases.mysql_script import (
 )
 from erp_backup.adapters.databases.mysql_sections import Kind, SectionPlanner, table_key
 from erp_backup.core.dburl import DatabaseUrl
-from erp_backup.core.errors import ConfigError, DatabaseError, RestoreError, ToolMissingError
+from erp_backup.core.errors import BackupError, ConfigError, DatabaseError, RestoreError, ToolMissingError
 from erp_backup.core.models import DatabaseInfo
 
 DUMP_FORMAT = "sql"
@@ -358,6 +358,10 @@ def _open(url: DatabaseUrl, timeout: float | None, database: str | None,
         "charset": "utf8mb4",
         "autocommit": True,
         "local_infile": False,  # a dump's LOAD DATA LOCAL INFILE must not read our files
+        # a connection that waits (the lock-holding admin session, a data session while one big table
+        # loads elsewhere) must outlive the server's wait_timeout (often 60-600 s): a review had idle
+        # sessions "gone away" and the account's lock released under a running restore
+        "init_command": "SET SESSION wait_timeout = 604800",
     }
     if restore:  # statements of a dump: as large as the dump tool's packets; one statement per query
         kwargs["max_allowed_packet"] = MAX_PACKET
@@ -605,7 +609,7 @@ def _execute_dump(conn: pymysql.connections.Connection, chunks: Iterable[bytes],
                                    "is slow; the database is left partly restored")
             check_confined(st)  # a first line; the account it runs as can reach nothing else anyway
             charset.check(st)  # the splitter reads what the server reads: no charset that can hide a quote
-            _run_statement(conn, st, confine_definers(st.sql, definer), target)
+            _run_statement(conn, st, confine_definers(st.sql, definer, nbe=st.nbe, ansi=st.ansi), target)
             splitter.set_mode(**_session_mode(conn))
     except DumpRejected as e:
         raise _rejected(e, target) from None
@@ -638,10 +642,16 @@ def _run_statement(conn: pymysql.connections.Connection, st: Statement, sql: byt
                            hint=_restore_hint(e)) from None
 
 
+MAX_RESTORE_SESSIONS = 16
+
+
 def restore_sessions(jobs: int) -> int:
     """How many sessions load table data: ``jobs`` when more than 1 (``restore --jobs N``), else
     ``$ERP_BACKUP_MYSQL_RESTORE_JOBS``, else DEFAULT_RESTORE_SESSIONS; 1 is the serial restore."""
     if jobs > 1:
+        if jobs > MAX_RESTORE_SESSIONS:
+            raise ConfigError(f"--jobs {jobs}: at most {MAX_RESTORE_SESSIONS} sessions load a MySQL/MariaDB "
+                              "database", hint="2 fits a small server; each session is a connection")
         return jobs
     raw = os.environ.get(RESTORE_JOBS_ENV, "").strip()
     if not raw:
@@ -650,8 +660,8 @@ def restore_sessions(jobs: int) -> int:
         n = int(raw)
     except ValueError:
         n = 0
-    if n < 1:
-        raise ConfigError(f"{RESTORE_JOBS_ENV}={raw!r}: must be a whole number, 1 or more",
+    if not 1 <= n <= MAX_RESTORE_SESSIONS:
+        raise ConfigError(f"{RESTORE_JOBS_ENV}={raw!r}: must be a whole number from 1 to {MAX_RESTORE_SESSIONS}",
                           hint="e.g. 2 (parallel data sessions) or 1 (serial restore)")
     return n
 
@@ -673,6 +683,7 @@ class _Spool:
         self.cond = cond
         self.size = 0  # bytes written (guarded by cond)
         self.closed = False  # no more records will come
+        self.reader_done = False  # its session will not read it any more
         self.pos = 0  # reader's offset
 
     def append(self, st: Statement, sql: bytes) -> None:
@@ -687,9 +698,20 @@ class _Spool:
             self.cond.notify_all()
 
     def close(self) -> None:
+        """The writer's end: no more records. The file goes once both sides are done with it (a
+        session that stopped early must not close it under the reader of the dump, which may
+        still be appending: a review saw EBADF replace the real error)."""
         with self.cond:
             self.closed = True
             self.cond.notify_all()
+            if self.reader_done:
+                self.dispose()
+
+    def reader_finished(self) -> None:
+        with self.cond:
+            self.reader_done = True
+            if self.closed:
+                self.dispose()
 
     def read(self, stopped: Callable[[], bool]) -> tuple[Statement, bytes] | None:
         """The next statement; None at the end (or once ``stopped``)."""
@@ -715,10 +737,12 @@ class _Spool:
         return b"".join(parts)
 
     def dispose(self) -> None:
-        try:
-            os.close(self.fd)
-        except OSError:
-            pass
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
 
 class _Begin:
@@ -756,7 +780,7 @@ class _Session:
             except BaseException as e:  # handed to the main thread, which raises the first
                 loader.fail(e, self.table)
             finally:
-                item.spool.dispose()
+                item.spool.reader_finished()
                 with loader.cond:
                     self.table = None
                     loader.cond.notify_all()
@@ -804,6 +828,7 @@ class _ParallelLoader:
         self.failed = False
         self.error: BaseException | None = None
         self.sessions: list[_Session] = []
+        self.spools: list[_Spool] = []  # closed (writer side) at the end, whatever happened
         self.deadline = time.monotonic() + timeout if timeout else None
 
     def fail(self, e: BaseException, table: str | None) -> None:
@@ -823,7 +848,15 @@ class _ParallelLoader:
     def run(self, chunks: Iterable[bytes]) -> None:
         try:
             for i in range(self.n):
-                self.sessions.append(_Session(self, i, _open(self.login, self.timeout, self.target.name, True)))
+                try:
+                    conn = _open(self.login, self.timeout, self.target.name, True)
+                except BackupError as e:
+                    raise RestoreError(f"restore into database '{self.target.name}' could not open data session "
+                                       f"{i + 1} of {self.n}: {e.message}",
+                                       hint=f"lower the number of sessions (restore --jobs, {RESTORE_JOBS_ENV}; "
+                                       "1 restores serially) or raise the server's max_connections; the "
+                                       "database is left partly restored") from None
+                self.sessions.append(_Session(self, i, conn))
             for w in self.sessions:
                 w.thread.start()
             self._feed(chunks)
@@ -832,7 +865,10 @@ class _ParallelLoader:
             self.fail(e, None)
             raise self.error from None  # type: ignore[misc]
         except BaseException as e:
+            first = self.error
             self.fail(e, None)
+            if first is not None and isinstance(e, Exception):
+                raise first from e  # a session failed first: that is the cause, this the consequence
             raise
         finally:
             self._stop()
@@ -854,7 +890,7 @@ class _ParallelLoader:
             check_confined(st)
             charset.check(st)
             step = planner.step(st)
-            sql = confine_definers(st.sql, self.definer)
+            sql = confine_definers(st.sql, self.definer, nbe=st.nbe, ansi=st.ansi)
             kind = step.kind
             if kind is Kind.DATA:
                 spool.append(st, sql)  # type: ignore[union-attr]
@@ -877,6 +913,7 @@ class _ParallelLoader:
                 self._wait_tables((table_key(step.table),))
                 section = self._free_session(step.table)
                 spool = _Spool(self.workdir, self.cond)
+                self.spools.append(spool)
                 spool.append(st, sql)
                 section.q.put(_Begin(step.table, len(self.log), _session_mode(self.control), spool))
             elif kind is Kind.END:
@@ -951,7 +988,8 @@ class _ParallelLoader:
         for w in self.sessions:
             w.q.put(_STOP)
         for w in self.sessions:
-            w.thread.join(30)
+            if w.thread.ident is not None:  # started (opening the sessions may have failed part way)
+                w.thread.join(30)
             if not w.thread.is_alive():
                 try:
                     w.conn.close()
@@ -960,6 +998,11 @@ class _ParallelLoader:
             else:
                 log.warning("a MySQL restore session did not stop within 30 s: its connection closes with "
                             "this process")
+        for sp in self.spools:  # an interrupted feed leaves its last spool open on the writer side
+            sp.close()
+            if sp.reader_done or not any(w.thread.is_alive() for w in self.sessions):
+                sp.dispose()
+        self.spools.clear()
 
 
 _SET_STATEMENT = re.compile(rb"\s*(?:/\*M?!\d*\s*)?set\b", re.I)

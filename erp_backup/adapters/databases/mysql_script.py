@@ -69,6 +69,16 @@ class DumpRejected(Exception):
 class Statement:
     sql: bytes  # without the delimiter
     line: int  # line of the dump where it starts (1-based)
+    # the session's SQL mode it was read under: how its strings end (the checks read them the same way)
+    nbe: bool = False  # NO_BACKSLASH_ESCAPES
+    ansi: bool = False  # ANSI_QUOTES: "…" is a name
+
+
+def _quoted(nbe: bool, ansi: bool) -> bytes:
+    """Strings and quoted names as the server reads them in that mode."""
+    sq = rb"'(?:[^']|'')*'" if nbe else rb"'(?:[^'\\]|\\.|'')*'"
+    dq = rb'"(?:[^"]|"")*"' if nbe or ansi else rb'"(?:[^"\\]|\\.|"")*"'
+    return sq + rb"|" + dq + rb"|`(?:[^`]|``)*`"
 
 
 def _run_pattern(delim0: int, nbe: bool, ansi: bool) -> re.Pattern[bytes]:
@@ -285,7 +295,7 @@ class StatementSplitter:
                     return None
                 if buf.startswith(delim, p):
                     sql = bytes(buf[self._start:p])
-                    st = Statement(sql, self._line)
+                    st = Statement(sql, self._line, self._nbe, self._ansi)
                     self._line += sql.count(b"\n")
                     self._pos = p + len(delim)
                     self._in_stmt = False
@@ -507,8 +517,14 @@ def splitter_statements(sp: StatementSplitter, chunks: Iterable[bytes]) -> Itera
 # ---- files, accounts, global settings, other databases). Checked with string literals, quoted
 # ---- identifiers and plain comments blanked out; executable comments (/*!50001 ... */) are read,
 # ---- since the server runs them.
-_BLANK = re.compile(rb"'(?:[^'\\]|\\.|'')*'|\"(?:[^\"\\]|\\.|\"\")*\"|`(?:[^`]|``)*`"
-                    rb"|/\*(?!!|M!)(?:.|\n)*?\*/|(?:--[ \t]|#)[^\n]*", re.S)
+_BLANKS = {(nbe, ansi): re.compile(_quoted(nbe, ansi) + rb"|/\*(?!!|M!)(?:.|\n)*?\*/|(?:--[ \t]|#)[^\n]*", re.S)
+           for nbe in (False, True) for ansi in (False, True)}
+_BLANK = _BLANKS[False, False]
+
+
+def _blank(st: Statement) -> bytes:
+    """``st`` with its strings, quoted names and plain comments blanked out, read in its mode."""
+    return _BLANKS[st.nbe, st.ansi].sub(b" ", st.sql)
 _OPENER = re.compile(rb"/\*M?!\d*|\*/")
 _LEADING = re.compile(
     rb"\s*(?:use\b|grant\b|revoke\b|load\s+(?:data|xml|index)\b|(?:create|drop|alter|rename)\s+(?:or\s+replace\s+)?"
@@ -540,6 +556,12 @@ _PLAIN_INSERT = re.compile(rb"INSERT INTO `((?:[^`]|``){1,256})` VALUES\s*+" + _
 _last_insert: tuple[bytes, str | None] = (b"", None)  # the checks and the loader ask about one statement in turn
 
 
+def plain_insert_of(st: Statement) -> str | None:
+    """``plain_insert_table`` of a statement read in the default mode; None under
+    NO_BACKSLASH_ESCAPES or ANSI_QUOTES (the grammar reads strings with backslash escapes)."""
+    return None if st.nbe or st.ansi else plain_insert_table(st.sql)
+
+
 def plain_insert_table(sql: bytes) -> str | None:
     """The table of a plain data INSERT (see above), or None for any other statement."""
     global _last_insert
@@ -561,9 +583,9 @@ def check_confined(st: Statement) -> None:
     mysqldump of one database (as this tool runs them, without --databases) write none of these,
     except DATA DIRECTORY for a table created with one (refused too: its files would land outside
     the server's data directory, wherever the dump says)."""
-    if plain_insert_table(st.sql) is not None:
+    if plain_insert_of(st) is not None:
         return  # literals only: nothing outside its strings to find (see _PLAIN_INSERT)
-    text = _BLANK.sub(b" ", st.sql)
+    text = _blank(st)
     text = _OPENER.sub(b" ", text)
     m = _LEADING.match(text) or _ANYWHERE.search(text)
     if m:
@@ -599,10 +621,10 @@ class CharsetGuard:
         self._saved: set[bytes] = set()  # user variables holding the (safe) client character set
 
     def check(self, st: Statement) -> None:
-        if b"character_set_client" not in st.sql.lower() and plain_insert_table(st.sql) is not None:
+        if b"character_set_client" not in st.sql.lower() and plain_insert_of(st) is not None:
             return  # no variable assigned, no SET, and no saving of the character set (see _PLAIN_INSERT)
         raw = _OPENER.sub(b" ", st.sql)
-        blank = _OPENER.sub(b" ", _BLANK.sub(b" ", st.sql))
+        blank = _OPENER.sub(b" ", _blank(st))
         saves = {m.group(1).lower() for m in _SAVE_CLIENT_CHARSET.finditer(raw)}
         for m in _USER_VAR_SET.finditer(blank):
             name = (m.group(1) or m.group(2) or m.group(3)).lower()
@@ -634,21 +656,26 @@ class CharsetGuard:
 # ---- that owns the target database and nothing else (mysql_confine); a clause this misses names
 # ---- another account, which the restoring account may not set (no SUPER/SET USER): refused by the
 # ---- server, never run with that account's rights.
-_QUOTED = rb"`(?:[^`]|``)*`|'(?:[^'\\]|\\.|'')*'|\"(?:[^\"\\]|\\.|\"\")*\""
-_ACCOUNT_PART = rb"(?:" + _QUOTED + rb"|[\w$.%:-]+)"
-_DEFINER_SCAN = re.compile(
-    rb"(?P<skip>" + _QUOTED + rb"|/\*(?!!|M!)(?:.|\n)*?\*/|(?:--[ \t]|#)[^\n]*)"
-    rb"|(?<![\w$])(?P<definer>DEFINER\s*=\s*(?:CURRENT_(?:USER|ROLE)(?:\s*\(\s*\))?"
-    rb"|" + _ACCOUNT_PART + rb"(?:\s*@\s*" + _ACCOUNT_PART + rb")?))", re.S | re.I)
+def _definer_scan(nbe: bool, ansi: bool) -> re.Pattern[bytes]:
+    quoted = _quoted(nbe, ansi)
+    account_part = rb"(?:" + quoted + rb"|[\w$.%:-]+)"
+    return re.compile(
+        rb"(?P<skip>" + quoted + rb"|/\*(?!!|M!)(?:.|\n)*?\*/|(?:--[ \t]|#)[^\n]*)"
+        rb"|(?<![\w$])(?P<definer>DEFINER\s*=\s*(?:CURRENT_(?:USER|ROLE)(?:\s*\(\s*\))?"
+        rb"|" + account_part + rb"(?:\s*@\s*" + account_part + rb")?))", re.S | re.I)
 
 
-def confine_definers(sql: bytes, definer: bytes = b"CURRENT_ROLE") -> bytes:
+_DEFINER_SCANS = {(nbe, ansi): _definer_scan(nbe, ansi) for nbe in (False, True) for ansi in (False, True)}
+
+
+def confine_definers(sql: bytes, definer: bytes = b"CURRENT_ROLE", *, nbe: bool = False, ansi: bool = False) -> bytes:
     """``sql`` with every ``DEFINER = …`` clause (outside strings and plain comments, inside
-    executable comments too) replaced by ``DEFINER=<definer>``."""
+    executable comments too) replaced by ``DEFINER=<definer>``; strings read as the server reads
+    them under the session's NO_BACKSLASH_ESCAPES / ANSI_QUOTES (``nbe``, ``ansi``)."""
     if b"definer" not in sql.lower():
         return sql
 
     def swap(m: re.Match[bytes]) -> bytes:
         return b"DEFINER=" + definer if m.group("definer") else m.group(0)
 
-    return _DEFINER_SCAN.sub(swap, sql)
+    return _DEFINER_SCANS[nbe, ansi].sub(swap, sql)

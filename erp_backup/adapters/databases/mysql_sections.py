@@ -43,7 +43,7 @@ import enum
 import re
 from dataclasses import dataclass
 
-from erp_backup.adapters.databases.mysql_script import Statement, plain_insert_table
+from erp_backup.adapters.databases.mysql_script import Statement, plain_insert_of
 
 
 class Kind(enum.Enum):
@@ -161,7 +161,7 @@ class SectionPlanner:
             return Step(Kind.SERIAL, st)
         if self.section is not None:
             return self._in_section(st)
-        if plain_insert_table(st.sql) is not None:  # data outside LOCK TABLES (mysqldump --skip-lock-tables)
+        if plain_insert_of(st) is not None:  # data outside LOCK TABLES (mysqldump --skip-lock-tables)
             return self._barrier(st)
         code = code_of(st.sql)
         sets = _set_assignments(code, st.sql)
@@ -212,7 +212,7 @@ class SectionPlanner:
     def _in_section(self, st: Statement) -> Step:
         table = self.section
         assert table is not None
-        name = plain_insert_table(st.sql)
+        name = plain_insert_of(st)
         if name is not None:
             if name == table:
                 return Step(Kind.DATA, st, table)
