@@ -16,7 +16,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -155,6 +155,7 @@ class FilesResult:
     checked_inline: str = ""  # read back while written (adapters/archive/selfcheck.py): "disk" (from the
     # file itself, which also gave the artifact's SHA-256), "stream" (the bytes on their way to the encryptor)
     key_files: tuple[str, ...] = ()  # the configured key files in the index
+    read_back_stamp: tuple[int, int, int, int] | None = None  # "disk": the file as its SHA-256 was taken
 
 
 @dataclass(frozen=True)
@@ -166,6 +167,7 @@ class SealedSet:
     partial: Path
     files_read_back: str = ""  # FilesResult.checked_inline
     key_files: tuple[str, ...] = ()  # FilesResult.key_files: verify need not read the index for them
+    files_stamp: tuple[int, int, int, int] | None = None  # FilesResult.read_back_stamp
 
 
 @dataclass(frozen=True)
@@ -325,16 +327,36 @@ def scan_changes(plan: BackupPlan) -> ScanResult:
             header, lines = mf.open_index(f, where=where)
             if header.id != pid:
                 raise IntegrityError(f"{where} describes set {header.id}", hint="verify it")
-            planned = _write_plan(path, stream_changes(found, lines, mf.line_path, mf.carry_line), keys)
+            planned = _write_plan(path, stream_changes(found, lines, mf.line_path, _carrier(header)), keys)
         return ScanResult(planned, tuple(skipped))
     except (IntegrityError, UnicodeDecodeError, OSError):
         pass  # read it the general way below (which raises what is really wrong with it)
     skipped = []
     found = scan.iter_sorted(p.root, p.include, p.exclude, excludes, skipped)
     # the parent's index is read whole here and dropped with this frame (memory)
-    reference = {e.path: e for e in plan.repo.read_manifest(pid).files}
+    parent = plan.repo.read_manifest(pid)
+    held = _holders(parent)
+    reference = {e.path: e for e in parent.files if e.holder is None or e.holder in held}
     planned = _write_plan(path, _plan_events(plan_changes(found, reference)), keys)
     return ScanResult(planned, tuple(skipped))
+
+
+def _holders(parent: Manifest) -> frozenset[str]:
+    """The sets a file of ``parent``'s index may be held by: itself and the sets it depends on. A
+    carried entry naming any other set (a crafted or damaged parent) is archived again instead: its
+    holder may not hold it (a review had an incremental commit, verify clean and only its restore
+    fail)."""
+    return frozenset({parent.id.value, *(d.value for d in parent.depends_on)})
+
+
+def _carrier(parent: Manifest) -> Callable[[FileEntry, str], tuple[str, str | None, str] | None]:
+    held = _holders(parent)
+
+    def carry(current: FileEntry, text: str) -> tuple[str, str | None, str] | None:
+        got = mf.carry_line(current, text)
+        return None if got is None or (got[1] is not None and got[1] not in held) else got
+
+    return carry
 
 
 def _no_path(_r: object) -> str:
@@ -558,7 +580,7 @@ def archive_files(plan: BackupPlan, scanned: ScanResult) -> FilesResult:
                                          encryption=enc.METHOD if encrypted else None),
                        index=out, index_count=scanned.changes.carried + count, files_archived=files,
                        bytes_in=res.bytes_in, skipped=res.skipped, warnings=res.warnings,
-                       checked_inline=mode,
+                       checked_inline=mode, read_back_stamp=written.stamp,
                        key_files=tuple(k for k in scanned.changes.key_files if k not in gone))
 
 
@@ -609,13 +631,14 @@ def seal(plan: BackupPlan, scanned: ScanResult, files: FilesResult, dumped: Dump
     write_private_stream(plan.partial / SUMS, [mf.sha256sums(covered)])
     enc.sign_set(plan.settings, plan.partial)  # SHA256SUMS.sig, when [encryption] sign = true
     m = replace(m, files=IndexFile(plan.partial / MANIFEST, files.index_count))
-    return SealedSet(m, plan.partial, files.checked_inline, files.key_files)
+    return SealedSet(m, plan.partial, files.checked_inline, files.key_files, files.read_back_stamp)
 
 
 def verify_sealed(plan: BackupPlan, sealed: SealedSet) -> VerifyReport:
     rep = verify_dir(sealed.partial, sealed.manifest, level=plan.settings.backup.verify,
                      key_files=plan.settings.project.key_files, repo=plan.repo, settings=plan.settings,
-                     files_read_back=sealed.files_read_back, key_files_found=sealed.key_files)
+                     files_read_back=sealed.files_read_back, key_files_found=sealed.key_files,
+                     files_stamp=sealed.files_stamp)
     rep.raise_if_bad()
     return rep
 

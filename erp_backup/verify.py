@@ -10,6 +10,7 @@ full:  quick + decompression of every artifact to its end, the tar structure,
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
@@ -216,10 +217,24 @@ def crypto_session(settings: Settings | None, *, restore: bool) -> Iterator[Sess
         yield s
 
 
+def _unchanged_since(set_dir: Path, m: Manifest, stamp: tuple[int, int, int, int] | None) -> bool:
+    """Whether the files artifact is still the file the backup's read-back hashed (same inode, size,
+    mtime and ctime: any write since, by anyone, changes the ctime)."""
+    art = m.artifact("files")
+    if art is None or stamp is None:
+        return False
+    try:
+        st = os.lstat(set_dir / art.name)
+    except OSError:
+        return False
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) == stamp
+
+
 def verify_dir(set_dir: Path, m: Manifest, *, level: str = "full", key_files: list[str] | None = None,
                repo: LocalRepository | None = None, settings: Settings | None = None,
                crypto: Session | None = None, without_key: str = "quick",
-               files_read_back: str = "", key_files_found: tuple[str, ...] | None = None) -> VerifyReport:
+               files_read_back: str = "", key_files_found: tuple[str, ...] | None = None,
+               files_stamp: tuple[int, int, int, int] | None = None) -> VerifyReport:
     """Verify one set directory. With ``settings`` (or an open ``crypto`` session) and ``[encryption]
     sign = true`` the signature of ``SHA256SUMS`` is checked first. An encrypted set needs the
     private key for the full level; without it, ``without_key = "quick"`` verifies at the quick
@@ -241,7 +256,7 @@ def verify_dir(set_dir: Path, m: Manifest, *, level: str = "full", key_files: li
         full_encrypted = level == "full" and any(a.encryption for a in m.artifacts)
         with crypto_session(settings, restore=full_encrypted) as s:
             return verify_dir(set_dir, m, level=level, key_files=key_files, repo=repo, crypto=s,
-                              without_key=without_key, files_read_back=files_read_back,
+                              without_key=without_key, files_read_back=files_read_back, files_stamp=files_stamp,
                               key_files_found=key_files_found)
     decryptor: Decryptor = None
     if level == "full" and crypto is not None and any(a.encryption for a in m.artifacts):
@@ -262,6 +277,8 @@ def verify_dir(set_dir: Path, m: Manifest, *, level: str = "full", key_files: li
         except BackupError as e:
             rep.problems.append(str(e))
             return rep.freeze()
+    if files_read_back == "disk" and not _unchanged_since(set_dir, m, files_stamp):
+        files_read_back = "stream"  # written to since its SHA-256 was read back: hash it again
     read_back = files_read_back and level == "full"
     _check_artifacts(set_dir, m, rep, hash_now=level != "full",
                      hash_roles=frozenset({"files"}) if read_back and files_read_back != "disk" else frozenset())

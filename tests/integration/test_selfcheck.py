@@ -145,3 +145,35 @@ def test_read_back_mode_checks_and_hashes_the_file_on_disk(tmp_path: Path) -> No
     c.written(len(stream))  # the writer says more than the file gives back
     with pytest.raises(IntegrityError, match="fewer bytes|cannot be read back"):
         c.result(raw, entries)
+
+
+def test_a_write_to_the_archive_after_its_read_back_fails_the_backup(tmp_path: Path, monkeypatch) -> None:
+    """The read-back took the SHA-256 for SHA256SUMS; a byte changed in the file afterwards (another
+    writer, a bug) changes its ctime, so the verification hashes the file again and refuses the set
+    (a review had such a set committed with a SHA256SUMS that did not match)."""
+    from erp_backup.adapters.archive import artifact
+
+    root = tmp_path / "src"
+    _tree(root)
+    s = make_settings(tmp_path, root=root)
+    first = run_backup(s, BackupKind.FULL)  # a good set that must survive
+    real_close = artifact.ArtifactWriter.close
+
+    def close_then_tamper(self: artifact.ArtifactWriter) -> artifact.WrittenArtifact:
+        written = real_close(self)
+        if self.readback is not None:
+            fd = os.open(self.path, os.O_WRONLY)
+            try:
+                (b,) = os.pread(os.open(self.path, os.O_RDONLY), 1, 100)
+                os.pwrite(fd, bytes([b ^ 0x01]), 100)
+            finally:
+                os.close(fd)
+        return written
+
+    monkeypatch.setattr(artifact.ArtifactWriter, "close", close_then_tamper)
+    with pytest.raises(IntegrityError, match="checksum mismatch"):
+        run_backup(s, BackupKind.FULL)
+    monkeypatch.undo()
+    repo = LocalRepository(s.storage.local_dir)
+    assert repo.list_ids() == [first.manifest.id] and repo.partials() == []
+    assert verify_committed(repo, first.manifest.id.value, level="full").ok

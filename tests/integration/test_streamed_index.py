@@ -69,3 +69,31 @@ def test_an_incremental_on_any_valid_parent_layout(tmp_path: Path, layout: str) 
     target = tmp_path / "restored"
     restore(LocalRepository(s.storage.local_dir), target_dir=target, backup_id=inc.manifest.id.value)
     assert diff_states(tree_state(root, skip=["a-fifo"]), tree_state(target)) == []
+
+
+@pytest.mark.parametrize("layout", ["as written", "compact"])
+def test_a_carried_holder_that_cannot_hold_the_file_is_archived_again(tmp_path: Path, layout: str) -> None:
+    """A parent (crafted, or damaged and re-summed) whose index names, as a file's holder, a set that
+    is neither the parent nor one it depends on: the incremental archives that file itself instead
+    of carrying a reference its restore could not follow (a review had it commit and verify clean)."""
+    root = make_small_project(tmp_path / "erp")
+    s = make_settings(tmp_path, root=root)
+    f0 = run_backup(s, BackupKind.FULL, now=T).manifest
+    f1 = run_backup(s, BackupKind.FULL, now=T + timedelta(hours=1)).manifest
+    repo = LocalRepository(s.storage.local_dir)
+    d = repo.set_dir(f1.id)
+    text = (d / "manifest.json").read_text()
+    target = '"path":"app/models.py"'
+    line = next(x for x in text.splitlines() if target in x)
+    crafted = text.replace(line, line.replace(f'"holder":"{f1.id.value}"', f'"holder":"{f0.id.value}"'))
+    assert crafted != text
+    if layout == "compact":
+        crafted = json.dumps(json.loads(crafted), separators=(",", ":"))
+    _rewrite(d, crafted)
+    inc = run_backup(s, BackupKind.INCREMENTAL, now=T + timedelta(hours=2)).manifest
+    held = {e.path: e.holder for e in inc.files}
+    assert held["app/models.py"] == inc.id.value  # archived again, not carried from f0
+    assert held["manage.py"] == f1.id.value  # the others are carried as usual
+    out = tmp_path / "out"
+    restore(repo, target_dir=out, backup_id=inc.id.value)
+    assert not diff_states(tree_state(root), tree_state(out))

@@ -90,6 +90,7 @@ class WrittenArtifact:
     size: int
     sha256: str
     raw_size: int
+    stamp: tuple[int, int, int, int] | None = None  # read back: (inode, size, mtime, ctime) when hashed
 
 
 class Inspector(Protocol):
@@ -171,7 +172,8 @@ class ArtifactWriter:
             self.readback.close()  # the check has read (and hashed) every byte, or failed
             if self.readback.size != self._file.size or not self.readback.sha256:
                 return WrittenArtifact(self.path, self._file.size, "", self.raw_size)  # its result() says why
-            return WrittenArtifact(self.path, self._file.size, self.readback.sha256, self.raw_size)
+            return WrittenArtifact(self.path, self._file.size, self.readback.sha256, self.raw_size,
+                                   getattr(self.readback, "stamp", None))
         return WrittenArtifact(self.path, self._file.size, self._file.hexdigest(), self.raw_size)
 
     def abort(self) -> None:

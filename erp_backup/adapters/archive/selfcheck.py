@@ -285,6 +285,9 @@ class InlineCheck:
         self._fd: int | None = None
         self.sha256 = ""  # read back from disk: the artifact's SHA-256 (once closed)
         self.size = 0
+        # the file's (inode, size, mtime, ctime) once read: a later write to it changes them, so the
+        # verification knows whether the SHA-256 above still describes the file
+        self.stamp: tuple[int, int, int, int] | None = None
         if path is not None:
             self._fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         self._thread = threading.Thread(target=self._run, name="archive-self-check", daemon=True)
@@ -342,6 +345,8 @@ class InlineCheck:
             self._q.put(None)
             self._thread.join()
             if self._fd is not None:
+                st = os.fstat(self._fd)
+                self.stamp = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
                 os.close(self._fd)
 
     def result(self, raw_size: int, entries: Iterable[FileEntry] | MemberDigest) -> None:
