@@ -299,7 +299,11 @@ def _spill_dir(plan: BackupPlan) -> Path:
 
 
 def _clear_spill(plan: BackupPlan) -> None:
-    d = plan.partial / SPILL_DIR
+    _remove_flat_dir(plan.partial / SPILL_DIR)
+
+
+def _remove_flat_dir(d: Path) -> None:
+    """Remove ``d`` and the files in it (a scratch directory of the partial set), if it exists."""
     if d.exists():
         for p in d.iterdir():
             p.unlink()
@@ -466,11 +470,7 @@ def _fresh(path: Path) -> Path:
 
 
 def _clear_work(plan: BackupPlan) -> None:
-    work = plan.partial / WORK_DIR
-    if work.exists():
-        for p in work.iterdir():
-            p.unlink()
-        work.rmdir()
+    _remove_flat_dir(plan.partial / WORK_DIR)
 
 
 def dump_database(plan: BackupPlan) -> DumpResult | None:
