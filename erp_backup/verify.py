@@ -227,7 +227,7 @@ def _unchanged_since(set_dir: Path, m: Manifest, stamp: tuple[int, int, int, int
         st = os.lstat(set_dir / art.name)
     except OSError:
         return False
-    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) == stamp
+    return archive.file_stamp(st) == stamp
 
 
 def verify_dir(set_dir: Path, m: Manifest, *, level: str = "full", key_files: list[str] | None = None,

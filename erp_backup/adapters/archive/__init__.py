@@ -4,7 +4,14 @@ Four jobs, one module each: ``artifact`` (the compressed artifact writer), ``tar
 (entries -> tar stream), ``reader`` (the decompressing reader) and ``tar_reader`` (the tar parser).
 """
 
-from erp_backup.adapters.archive.artifact import CHUNK, ArtifactWriter, Encryptor, WrittenArtifact, file_digest
+from erp_backup.adapters.archive.artifact import (
+    CHUNK,
+    ArtifactWriter,
+    Encryptor,
+    WrittenArtifact,
+    file_digest,
+    file_stamp,
+)
 from erp_backup.adapters.archive.reader import DecompressingReader, iter_decompressed, open_decompressed
 from erp_backup.adapters.archive.tar_reader import TarMember, TarStream
 from erp_backup.adapters.archive.tar_writer import TarResult, write_tar
@@ -19,6 +26,7 @@ __all__ = [
     "TarStream",
     "WrittenArtifact",
     "file_digest",
+    "file_stamp",
     "iter_decompressed",
     "open_decompressed",
     "write_tar",

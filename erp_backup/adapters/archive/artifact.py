@@ -193,6 +193,11 @@ class ArtifactWriter:
         self._file.close()
 
 
+def file_stamp(st: os.stat_result) -> tuple[int, int, int, int]:
+    """(inode, size, mtime, ctime) of a file: any write to it since changes the ctime."""
+    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
 def file_digest(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -25,13 +25,14 @@ import hashlib
 import os
 import queue
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, cast
 
 import zstandard
 
-from erp_backup.adapters.archive.artifact import CHUNK
+from erp_backup.adapters.archive.artifact import CHUNK, file_stamp
+from erp_backup.adapters.archive.reader import read_exact
 from erp_backup.adapters.archive.tar_reader import ByteSource, TarStream
 from erp_backup.core.errors import IntegrityError
 from erp_backup.core.models import EntryType, FileEntry
@@ -251,18 +252,7 @@ class _Decompressed:
         return out
 
     def read_exact(self, n: int) -> bytes:
-        first = self.read(n)
-        if len(first) == n or not first:
-            return first.tobytes()
-        parts = [first.tobytes()]
-        got = len(first)
-        while got < n:
-            more = self.read(n - got)
-            if not more:
-                break
-            parts.append(more.tobytes())
-            got += len(more)
-        return b"".join(parts)
+        return bytes(read_exact(cast(Callable[[int], bytes], self.read), n))  # a copy: headers are kept
 
 
 class InlineCheck:
@@ -345,8 +335,7 @@ class InlineCheck:
             self._q.put(None)
             self._thread.join()
             if self._fd is not None:
-                st = os.fstat(self._fd)
-                self.stamp = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+                self.stamp = file_stamp(os.fstat(self._fd))
                 os.close(self._fd)
 
     def result(self, raw_size: int, entries: Iterable[FileEntry] | MemberDigest) -> None:
